@@ -1,0 +1,37 @@
+# Set-up and common jobs. Everything lives in .venv; torch is installed first
+# and pinned by a constraints file, otherwise pip swaps in a multi-GB CUDA build.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_VERSION := 2.13.0
+CONSTRAINTS := $(VENV)/constraints.txt
+EXTRAS ?= dev,scan,ray,demo
+STAMP := $(VENV)/.installed-$(EXTRAS)
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	echo "torch==$(TORCH_VERSION)" > $(CONSTRAINTS)
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
+	@! $(PY) -c "import importlib.util,sys; sys.exit(0 if importlib.util.find_spec('torchvision') or importlib.util.find_spec('timm') else 1)" \
+		|| (echo "torchvision/timm got installed: they break transformers here" && exit 1)
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/safevlm demo
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/gate_overhead.py
+	$(PY) bench/scan_throughput.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

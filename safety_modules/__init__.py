@@ -1,0 +1,1 @@
+"""Safety modules for a frozen LLaVA-v1.5."""

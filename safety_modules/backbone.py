@@ -1,0 +1,212 @@
+"""Loading a LLaVA-1.5 base model: HF layout (``llava-hf/...``) or the original LLaVA layout.
+
+Both come back as a frozen ``transformers.LlavaForConditionalGeneration`` and its
+``LlavaProcessor``. Original-format checkpoints (``liuhaotian/llava-v1.5-7b``:
+``LlavaLlamaForCausalLM``, ``model.mm_projector.{0,2}``, vision tower named by
+``mm_vision_tower``) are converted to the HF layout at load time with the key map
+of transformers' LLaVA conversion script: ``<image>`` and ``<pad>`` are added to the
+tokenizer and the embeddings grow to a multiple of 64, new rows set to the mean.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+ORIGINAL_ARCHITECTURES = {"LlavaLlamaForCausalLM"}
+_VOCAB_MULTIPLE = 64
+
+# LLaVA-1.5's prompt format (USER: <image>\n... ASSISTANT: ...), as a chat template.
+LLAVA_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string -%}{%- set texts = [message['content']] -%}{%- set n_images = 0 -%}"
+    "{%- else -%}"
+    "{%- set texts = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | list -%}"
+    "{%- set n_images = message['content'] | selectattr('type', 'equalto', 'image') | list | length -%}"
+    "{%- endif -%}"
+    "{%- if message['role'] == 'system' -%}{{ texts | join(' ') }}{{ ' ' }}"
+    "{%- elif message['role'] == 'user' -%}USER: {{ '<image>\\n' * n_images }}{{ texts | join(' ') }}{{ ' ' }}"
+    "{%- else -%}ASSISTANT: {% generation %}{{ texts | join(' ') }}{{ eos_token }}{% endgeneration %}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}ASSISTANT:{%- endif -%}"
+)
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/``"auto"`` -> CUDA when available, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None``/``"auto"`` -> bfloat16 on GPU, float32 on CPU; strings like ``"bf16"`` are accepted."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+             "fp32": torch.float32, "float32": torch.float32}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
+    return names[dtype]
+
+
+def local_folder(name_or_path: str | Path, allow_patterns: list[str] | None = None) -> Path:
+    """A local folder as is; otherwise a Hugging Face hub id fetched with ``snapshot_download``."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if path.exists() or str(name_or_path).startswith((".", "/")) or str(name_or_path).count("/") != 1:
+        raise FileNotFoundError(f"model folder not found: {name_or_path}")
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(name_or_path), allow_patterns=allow_patterns))
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    file = folder / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{folder} has no config.json: not a model folder")
+    return json.loads(file.read_text())
+
+
+def is_original_format(config: dict[str, Any]) -> bool:
+    """True for original LLaVA checkpoints (``LlavaLlamaForCausalLM`` with ``mm_*`` keys)."""
+    return bool(ORIGINAL_ARCHITECTURES & set(config.get("architectures") or [])) or "mm_vision_tower" in config
+
+
+def load_base(
+    name_or_path: str | Path,
+    dtype: str | torch.dtype | None = "auto",
+    device: str | torch.device | None = None,
+):
+    """Load a frozen LLaVA-1.5 base and its processor from a local folder or hub id, HF or original layout.
+
+    Returns ``(model, processor)``; the model is in eval mode with ``requires_grad=False``.
+    """
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    folder = local_folder(name_or_path)
+    config = read_config(folder)
+    if is_original_format(config):
+        model, processor = _load_original(folder, config, dtype)
+    else:
+        if config.get("model_type") != "llava":
+            raise ValueError(f"{name_or_path} is a {config.get('model_type')!r} model, not a LLaVA (model_type 'llava')")
+        model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype)
+        processor = AutoProcessor.from_pretrained(folder)
+    model.to(device).eval().requires_grad_(False)
+    return model, processor
+
+
+# ---------------------------------------------------------------- original LLaVA layout
+
+def convert_original_key(key: str) -> str:
+    """Map an original LLaVA state-dict key to the transformers 5 ``LlavaForConditionalGeneration`` key."""
+    if key.startswith("model.mm_projector.0."):
+        return "model.multi_modal_projector.linear_1." + key[len("model.mm_projector.0."):]
+    if key.startswith("model.mm_projector.2."):
+        return "model.multi_modal_projector.linear_2." + key[len("model.mm_projector.2."):]
+    if key.startswith("model.vision_tower.vision_tower."):
+        return "model.vision_tower." + key[len("model.vision_tower.vision_tower."):]
+    if key.startswith("lm_head."):
+        return key
+    if key.startswith("model."):
+        return "model.language_model." + key[len("model."):]
+    raise KeyError(f"unexpected key in original LLaVA checkpoint: {key}")
+
+
+def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        state: dict[str, torch.Tensor] = {}
+        for file in files:
+            state.update(load_file(str(file)))
+        return state
+    bins = sorted(folder.glob("pytorch_model*.bin"))
+    if not bins:
+        raise FileNotFoundError(f"{folder} holds no *.safetensors or pytorch_model*.bin weights")
+    state = {}
+    for file in bins:
+        # weights_only=True: tensors only, no arbitrary pickled code.
+        state.update(torch.load(file, map_location="cpu", weights_only=True))
+    return state
+
+
+def _resolve_vision_tower(folder: Path, name: str) -> Path:
+    for candidate in (Path(name), folder / name):
+        if candidate.is_dir():
+            return candidate
+    return local_folder(name)
+
+
+def _grow_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    if weight.shape[0] >= rows:
+        return weight
+    mean = weight.float().mean(0, keepdim=True).to(weight.dtype)
+    return torch.cat([weight, mean.expand(rows - weight.shape[0], -1)], dim=0)
+
+
+def _load_original(folder: Path, config: dict[str, Any], dtype: torch.dtype):
+    from transformers import (AddedToken, AutoImageProcessor, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel,
+                              LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor)
+
+    projector_type = config.get("mm_projector_type", "linear")
+    if projector_type != "mlp2x_gelu":
+        raise ValueError(f"only LLaVA-1.5 checkpoints (mm_projector_type 'mlp2x_gelu') are supported, got {projector_type!r}")
+    vt_folder = _resolve_vision_tower(folder, config["mm_vision_tower"])
+    vision_config = CLIPVisionConfig.from_pretrained(vt_folder)
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if "<image>" not in tokenizer.get_vocab():
+        tokenizer.add_tokens(AddedToken("<image>", special=True, normalized=False), special_tokens=True)
+    if "<pad>" not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    tokenizer.pad_token = "<pad>"
+    tokenizer.padding_side = "left"
+    vocab = -(-len(tokenizer) // _VOCAB_MULTIPLE) * _VOCAB_MULTIPLE
+
+    text_fields = {k: v for k, v in config.items() if not k.startswith("mm_") and k not in ("architectures", "model_type")}
+    text_config = LlamaConfig(**{**text_fields, "vocab_size": vocab, "pad_token_id": tokenizer.pad_token_id})
+    select = config.get("mm_vision_select_feature", "patch")
+    llava_config = LlavaConfig(
+        vision_config=vision_config.to_dict(),
+        text_config=text_config.to_dict(),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        pad_token_id=tokenizer.pad_token_id,
+        vision_feature_layer=config.get("mm_vision_select_layer", -2),
+        vision_feature_select_strategy="default" if select == "patch" else "full",
+        projector_hidden_act="gelu",
+        image_seq_length=(vision_config.image_size // vision_config.patch_size) ** 2,
+    )
+
+    state = {convert_original_key(k): v for k, v in _read_state_dict(folder).items()
+             if "rotary_emb.inv_freq" not in k}
+    if not any(k.startswith("model.vision_tower.") for k in state):
+        tower = CLIPVisionModel.from_pretrained(vt_folder, dtype=dtype)
+        state.update({"model.vision_tower." + k: v for k, v in tower.state_dict().items()})
+    for key in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
+        state[key] = _grow_rows(state[key], vocab)
+    model = LlavaForConditionalGeneration.from_pretrained(None, config=llava_config, state_dict=state, dtype=dtype)
+
+    image_processor = AutoImageProcessor.from_pretrained(vt_folder)
+    chat_template = getattr(tokenizer, "chat_template", None)
+    if chat_template is None:
+        chat_template = LLAVA_CHAT_TEMPLATE
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=vision_config.patch_size,
+        vision_feature_select_strategy=llava_config.vision_feature_select_strategy,
+        num_additional_image_tokens=1, chat_template=chat_template,
+    )
+    return model, processor

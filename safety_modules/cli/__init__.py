@@ -1,0 +1,43 @@
+"""The ``safevlm`` command line. Each sub-package registers its own sub-commands here.
+
+Heavy imports (torch, transformers) happen inside the commands, so ``safevlm --help`` is quick.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Modules that each define ``register(subparsers)``; one line per feature area.
+COMMAND_MODULES = [
+    "safety_modules.cli.base_commands",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="safevlm", description="Safety modules for a frozen LLaVA-v1.5.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    if not args.verbose:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # per-shard load/save bars drown the command's own output
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        # User errors (bad paths, wrong checkpoints, bad config) get one clear line, not a traceback.
+        print(f"safevlm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

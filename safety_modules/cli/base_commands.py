@@ -1,0 +1,65 @@
+"""Foundation commands: ``make-tiny``, ``assess`` and ``demo``."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("make-tiny", help="write a tiny random LLaVA-1.5 folder (real CLIP geometry, no download)")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_tiny)
+
+    p = sub.add_parser("assess", help="print the safety head's level/type probabilities for images")
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--base", required=True, help="LLaVA-1.5 folder or hub id (HF or original layout)")
+    p.add_argument("--safety", help="safety-modules folder or hub id (default: fresh, untrained modules)")
+    p.add_argument("--prompt", help="the user prompt the head should also see")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.set_defaults(func=cmd_assess)
+
+    p = sub.add_parser("demo", help="the main job on the built-in tiny model")
+    p.add_argument("--workdir", type=Path, default=Path("runs/demo"))
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_make_tiny(args: argparse.Namespace) -> int:
+    from ..tiny import make_tiny
+
+    out = make_tiny(args.out_dir, seed=args.seed)
+    print(f"tiny LLaVA-1.5 written to {out}")
+    return 0
+
+
+def cmd_assess(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from ..demo import format_scores
+    from ..wrapper import SafeLlava
+
+    model = SafeLlava.from_pretrained(args.base, args.safety, dtype=args.dtype, device=args.device)
+    images = []
+    for path in args.images:
+        with Image.open(path) as img:
+            images.append(img.convert("RGB"))
+    prompts = [args.prompt] * len(images) if args.prompt else None
+    scores = model.assess(images, prompts)
+    cfg = model.config
+    for path, lp, tp in zip(args.images, scores.level_probs, scores.type_probs):
+        if args.json:
+            print(json.dumps({"image": str(path),
+                              "levels": dict(zip(cfg.level_names, map(float, lp))),
+                              "types": dict(zip(cfg.type_names, map(float, tp)))}))
+        else:
+            print(format_scores(str(path), lp, tp, cfg))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..demo import run_demo
+
+    return run_demo(args.workdir)

@@ -1,0 +1,14 @@
+"""The safety modules and their building blocks."""
+from .fingerprint import base_fingerprint
+from .head import SafetyHead
+from .projector import SafetyProjector
+from .safety_modules import CheckpointError, IncompatibleBaseError, SafetyModules
+
+__all__ = [
+    "CheckpointError",
+    "IncompatibleBaseError",
+    "SafetyHead",
+    "SafetyModules",
+    "SafetyProjector",
+    "base_fingerprint",
+]

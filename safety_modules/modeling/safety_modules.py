@@ -1,0 +1,143 @@
+"""`SafetyModules`: the safety projector, two safety-token sets and the safety head, saved as one folder."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..config import SafetyConfig
+from .fingerprint import describe
+from .head import SafetyHead
+from .projector import SafetyProjector
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class IncompatibleBaseError(ValueError):
+    """Safety modules were trained for another base model than the one they are attached to."""
+
+
+class CheckpointError(ValueError):
+    """A safety-modules folder is missing files or holds tensors that do not fit the config."""
+
+
+class SafetyModules(nn.Module):
+    """The trainable safety part that attaches to a frozen LLaVA.
+
+    - ``projector``: C-Abstractor over the vision features (B, N, V) -> (B, N, D)
+    - ``head_tokens`` (set A, (1, 64, D)): prefix of the safety head's keys/values
+    - ``llm_tokens`` (set B, (1, 64, D)): inserted before the image tokens in the LLM input
+    - ``head``: learned-query attention pool -> level and type logits
+    """
+
+    def __init__(self, config: SafetyConfig) -> None:
+        super().__init__()
+        self.config = config
+        width = config.text_hidden_size
+        self.projector = SafetyProjector(
+            vision_width=config.vision_hidden_size,
+            hidden_width=config.projector_hidden_size,
+            output_width=width,
+            grid_size=config.grid_size,
+            depth=config.projector_depth,
+            se_ratio=config.projector_se_ratio,
+        )
+        self.head_tokens = nn.Parameter(torch.randn(1, config.num_head_tokens, width) * config.token_init_std)
+        self.llm_tokens = nn.Parameter(torch.randn(1, config.num_llm_tokens, width) * config.token_init_std)
+        self.head = SafetyHead(width, config.head_num_heads, config.num_levels, config.num_types,
+                               config.token_init_std)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.head_tokens.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.head_tokens.device
+
+    def classify(
+        self,
+        vision_features: torch.Tensor,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Level and type logits from selected vision features (B, N, V) and optional prompt embeddings."""
+        safety_features = self.projector(vision_features.to(self.dtype))
+        head_tokens = self.head_tokens.expand(safety_features.shape[0], -1, -1)
+        if not self.config.head_uses_prompt:
+            prompt_embeds = prompt_mask = None
+        return self.head(head_tokens, safety_features, prompt_embeds, prompt_mask)
+
+    def check_base(self, fingerprint: dict[str, Any]) -> None:
+        """Raise `IncompatibleBaseError` unless ``fingerprint`` is the base these modules were made for."""
+        expected = self.config.base_fingerprint
+        if expected is None:
+            return
+        if expected != fingerprint:
+            raise IncompatibleBaseError(
+                "these safety modules were trained for another base model.\n"
+                f"  modules expect: {describe(expected)}\n"
+                f"  base provides:  {describe(fingerprint)}"
+            )
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config.save(directory / CONFIG_NAME)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "library": "safety_modules"})
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> "SafetyModules":
+        """Load from a local folder or a Hugging Face hub id (``config.json`` + ``model.safetensors``)."""
+        config_file, weights_file = _resolve_files(name_or_path)
+        config = SafetyConfig.load(config_file)
+        with torch.device("meta"):
+            modules = cls(config)
+        state = load_file(str(weights_file), device="cpu")
+        expected = modules.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        wrong_shape = sorted(
+            f"{k}: file {tuple(state[k].shape)} vs config {tuple(expected[k].shape)}"
+            for k in set(state) & set(expected)
+            if state[k].shape != expected[k].shape
+        )
+        if missing or unexpected or wrong_shape:
+            parts = []
+            if missing:
+                parts.append(f"missing tensors: {missing}")
+            if unexpected:
+                parts.append(f"unexpected tensors: {unexpected}")
+            if wrong_shape:
+                parts.append(f"shape mismatches: {wrong_shape}")
+            raise CheckpointError(f"safety modules at {weights_file} do not match their config; " + "; ".join(parts))
+        modules.load_state_dict(state, strict=True, assign=True)
+        return modules.to(device=device, dtype=dtype)
+
+
+def _resolve_files(name_or_path: str | Path) -> tuple[Path, Path]:
+    path = Path(name_or_path)
+    if path.is_dir():
+        files = path / CONFIG_NAME, path / WEIGHTS_NAME
+    elif path.exists() or str(name_or_path).startswith((".", "/")) or str(name_or_path).count("/") != 1:
+        raise CheckpointError(f"safety modules folder not found: {name_or_path}")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        files = tuple(Path(hf_hub_download(str(name_or_path), name)) for name in (CONFIG_NAME, WEIGHTS_NAME))
+    for file in files:
+        if not file.is_file():
+            raise CheckpointError(f"safety modules folder {name_or_path} has no {file.name}")
+    return files
