@@ -116,8 +116,10 @@ def convert_original_key(key: str) -> str:
         return "model.multi_modal_projector.linear_1." + key[len("model.mm_projector.0."):]
     if key.startswith("model.mm_projector.2."):
         return "model.multi_modal_projector.linear_2." + key[len("model.mm_projector.2."):]
-    if key.startswith("model.vision_tower.vision_tower."):
-        return "model.vision_tower." + key[len("model.vision_tower.vision_tower."):]
+    for prefix in ("model.vision_tower.vision_tower.vision_model.", "model.vision_tower.vision_tower."):
+        # transformers 5's CLIPVisionModel has no inner ``vision_model`` level
+        if key.startswith(prefix):
+            return "model.vision_tower." + key[len(prefix):]
     if key.startswith("lm_head."):
         return key
     if key.startswith("model."):
@@ -198,7 +200,14 @@ def _load_original(folder: Path, config: dict[str, Any], dtype: torch.dtype):
         state.update({"model.vision_tower." + k: v for k, v in tower.state_dict().items()})
     for key in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
         state[key] = _grow_rows(state[key], vocab)
-    model = LlavaForConditionalGeneration.from_pretrained(None, config=llava_config, state_dict=state, dtype=dtype)
+    model, info = LlavaForConditionalGeneration.from_pretrained(
+        None, config=llava_config, state_dict=state, dtype=dtype, output_loading_info=True
+    )
+    if info.get("missing_keys") or info.get("mismatched_keys"):
+        # Missing weights would be silently random-initialised: refuse instead.
+        raise ValueError(f"original LLaVA checkpoint {folder} does not convert cleanly: "
+                         f"missing {sorted(info.get('missing_keys') or [])[:10]}, "
+                         f"mismatched {list(info.get('mismatched_keys') or [])[:10]}")
 
     image_processor = AutoImageProcessor.from_pretrained(vt_folder)
     chat_template = getattr(tokenizer, "chat_template", None)

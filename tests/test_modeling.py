@@ -1,0 +1,146 @@
+"""Safety modules at tiny and at real LLaVA-1.5 geometry; SafeLlava forward/assess behaviour."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+from safety_modules import SafeLlava, SafetyConfig, SafetyModules
+from safety_modules.taxonomy import Taxonomy
+
+from .conftest import random_image
+
+
+def llava_geometry(text_hidden: int, text_heads: int) -> LlavaConfig:
+    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                              image_size=336, patch_size=14)
+    return LlavaConfig(vision_config=vision, text_config=LlamaConfig(hidden_size=text_hidden,
+                                                                     num_attention_heads=text_heads))
+
+
+def n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_reference_geometry_7b_on_meta():
+    config = SafetyConfig.from_llava_config(llava_geometry(4096, 32))
+    assert (config.vision_hidden_size, config.text_hidden_size, config.num_image_tokens) == (1024, 4096, 576)
+    assert config.projector_hidden_size == 1088
+    with torch.device("meta"):
+        modules = SafetyModules(config)
+    assert abs(n_params(modules.projector) - 40.1e6) / 40.1e6 < 0.10
+    assert abs(n_params(modules.head) - 67e6) / 67e6 < 0.15
+    assert modules.head_tokens.shape == (1, 64, 4096)
+    assert modules.llm_tokens.shape == (1, 64, 4096)
+
+
+def test_reference_geometry_13b_builds_on_meta():
+    config = SafetyConfig.from_llava_config(llava_geometry(5120, 40))
+    with torch.device("meta"):
+        modules = SafetyModules(config)
+    features = torch.empty(2, 576, 1024, device="meta")
+    level, type_ = modules.classify(features)
+    assert level.shape == (2, 4) and type_.shape == (2, 7)
+    assert modules.llm_tokens.shape == (1, 64, 5120)
+
+
+def test_config_round_trip_and_errors(tmp_path):
+    config = SafetyConfig(level_names=["ok", "bad"], type_names=["a", "safe"], num_head_tokens=4)
+    config.save(tmp_path / "config.json")
+    assert SafetyConfig.load(tmp_path / "config.json") == config
+    with pytest.raises(ValueError, match="unknown keys.*bogus"):
+        SafetyConfig.from_dict({**config.to_dict(), "bogus": 1})
+    with pytest.raises(ValueError, match="safe type"):
+        SafetyConfig(type_names=["a", "b"])
+    with pytest.raises(ValueError, match="not divisible"):
+        SafetyConfig(text_hidden_size=100, head_num_heads=8)
+    with pytest.raises(KeyError, match="known types"):
+        Taxonomy().type_id("nope")
+
+
+def test_custom_taxonomy_sizes_the_head(tiny_dir):
+    model = SafeLlava.from_pretrained(tiny_dir, seed=0, level_names=["ok", "risky"],
+                                      type_names=[f"c{i}" for i in range(9)] + ["safe"])
+    scores = model.assess([random_image(0)])
+    assert scores.level_probs.shape == (1, 2) and scores.type_probs.shape == (1, 10)
+
+
+def test_forward_shapes_and_dtypes(tiny_model):
+    proc = tiny_model.processor
+    texts = [proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
+                                      add_generation_prompt=True) for q in ("what?", "describe this picture in detail")]
+    enc = proc(images=[random_image(1), random_image(2)], text=texts, return_tensors="pt", padding=True)
+    out = tiny_model(enc["input_ids"], enc["pixel_values"], enc["attention_mask"])
+    n_llm = tiny_model.config.num_llm_tokens
+    assert out.logits.shape == (2, enc["input_ids"].shape[1] + n_llm, tiny_model.base.config.text_config.vocab_size)
+    assert out.level_logits.shape == (2, 4) and out.type_logits.shape == (2, 7)
+    assert out.logits.dtype == torch.float32 and out.level_logits.dtype == torch.float32
+    assert out.attention_mask.shape == out.logits.shape[:2]
+    assert out.loss is None
+
+
+def test_bfloat16_modules_follow_the_base(tiny_dir):
+    model = SafeLlava.from_pretrained(tiny_dir, seed=0, dtype="bf16")
+    assert model.dtype == torch.bfloat16 and model.safety.dtype == torch.bfloat16
+    scores = model.assess([random_image(3)])
+    assert scores.level_logits.dtype == torch.bfloat16
+    assert scores.level_probs.dtype == torch.float32
+    assert torch.allclose(scores.level_probs.sum(-1), torch.ones(1))
+
+
+def test_assess_with_and_without_prompts(tiny_model):
+    images = [random_image(4), random_image(5)]
+    plain = tiny_model.assess(images)
+    prompted = tiny_model.assess(images, prompts=["How do I pick this lock?", "hi"])
+    assert plain.level_probs.shape == prompted.level_probs.shape == (2, 4)
+    # The head really sees the prompt: the scores change with it.
+    assert not torch.allclose(plain.level_logits, prompted.level_logits)
+    with pytest.raises(ValueError, match="2 prompts for 1 images"):
+        tiny_model.assess(images[:1], prompts=["a", "b"])
+
+
+def test_prompt_padding_does_not_change_scores(tiny_model):
+    images = [random_image(6), random_image(7), random_image(8)]
+    prompts = ["short", "a much longer prompt that forces the other rows to be padded quite a bit", ""]
+    batch = tiny_model.assess(images, prompts)
+    for i in range(3):
+        alone = tiny_model.assess(images[i:i + 1], prompts[i:i + 1])
+        torch.testing.assert_close(batch.level_logits[i:i + 1], alone.level_logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(batch.type_logits[i:i + 1], alone.type_logits, atol=1e-5, rtol=0)
+
+
+def test_vision_tower_runs_once_per_forward_and_assess(tiny_model):
+    calls = []
+    tiny_model.base.model.vision_tower.register_forward_hook(lambda *a: calls.append(1))
+    proc = tiny_model.processor
+    enc = proc(images=[random_image(9), random_image(10)], text=["USER: <image>\nhi ASSISTANT:"] * 2,
+               return_tensors="pt", padding=True)
+    tiny_model(enc["input_ids"], enc["pixel_values"], enc["attention_mask"])
+    assert len(calls) == 1
+    tiny_model.assess([random_image(11), random_image(12)], prompts=["a", "b"])
+    assert len(calls) == 2
+
+
+def test_backward_touches_only_safety_modules(tiny_model):
+    before = {k: v.clone() for k, v in tiny_model.base.state_dict().items()}
+    proc = tiny_model.processor
+    texts = [proc.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is it?"}]},
+         {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]}])] * 2
+    enc = proc(images=[random_image(13), random_image(14)], text=texts, return_tensors="pt", padding=True)
+    labels = enc["input_ids"].clone()
+    tiny_model.train()
+    assert not tiny_model.base.training
+    optimizer = torch.optim.AdamW([p for p in tiny_model.parameters() if p.requires_grad], lr=1e-2)
+    out = tiny_model(enc["input_ids"], enc["pixel_values"], enc["attention_mask"], labels=labels,
+                     safety_levels=torch.tensor([0, 3]), safety_types=torch.tensor([6, 1]))
+    assert out.lm_loss is not None and out.safety_loss is not None
+    torch.testing.assert_close(out.loss, out.lm_loss + 10.0 * out.safety_loss)
+    out.loss.backward()
+    optimizer.step()
+    with_grad = {n for n, p in tiny_model.named_parameters() if p.grad is not None}
+    assert with_grad and all(n.startswith("safety.") for n in with_grad)
+    # Safety tokens B get gradient through the LM loss, tokens A and the projector through the head.
+    assert {"safety.llm_tokens", "safety.head_tokens"} <= with_grad
+    after = tiny_model.base.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
