@@ -36,6 +36,12 @@ class JsonlCache:
         self.path = Path(path)
         self._lock = threading.Lock()
         self.entries: dict[str, dict] = {}
+        # A crash can leave a last line without its newline: start the next entry on a line of its own.
+        self._needs_newline = False
+        if self.path.exists() and self.path.stat().st_size > 0:
+            with open(self.path, "rb") as handle:
+                handle.seek(-1, 2)
+                self._needs_newline = handle.read(1) != b"\n"
         if self.path.exists():
             with open(self.path, encoding="utf-8") as handle:
                 for line in handle:
@@ -56,6 +62,9 @@ class JsonlCache:
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as handle:
+                if self._needs_newline:
+                    handle.write("\n")
+                    self._needs_newline = False
                 handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
             self.entries[key] = entry
 

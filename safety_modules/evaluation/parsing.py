@@ -147,9 +147,10 @@ class ResponseClassifier:
         import torch
 
         out: list[str] = []
+        # Right padding: the head reads the first token, which left padding would turn into a pad.
         for start in range(0, len(texts), batch_size):
             enc = self.tokenizer(list(texts[start:start + batch_size]), truncation=True, max_length=self.max_length,
-                                 padding=True, return_tensors="pt").to(self.device)
+                                 padding=True, padding_side="right", return_tensors="pt").to(self.device)
             with torch.no_grad():
                 hidden = self.encoder(**enc).last_hidden_state[:, 0]
                 out += [self.labels[i] for i in self.head(hidden).argmax(-1).tolist()]
