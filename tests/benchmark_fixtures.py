@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+import time
 import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +177,70 @@ def write_parquet_layout(root: Path, shards: int = 2) -> Path:
         pq.write_table(table, root / "data" / f"train-{s:05d}-of-{shards:05d}.parquet")
     _jsonl(root / "perception_metadata.jsonl", _perception_rows())
     return root
+
+
+# ---------------------------------------------------------------- a chat-completions server
+
+class ChatServer:
+    """A minimal OpenAI-compatible /v1/chat/completions server with scripted replies.
+
+    ``failures``: how many requests answer HTTP 500 first. ``reply(prompt_text)`` gives the
+    assistant text. Every received body is kept in ``bodies``; ``max_in_flight`` is the most
+    requests handled at the same time (each takes at least ``delay`` seconds).
+    """
+
+    def __init__(self, reply, failures: int = 0, delay: float = 0.0) -> None:
+        self.reply, self.failures, self.delay, self.bodies, self.headers = reply, failures, delay, [], []
+        self.in_flight = self.max_in_flight = 0
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                with server._lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    time.sleep(server.delay)
+                    self.answer()
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def answer(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server._lock:
+                    server.bodies.append(body)
+                    server.headers.append(dict(self.headers))
+                if self.path != "/v1/chat/completions":
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                with server._lock:
+                    fail = server.failures > 0
+                    server.failures -= fail
+                if fail:
+                    self.send_response(500)
+                    self.end_headers()
+                    self.wfile.write(b"overloaded")
+                    return
+                text = next(c["text"] for c in body["messages"][0]["content"] if c["type"] == "text")
+                payload = json.dumps({"id": "x", "object": "chat.completion", "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": server.reply(text)},
+                     "finish_reason": "stop"}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -4,69 +4,21 @@ from __future__ import annotations
 import base64
 import io
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
 
 import pytest
+from benchmark_fixtures import ChatServer
 from PIL import Image
 
 from safety_modules.evaluation import judge as jd
-
-
-class ChatServer:
-    """A minimal OpenAI-compatible /v1/chat/completions server with scripted replies.
-
-    ``failures``: how many requests answer HTTP 500 first. ``reply(prompt_text)`` gives the
-    assistant text. Every received body is kept in ``bodies``.
-    """
-
-    def __init__(self, reply, failures: int = 0) -> None:
-        self.reply, self.failures, self.bodies, self.headers = reply, failures, [], []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.bodies.append(body)
-                server.headers.append(dict(self.headers))
-                if self.path != "/v1/chat/completions":
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                if server.failures > 0:
-                    server.failures -= 1
-                    self.send_response(500)
-                    self.end_headers()
-                    self.wfile.write(b"overloaded")
-                    return
-                text = next(c["text"] for c in body["messages"][0]["content"] if c["type"] == "text")
-                payload = json.dumps({"id": "x", "object": "chat.completion", "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": server.reply(text)},
-                     "finish_reason": "stop"}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture()
 def server_factory():
     servers = []
 
-    def make(reply, failures=0):
-        servers.append(ChatServer(reply, failures))
+    def make(reply, failures=0, delay=0.0):
+        servers.append(ChatServer(reply, failures, delay))
         return servers[-1]
 
     yield make
@@ -137,6 +89,16 @@ def test_server_down_gives_missing_scores_and_client_errors_stop(server_factory,
     assert result.score is None and "HTTP 500" in result.error and len(srv.bodies) == 3
     with pytest.raises(jd.JudgeError, match="HTTP 404"):
         jd.ChatJudge(srv.url + "/wrong", "m", tmp_path / "d.jsonl", backoff=0.01).judge([_request(0)])
+
+
+def test_concurrency_limit(server_factory, tmp_path):
+    srv = server_factory(lambda text: "5", delay=0.1)
+    judge = jd.ChatJudge(srv.url, "m", tmp_path / "c.jsonl", concurrency=2)
+    start = time.monotonic()
+    results = judge.judge([_request(i) for i in range(6)])
+    assert [r.score for r in results] == [5.0] * 6
+    assert srv.max_in_flight == 2  # never more than the limit, and the limit is used
+    assert time.monotonic() - start >= 0.3  # 6 requests of 0.1 s, 2 at a time
 
 
 @pytest.mark.parametrize("rubric,label,reference,answer,expected", [

@@ -5,7 +5,7 @@ import csv
 import json
 
 import pytest
-from benchmark_fixtures import RTVLM_COUNTS, write_rtvlm_snapshot
+from benchmark_fixtures import RTVLM_COUNTS, ChatServer, write_rtvlm_snapshot
 
 from safety_modules.cli import main
 from safety_modules.data.rtvlm import SUBTASKS
@@ -69,3 +69,16 @@ def test_rtvlm_end_to_end_offline_judge(tiny_dir, tmp_path, capsys):
     size = cache_file.stat().st_size
     assert main(args) == 0
     assert cache_file.stat().st_size == size
+
+    # The same answers judged through the CLI by a (local) chat-completions judge.
+    server = ChatServer(lambda text: "7" if "Scoring Guide" in text else "?")
+    try:
+        api = [a if a != "rules" else "api" for a in args] + ["--judge-url", server.url, "--judge-model", "local"]
+        assert main(api) == 0
+    finally:
+        server.close()
+    assert cache_file.stat().st_size == size
+    assert len(server.bodies) == len(items)
+    report = json.loads((out / "results.json").read_text())
+    assert report["approximate"] is False and report["score"] == 7.0
+    assert "APPROXIMATE" not in (out / "results.md").read_text()

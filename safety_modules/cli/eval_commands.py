@@ -13,7 +13,8 @@ def _model_args(p: argparse.ArgumentParser, generation: bool = True) -> None:
     p.add_argument("--safety", help="safety-modules folder or hub id (default: fresh, untrained modules)")
     p.add_argument("--out", type=Path, required=True, help="output folder (report, CSV, plots, caches)")
     p.add_argument("--policy", default="default",
-                   help="gate policy: default, argmax, allow-all, none, or a YAML file (default: default)")
+                   help="gate policy: default, argmax, allow-all, a YAML file, or none (never acts; no gate "
+                        "statistics) (default: default)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--batch-size", type=int, default=8)
@@ -116,7 +117,7 @@ def cmd_rtvlm(args: argparse.Namespace) -> int:
     name, tag, policy, inject = _run_settings(args, model)
     result = evaluate_rtvlm(model, items, judge, args.out, model_name=name, run_tag=tag, policy=policy,
                             inject_safety_tokens=inject, batch_size=args.batch_size,
-                            generation_kwargs={"max_new_tokens": args.max_new_tokens})
+                            generation_kwargs={"max_new_tokens": args.max_new_tokens, "do_sample": False})
     for key, title in SUBTASKS.items():
         s = result.subtasks[key]
         print(f"  {title:15s} {fmt(s['mean'])}  (n={s['n']}, missing={s['missing']})")
@@ -151,7 +152,7 @@ def cmd_unsafe_concepts(args: argparse.Namespace) -> int:
     metrics = evaluate_unsafe_concepts(
         model, data, args.out, model_name=name, run_tag=tag, parts=args.parts,
         limit_per_category=args.limit_per_category, policy=gate_policy, inject_safety_tokens=inject,
-        batch_size=args.batch_size, generation_kwargs={"max_new_tokens": args.max_new_tokens},
+        batch_size=args.batch_size, generation_kwargs={"max_new_tokens": args.max_new_tokens, "do_sample": False},
         perception_classifier=perception_clf, alignment_classifier=alignment_clf)
     for part in ("perception", "alignment", "text_only"):
         if part in metrics:
@@ -171,7 +172,8 @@ def cmd_head(args: argparse.Namespace) -> int:
     items = [item for path in args.data for item in load_labelled(path)]
     model = _load_model(args)
     name = f"{Path(str(args.base)).name} + {Path(str(args.safety)).name if args.safety else 'fresh modules'}"
-    metrics = evaluate_head(model, items, args.out, model_name=name, policy=load_policy(args.policy),
+    policy = None if args.policy == "none" else load_policy(args.policy)
+    metrics = evaluate_head(model, items, args.out, model_name=name, policy=policy,
                             batch_size=args.batch_size)
     print(f"  items {metrics['n']} (risky {metrics['n_risky']}, safe {metrics['n_safe']})")
     print(f"  AUROC {fmt(metrics['auroc'], 3)}  risky-vs-safe accuracy {fmt(metrics['risky_accuracy'], 3)}  "

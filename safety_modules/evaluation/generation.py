@@ -77,23 +77,24 @@ def cache_key(*parts: Any) -> str:
 # ---------------------------------------------------------------- policies
 
 def load_policy(spec: str | None):
-    """``None``/``"none"`` -> no gate; ``default``, ``argmax``, ``allow-all`` or a YAML file -> a `SafetyPolicy`."""
-    if spec is None or spec == "none":
+    """A `SafetyPolicy` from ``default``, ``argmax``, ``allow-all`` (alias ``none``: the gate never acts)
+    or a YAML file; ``None`` -> ``None`` (the model's own default)."""
+    if spec is None:
         return None
     try:
         from ..policy import SafetyPolicy
     except ImportError:
         # TODO(merge): remove once safety_modules.policy lands; the argmax rule stands in for every spec.
         logger.warning("safety_modules.policy is not available: using the reference's argmax rule for %r", spec)
-        return _ArgmaxPolicy()
+        return _ArgmaxPolicy(allow_all=spec in ("none", "allow-all"))
     if spec == "default":
         return SafetyPolicy.default()
     if spec == "argmax":
         return SafetyPolicy.argmax()
-    if spec == "allow-all":
+    if spec in ("none", "allow-all"):
         return SafetyPolicy.allow_all()
     if not Path(spec).is_file():
-        raise FileNotFoundError(f"policy must be default, argmax, allow-all or a YAML file; {spec} not found")
+        raise FileNotFoundError(f"policy must be default, argmax, allow-all, none or a YAML file; {spec} not found")
     return SafetyPolicy.from_yaml(spec)
 
 
@@ -114,13 +115,16 @@ class _FallbackDecision:
 
 class _ArgmaxPolicy:
     """TODO(merge): remove once SafetyPolicy lands. The reference's rule: argmax level and type;
-    safe level or safe type -> allow; top level -> refuse; otherwise hint."""
+    safe level or safe type -> allow; top level -> refuse; otherwise hint. ``allow_all``: always allow."""
+
+    def __init__(self, allow_all: bool = False) -> None:
+        self.allow_all = allow_all
 
     def decide(self, level_probs: dict, type_probs: dict) -> _FallbackDecision:
         levels, types = list(level_probs), list(type_probs)
         level = max(levels, key=level_probs.get)
         type_ = max(types, key=type_probs.get)
-        if levels.index(level) == 0 or type_ == "safe":
+        if self.allow_all or levels.index(level) == 0 or type_ == "safe":
             action = "allow"
         elif levels.index(level) == len(levels) - 1:
             action = "refuse"

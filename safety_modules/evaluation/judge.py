@@ -132,7 +132,7 @@ class Judgment:
     error: str = ""
 
 
-class JudgeError(RuntimeError):
+class JudgeError(ValueError):
     """The judge endpoint refused the requests (bad URL, model or key): retrying cannot help."""
 
 
