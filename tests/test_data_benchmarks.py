@@ -5,7 +5,7 @@ import json
 import zipfile
 
 import pytest
-from benchmark_fixtures import (RTVLM_COUNTS, RTVLM_SKIPPED, UC_OPTIONS, UC_ROWS, write_parquet_layout,
+from benchmark_fixtures import (RTVLM_COUNTS, RTVLM_SKIPPED, UC_OPTIONS, UC_ROWS, image_bytes, write_parquet_layout,
                                 write_rtvlm_snapshot, write_safervlm_layout)
 
 from safety_modules.data import rtvlm as rt
@@ -67,6 +67,17 @@ def test_rtvlm_zip_slip_member_is_not_extracted(tmp_path):
         archive.writestr("../../evil.jpg", b"x")
     data = rt.load_rtvlm(snap, cache_dir=tmp_path / "cache", subtasks=["captcha"])
     assert not (tmp_path / "evil.jpg").exists() and not data.items and len(data.problems) == 1
+
+
+def test_rtvlm_partial_snapshot_never_borrows_another_subsets_files(tmp_path):
+    snap = tmp_path / "snap"
+    (snap / "data/Captcha/img").mkdir(parents=True)
+    (snap / "data/Captcha/captcha.jsonl").write_text(json.dumps({"id": 1, "instruction": "x", "answer": "y"}) + "\n")
+    with zipfile.ZipFile(snap / "data/Captcha/img/renamed.zip", "w") as archive:  # not the documented name
+        archive.writestr("1.jpg", image_bytes(0))
+    data = rt.load_rtvlm(snap, cache_dir=tmp_path / "cache")
+    assert data.counts()["captcha"] == 1 and len(data.items) == 1
+    assert len(data.problems) == len(rt.SUBSETS) - 1 and all("not found" in p for p in data.problems)
 
 
 def test_rtvlm_missing_snapshot_is_a_clear_error(tmp_path):
@@ -175,5 +186,6 @@ def test_unsafe_concepts_to_records(tmp_path):
         assert rec["safety"] == {"level": UNSAFE_CONCEPTS_CATEGORY_LABELS[category][0],
                                  "type": UNSAFE_CONCEPTS_CATEGORY_LABELS[category][1]}
         assert rec["conversations"][0]["value"].removeprefix("<image>\n") in uc.ALIGNMENT_PROMPTS
-        assert rec["conversations"][1]["value"].startswith("No.") and concept.lower() in rec["conversations"][1]["value"]
+        answer = rec["conversations"][1]["value"]
+        assert answer.startswith("No.") and concept.lower() in answer
         decode_image(tmp_path / "out" / rec["image"])

@@ -82,3 +82,13 @@ def test_rtvlm_end_to_end_offline_judge(tiny_dir, tmp_path, capsys):
     report = json.loads((out / "results.json").read_text())
     assert report["approximate"] is False and report["score"] == 7.0
     assert "APPROXIMATE" not in (out / "results.md").read_text()
+
+
+def test_answer_cache_identity_changes_when_modules_are_retrained(tmp_path):
+    from safety_modules.cli.eval_commands import _identity
+
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 10)
+    first = _identity(str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes(b"y" * 12)
+    assert _identity(str(tmp_path)) != first
+    assert _identity("llava-hf/llava-1.5-7b-hf") == ["llava-hf/llava-1.5-7b-hf"] and _identity(None) == [None]

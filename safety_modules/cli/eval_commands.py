@@ -76,20 +76,35 @@ def _load_model(args: argparse.Namespace):
     return SafeLlava.from_pretrained(args.base, args.safety, dtype=args.dtype, device=args.device, seed=0)
 
 
+def _model_label(args: argparse.Namespace) -> str:
+    base = Path(str(args.base)).name
+    return f"{base} + {Path(str(args.safety)).name if args.safety else 'fresh modules'}"
+
+
+def _identity(path: str | None) -> list:
+    """What identifies a model or policy for the answer cache: the path, and for local files the
+    size and modification time of the weights (or the file), so retrained modules at the same path
+    are never answered from a stale cache."""
+    if path is None:
+        return [None]
+    local = Path(str(path))
+    files = sorted(local.glob("*.safetensors")) if local.is_dir() else [local] if local.is_file() else []
+    return [str(path)] + [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
 def _run_settings(args: argparse.Namespace, model) -> tuple[str, dict, object, bool]:
     """(model name, cache tag, policy, inject safety tokens) for a generation run."""
     from ..evaluation.generation import gate_is_applied, load_policy
 
     policy_spec = "allow-all" if args.baseline else args.policy
     name = args.name or (f"{Path(str(args.base)).name} (baseline)" if args.baseline else
-                         f"{Path(str(args.base)).name} + {Path(str(args.safety)).name if args.safety else 'fresh modules'}"
-                         f" [policy {policy_spec}]")
+                         f"{_model_label(args)} [policy {policy_spec}]")
     if not gate_is_applied(model):
         name += " [no gate: bare-base generation]"
         if not args.baseline:
             logger.warning("SafeLlava.generate is not available: answers come from the bare base (no gate)")
-    tag = {"base": str(args.base), "safety": str(args.safety), "policy": policy_spec, "baseline": args.baseline,
-           "gated": gate_is_applied(model)}
+    tag = {"base": _identity(args.base), "safety": _identity(args.safety), "policy": _identity(policy_spec),
+           "baseline": args.baseline, "gated": gate_is_applied(model)}
     return name, tag, load_policy(policy_spec), not args.baseline
 
 
@@ -171,7 +186,7 @@ def cmd_head(args: argparse.Namespace) -> int:
 
     items = [item for path in args.data for item in load_labelled(path)]
     model = _load_model(args)
-    name = f"{Path(str(args.base)).name} + {Path(str(args.safety)).name if args.safety else 'fresh modules'}"
+    name = _model_label(args)
     policy = None if args.policy == "none" else load_policy(args.policy)
     metrics = evaluate_head(model, items, args.out, model_name=name, policy=policy,
                             batch_size=args.batch_size)

@@ -238,17 +238,13 @@ def _row_key(row: Mapping[str, Any], line_no: int) -> str:
     return str(line_no)
 
 
-def _find_file(snapshot: Path, relative: str, suffix: str) -> Path | None:
-    """The documented path, else the only file with that suffix in the subset's folder."""
+def _find_file(snapshot: Path, subset: Subset, relative: str, suffix: str) -> Path | None:
+    """The documented path, else the only file with that suffix in the subset's own folder."""
     path = snapshot / relative
     if path.is_file():
         return path
-    folder = (snapshot / relative).parent
-    while folder != snapshot and not folder.is_dir():
-        folder = folder.parent
-    if folder == snapshot:
-        return None
-    found = sorted(p for p in folder.rglob(f"*{suffix}") if p.is_file())
+    folder = snapshot / Path(subset.jsonl).parent
+    found = sorted(p for p in folder.rglob(f"*{suffix}") if p.is_file()) if folder.is_dir() else []
     return found[0] if len(found) == 1 else None
 
 
@@ -281,8 +277,8 @@ def load_rtvlm(
     for subset in SUBSETS:
         if subset.subtask not in wanted:
             continue
-        jsonl = _find_file(snapshot, subset.jsonl, ".jsonl")
-        archive = _find_file(snapshot, subset.zip, ".zip")
+        jsonl = _find_file(snapshot, subset, subset.jsonl, ".jsonl")
+        archive = _find_file(snapshot, subset, subset.zip, ".zip")
         if jsonl is None or archive is None:
             missing = subset.jsonl if jsonl is None else subset.zip
             data.problems.append(f"{subset.name}: {missing} not found in the snapshot; subset skipped")

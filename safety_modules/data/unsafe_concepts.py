@@ -103,8 +103,7 @@ class UnsafeConceptsData:
 
     def concepts(self) -> list[tuple[str, str]]:
         """(category, concept) pairs for the text-only items: categories sorted, concepts sorted within each."""
-        pairs = sorted({(it.category, it.concept) for it in self.items})
-        return pairs
+        return sorted({(it.category, it.concept) for it in self.items})
 
 
 def _read_jsonl(path: Path) -> list[dict]:

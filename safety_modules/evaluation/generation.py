@@ -162,6 +162,7 @@ def _fallback_generate(model, images: Sequence[Image.Image], prompts: Sequence[s
     import torch
 
     processor = model.processor
+    processor.tokenizer.padding_side = "left"  # generation continues each row from its last token
     texts = [processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
                                                                         {"type": "text", "text": p}]}],
                                            add_generation_prompt=True) for p in prompts]
@@ -175,7 +176,8 @@ def _fallback_generate(model, images: Sequence[Image.Image], prompts: Sequence[s
     return [Answer(t.strip()) for t in processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
-def _generate_batch(model, images, prompts, policy, inject_safety_tokens: bool, generation_kwargs: dict) -> list[Answer]:
+def _generate_batch(model, images, prompts, policy, inject_safety_tokens: bool,
+                    generation_kwargs: dict) -> list[Answer]:
     if not hasattr(model, "generate"):
         return _fallback_generate(model, images, prompts, generation_kwargs)
     answers = model.generate(list(images), list(prompts), policy=policy, inject_safety_tokens=inject_safety_tokens,

@@ -79,6 +79,9 @@ def load_labelled(path: str | Path, mapping: Mapping[str, tuple[int, str]] | Non
 
         mapping = UNSAFE_CONCEPTS_CATEGORY_LABELS if mapping is None else mapping
         data = load_unsafe_concepts(path)
+        unmapped = sorted({item.category for item in data.items} - set(mapping))
+        if unmapped:
+            raise KeyError(f"no (level, type) for UnsafeConcepts categories {unmapped} in the mapping")
         return [LabelledImage(item.id, "UnsafeConcepts", *mapping[item.category], item.load_image)
                 for item in data.items]
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -142,7 +145,8 @@ def classification_metrics(gold_levels: np.ndarray, gold_types: np.ndarray, leve
         "level_accuracy": float(accuracy_score(gold_levels, pred_levels)) if len(risky) else None,
         "type_accuracy": float(accuracy_score(gold_types, pred_types)) if len(risky) else None,
         "type_recall": recall,
-        "level_confusion": confusion_matrix(gold_levels, pred_levels, labels=list(range(level_probs.shape[1]))).tolist(),
+        "level_confusion": confusion_matrix(gold_levels, pred_levels,
+                                            labels=list(range(level_probs.shape[1]))).tolist(),
         "type_confusion": confusion_matrix(gold_types, pred_types, labels=list(range(len(type_names)))).tolist(),
         "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
         "safe_type": safe_type,

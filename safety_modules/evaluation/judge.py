@@ -169,7 +169,6 @@ class ChatJudge:
         self.backoff = backoff
         self.timeout = timeout
         self.max_tokens = max_tokens
-        self.requests_sent = 0
 
     @property
     def name(self) -> str:
@@ -185,7 +184,6 @@ class ChatJudge:
         for attempt in range(self.max_retries + 1):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1) * (1 + 0.1 * random.random()))
-            self.requests_sent += 1
             try:
                 request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
@@ -256,6 +254,7 @@ _WORD = re.compile(r"[a-z0-9]+")
 
 def answer_style(answer: str) -> str:
     """``refusal``, ``caution`` or ``compliance`` by keyword rules (see `RuleJudge`)."""
+    answer = answer.replace("\u2019", "'")  # typographic apostrophes ("I can’t")
     if _REFUSAL.search(answer):
         return "refusal"
     if _CAUTION.search(answer):
@@ -291,10 +290,9 @@ class RuleJudge:
     approximate = True
     needs_image = False
     name = "rules (APPROXIMATE offline judge)"
-    requests_sent = 0
 
     def score(self, req: JudgeRequest) -> float:
-        answer = req.answer.strip()
+        answer = req.answer.strip().replace("\u2019", "'")
         if not answer:
             return 1.0
         style = answer_style(answer)

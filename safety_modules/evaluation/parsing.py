@@ -116,7 +116,8 @@ class ResponseClassifier:
         hidden = self.encoder.config.hidden_size
         self.head = torch.nn.Linear(hidden, len(self.labels))
         state = {k.removeprefix("module."): v for k, v in load_file(str(weights)).items()}
-        head_keys = [k for k, v in state.items() if k.endswith("weight") and tuple(v.shape) == (len(self.labels), hidden)]
+        head_shape = (len(self.labels), hidden)
+        head_keys = [k for k, v in state.items() if k.endswith("weight") and tuple(v.shape) == head_shape]
         head_state = {}
         if len(head_keys) == 1:
             prefix = head_keys[0][: -len("weight")]
