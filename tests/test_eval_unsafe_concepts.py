@@ -161,3 +161,6 @@ def test_unsafe_concepts_end_to_end(tiny_dir, tmp_path, capsys):
     assert "modality gap" in results and "APPROXIMATE" in results and "Gate on" in results
     for name in ("perception.csv", "alignment.csv", "gate.csv"):
         assert (out / name).is_file()
+    with open(out / "alignment.csv") as handle:
+        overall = list(csv.DictReader(handle))[-1]
+    assert overall["category"] == "overall" and overall["LLaVA-v1.5-7B text-only (SaferVLM repo)"] == "0.945"

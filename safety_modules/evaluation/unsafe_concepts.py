@@ -32,6 +32,17 @@ logger = logging.getLogger(__name__)
 
 PARTS = ("perception", "alignment", "text_only")
 
+# LLaVA-v1.5-7B rows committed in the SaferVLM repository (results/*.xlsx, RoBERTa classifiers). They are
+# intermediate artifacts that may differ from the paper; no visual-alignment numbers were committed.
+PUBLISHED_LLAVA_7B: dict[str, dict[str, float]] = {
+    "perception": {"Hate": 0.856, "Harassment": 0.945, "Violence": 0.802, "Self-harm": 0.972, "Sexual": 1.000,
+                   "Shocking": 0.967, "Illegal activity": 0.967, "Deception": 0.957,
+                   "Public and personal health": 0.931, "overall": 0.932},
+    "text_only": {"Hate": 0.911, "Harassment": 0.939, "Violence": 0.955, "Self-harm": 0.971, "Sexual": 0.909,
+                  "Shocking": 0.933, "Illegal activity": 0.977, "Deception": 0.957,
+                  "Public and personal health": 1.000, "overall": 0.945},
+}
+
 
 @dataclass
 class Query:
@@ -251,17 +262,19 @@ def write_unsafe_concepts_report(metrics: dict, out: Path, model_name: str) -> N
     keys = [k for k in keys if k != "overall"] + ["overall"]
     if "perception" in metrics:
         p = metrics["perception"]
-        rows = [[k, p[k]["accuracy"], p[k]["valid"], p[k]["na"], p[k]["n"]] for k in keys if k in p]
-        header = ["category", "perception accuracy", "valid", "N/A", "n"]
+        rows = [[k, p[k]["accuracy"], p[k]["valid"], p[k]["na"], p[k]["n"], PUBLISHED_LLAVA_7B["perception"].get(k)]
+                for k in keys if k in p]
+        header = ["category", "perception accuracy", "valid", "N/A", "n", "LLaVA-v1.5-7B (SaferVLM repo)"]
         write_csv(out / "perception.csv", header, rows)
         sections.append(("Perception (multiple choice; accuracy over non-N/A answers)",
                          markdown_table(header, rows, digits=3)))
     if "alignment" in metrics or "text_only" in metrics:
         vis, txt, gap = metrics.get("alignment", {}), metrics.get("text_only", {}), metrics.get("modality_gap", {})
         rows = [[k, vis.get(k, {}).get("accuracy"), txt.get(k, {}).get("accuracy"), gap.get(k),
-                 vis.get(k, {}).get("na"), txt.get(k, {}).get("na")] for k in keys]
+                 vis.get(k, {}).get("na"), txt.get(k, {}).get("na"), PUBLISHED_LLAVA_7B["text_only"].get(k)]
+                for k in keys]
         header = ["category", "visual alignment acc", "text-only acc", "modality gap (text - visual)",
-                  "visual NA", "text NA"]
+                  "visual NA", "text NA", "LLaVA-v1.5-7B text-only (SaferVLM repo)"]
         write_csv(out / "alignment.csv", header, rows)
         sections.append(("Alignment (share of valid answers judged Unsafe) and modality gap",
                          markdown_table(header, rows, digits=3)))
@@ -276,9 +289,8 @@ def write_unsafe_concepts_report(metrics: dict, out: Path, model_name: str) -> N
     notes = [f"Response parser: {metrics['parser']}."]
     if approximate:
         notes.append("**APPROXIMATE**: labels come from the rule parser, not the published RoBERTa classifiers.")
-    notes.append("For reference, results committed in the SaferVLM repository (RoBERTa classifiers; may differ "
-                 "from the paper) give LLaVA-v1.5-7B perception 0.932 and text-only alignment 0.945 overall; "
-                 "no visual-alignment numbers were published there.")
+    notes.append("The LLaVA-v1.5-7B columns are results committed in the SaferVLM repository (RoBERTa classifiers; "
+                 "they may differ from the paper); no visual-alignment numbers were committed there.")
     sections.append(("Notes", "\n".join(f"- {n}" for n in notes)))
     write_markdown(out / "results.md", f"UnsafeConcepts: {model_name}", sections)
 
