@@ -43,7 +43,8 @@ class JsonlCache:
                 handle.seek(-1, 2)
                 self._needs_newline = handle.read(1) != b"\n"
         if self.path.exists():
-            with open(self.path, encoding="utf-8") as handle:
+            # errors="replace": a crash can also cut a multi-byte character; that line then fails to parse.
+            with open(self.path, encoding="utf-8", errors="replace") as handle:
                 for line in handle:
                     try:
                         entry = json.loads(line)
