@@ -1,0 +1,199 @@
+"""Evaluation commands: ``safevlm eval rtvlm | unsafe-concepts | head``."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def _model_args(p: argparse.ArgumentParser, generation: bool = True) -> None:
+    p.add_argument("--base", required=True, help="LLaVA-1.5 folder or hub id (HF or original layout)")
+    p.add_argument("--safety", help="safety-modules folder or hub id (default: fresh, untrained modules)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (report, CSV, plots, caches)")
+    p.add_argument("--policy", default="default",
+                   help="gate policy: default, argmax, allow-all, a YAML file, or none (never acts; no gate "
+                        "statistics) (default: default)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--batch-size", type=int, default=8)
+    if generation:
+        p.add_argument("--baseline", action="store_true",
+                       help="the bare base: no safety tokens, policy allow-all (the comparison row)")
+        p.add_argument("--max-new-tokens", type=int, default=512)
+        p.add_argument("--name", help="model name in the report (default: from --base/--safety)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("eval", help="benchmarks: RTVLM, UnsafeConcepts, safety-head metrics")
+    eval_sub = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+
+    p = eval_sub.add_parser("rtvlm", help="RTVLM: generate, judge 0-10, report per subtask beside published rows")
+    p.add_argument("--data", type=Path, required=True, help="local snapshot of MMInstruction/RedTeamingVLM")
+    _model_args(p)
+    p.add_argument("--judge", choices=["api", "rules"], default="api",
+                   help="api: an OpenAI-compatible chat-completions endpoint; rules: APPROXIMATE offline rule judge")
+    p.add_argument("--judge-url", help="API base, e.g. http://localhost:8000/v1 (or the full /chat/completions URL)")
+    p.add_argument("--judge-model", help="model name sent to the judge endpoint, e.g. gpt-4o")
+    p.add_argument("--judge-key-env", default="JUDGE_API_KEY", help="environment variable holding the API key")
+    p.add_argument("--judge-concurrency", type=int, default=4)
+    p.add_argument("--judge-retries", type=int, default=5)
+    p.add_argument("--split", choices=["all", "train", "test"], default="all",
+                   help="all items, or our seeded 80/20 split's part (the paper tested on 20%%)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-fraction", type=float, default=0.8)
+    p.add_argument("--subtasks", nargs="+", help="only these subtasks (default: all 10)")
+    p.add_argument("--limit-per-subtask", type=int, help="first N items per subtask (smoke runs)")
+    p.add_argument("--image-cache", type=Path, help="where the zips are extracted (default: <data>/.extracted)")
+    p.set_defaults(func=cmd_rtvlm)
+
+    p = eval_sub.add_parser("unsafe-concepts", help="UnsafeConcepts: perception, alignment, text-only, modality gap")
+    p.add_argument("--data", type=Path, required=True, help="SaferVLM layout or HF parquet export folder")
+    p.add_argument("--perception-metadata", type=Path, help="perception_metadata.jsonl (default: beside the data)")
+    _model_args(p)
+    p.add_argument("--parts", nargs="+", choices=["perception", "alignment", "text_only"],
+                   default=["perception", "alignment", "text_only"])
+    p.add_argument("--limit-per-category", type=int, help="first N images (and concepts) per category")
+    p.add_argument("--classifier-encoder", type=Path,
+                   help="local RoBERTa folder (config + tokenizer) for the published response classifiers")
+    p.add_argument("--perception-classifier", type=Path, help="perception classifier weights (.safetensors)")
+    p.add_argument("--alignment-classifier", type=Path, help="alignment classifier weights (.safetensors)")
+    p.set_defaults(func=cmd_unsafe_concepts)
+
+    p = eval_sub.add_parser("head", help="the safety head as a classifier: AUROC, accuracy, recall, confusion")
+    p.add_argument("--data", type=Path, nargs="+", required=True,
+                   help="training-format JSON/JSONL, UnsafeConcepts folder, or a folder of safe images (several OK)")
+    _model_args(p, generation=False)
+    p.set_defaults(func=cmd_head)
+
+
+def _load_model(args: argparse.Namespace):
+    from ..wrapper import SafeLlava
+
+    if args.safety is None and not getattr(args, "baseline", False):
+        logger.warning("no --safety given: fresh, untrained safety modules (their scores are meaningless)")
+    return SafeLlava.from_pretrained(args.base, args.safety, dtype=args.dtype, device=args.device, seed=0)
+
+
+def _model_label(args: argparse.Namespace) -> str:
+    base = Path(str(args.base)).name
+    return f"{base} + {Path(str(args.safety)).name if args.safety else 'fresh modules'}"
+
+
+def _identity(path: str | None) -> list:
+    """What identifies a model or policy for the answer cache: the path, and for local files the
+    size and modification time of the weights (or the file), so retrained modules at the same path
+    are never answered from a stale cache."""
+    if path is None:
+        return [None]
+    local = Path(str(path))
+    files = sorted(local.glob("*.safetensors")) if local.is_dir() else [local] if local.is_file() else []
+    return [str(path)] + [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def _run_settings(args: argparse.Namespace, model) -> tuple[str, dict, object, bool]:
+    """(model name, cache tag, policy, inject safety tokens) for a generation run."""
+    from ..evaluation.generation import gate_is_applied, load_policy
+
+    policy_spec = "allow-all" if args.baseline else args.policy
+    name = args.name or (f"{Path(str(args.base)).name} (baseline)" if args.baseline else
+                         f"{_model_label(args)} [policy {policy_spec}]")
+    if not gate_is_applied(model):
+        name += " [no gate: bare-base generation]"
+        if not args.baseline:
+            logger.warning("SafeLlava.generate is not available: answers come from the bare base (no gate)")
+    tag = {"base": _identity(args.base), "safety": _identity(args.safety), "policy": _identity(policy_spec),
+           "baseline": args.baseline, "gated": gate_is_applied(model)}
+    return name, tag, load_policy(policy_spec), not args.baseline
+
+
+def cmd_rtvlm(args: argparse.Namespace) -> int:
+    from ..data.rtvlm import SUBTASKS, load_rtvlm
+    from ..evaluation.judge import ChatJudge, RuleJudge
+    from ..evaluation.rtvlm import evaluate_rtvlm
+    from ..evaluation.report import fmt
+
+    if args.judge == "api" and not (args.judge_url and args.judge_model):
+        raise ValueError("--judge api needs --judge-url and --judge-model (or use --judge rules, approximate)")
+    data = load_rtvlm(args.data, cache_dir=args.image_cache, subtasks=args.subtasks, split=args.split,
+                      seed=args.seed, train_fraction=args.train_fraction)
+    items = data.items
+    if args.limit_per_subtask:
+        items = [it for name in SUBTASKS for it in [x for x in items if x.subtask == name][:args.limit_per_subtask]]
+    print(f"RTVLM: {len(items)} items ({', '.join(f'{SUBTASKS[k]} {v}' for k, v in data.counts().items())}); "
+          f"{len(data.problems)} rows skipped")
+    judge = RuleJudge() if args.judge == "rules" else ChatJudge(
+        args.judge_url, args.judge_model, args.out / "judgments.jsonl", api_key_env=args.judge_key_env,
+        concurrency=args.judge_concurrency, max_retries=args.judge_retries)
+    if judge.approximate:
+        print("judge: rules -- APPROXIMATE offline scores, not comparable with GPT-4V-judged published numbers")
+    model = _load_model(args)
+    name, tag, policy, inject = _run_settings(args, model)
+    result = evaluate_rtvlm(model, items, judge, args.out, model_name=name, run_tag=tag, policy=policy,
+                            inject_safety_tokens=inject, batch_size=args.batch_size,
+                            generation_kwargs={"max_new_tokens": args.max_new_tokens, "do_sample": False})
+    for key, title in SUBTASKS.items():
+        s = result.subtasks[key]
+        print(f"  {title:15s} {fmt(s['mean'])}  (n={s['n']}, missing={s['missing']})")
+    print(f"RTVLM score (mean of 10){' [APPROXIMATE]' if result.approximate else ''}: {fmt(result.score)}")
+    print(f"report: {args.out / 'results.md'}")
+    return 0
+
+
+def cmd_unsafe_concepts(args: argparse.Namespace) -> int:
+    from ..data.unsafe_concepts import load_unsafe_concepts
+    from ..evaluation.parsing import ALIGNMENT_LABELS, PERCEPTION_LABELS, ResponseClassifier
+    from ..evaluation.report import fmt
+    from ..evaluation.unsafe_concepts import evaluate_unsafe_concepts
+
+    data = load_unsafe_concepts(args.data, args.perception_metadata)
+    perception_clf = alignment_clf = None
+    if args.perception_classifier or args.alignment_classifier:
+        if args.classifier_encoder is None:
+            raise ValueError("the response classifiers need --classifier-encoder (a local roberta-base folder)")
+        device = args.device or "cpu"
+        if args.perception_classifier:
+            perception_clf = ResponseClassifier(args.classifier_encoder, args.perception_classifier,
+                                                PERCEPTION_LABELS, device)
+        if args.alignment_classifier:
+            alignment_clf = ResponseClassifier(args.classifier_encoder, args.alignment_classifier,
+                                               ALIGNMENT_LABELS, device)
+    else:
+        print("response parser: rules -- APPROXIMATE (the published RoBERTa classifiers are not loaded)")
+    model = _load_model(args)
+    name, tag, policy, inject = _run_settings(args, model)
+    gate_policy = policy if not args.baseline and args.policy != "none" else None
+    metrics = evaluate_unsafe_concepts(
+        model, data, args.out, model_name=name, run_tag=tag, parts=args.parts,
+        limit_per_category=args.limit_per_category, policy=gate_policy, inject_safety_tokens=inject,
+        batch_size=args.batch_size, generation_kwargs={"max_new_tokens": args.max_new_tokens, "do_sample": False},
+        perception_classifier=perception_clf, alignment_classifier=alignment_clf)
+    for part in ("perception", "alignment", "text_only"):
+        if part in metrics:
+            print(f"  {part:12s} accuracy {fmt(metrics[part]['overall']['accuracy'], 3)} "
+                  f"(NA {metrics[part]['overall']['na']})")
+    if "modality_gap" in metrics:
+        print(f"  modality gap (text - visual): {fmt(metrics['modality_gap']['overall'], 3)}")
+    print(f"report: {args.out / 'results.md'}")
+    return 0
+
+
+def cmd_head(args: argparse.Namespace) -> int:
+    from ..evaluation.generation import load_policy
+    from ..evaluation.head import evaluate_head, load_labelled
+    from ..evaluation.report import fmt
+
+    items = [item for path in args.data for item in load_labelled(path)]
+    model = _load_model(args)
+    name = _model_label(args)
+    policy = None if args.policy == "none" else load_policy(args.policy)
+    metrics = evaluate_head(model, items, args.out, model_name=name, policy=policy,
+                            batch_size=args.batch_size)
+    print(f"  items {metrics['n']} (risky {metrics['n_risky']}, safe {metrics['n_safe']})")
+    print(f"  AUROC {fmt(metrics['auroc'], 3)}  risky-vs-safe accuracy {fmt(metrics['risky_accuracy'], 3)}  "
+          f"level accuracy {fmt(metrics['level_accuracy'], 3)}")
+    if "over_refusal" in metrics:
+        print(f"  over-refusal on safe items {fmt(metrics['over_refusal'], 3)}")
+    print(f"report: {args.out / 'results.md'}")
+    return 0

@@ -1,0 +1,241 @@
+"""The safety head as a classifier over any labelled image set.
+
+Sources (auto-detected from the path):
+
+- a training-format JSON / JSONL file (records with ``image``, ``conversations`` and ``safety``);
+  the first human turn is given to the head as the prompt;
+- an UnsafeConcepts folder (either layout): every image risky, (level, type) from the category mapping;
+- a folder of images: every image safe (level 0, the safe type), e.g. for over-refusal.
+
+Reports: risky-vs-safe AUROC (score = 1 - P(level 0)) and accuracy (argmax level > 0), level and
+type accuracy, per-type recall, level and type confusion matrices, and under a policy the
+over-refusal rate on safe items (share refused; share hinted beside it). PNGs: ROC curve and
+confusion matrices.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..images import ImageDecodeError, decode_image
+from ..taxonomy import SAFE_LABEL, UNSAFE_CONCEPTS_CATEGORY_LABELS
+from .generation import decide_all
+from .report import markdown_table, write_csv, write_markdown
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+@dataclass
+class LabelledImage:
+    id: str
+    source: str
+    level: int
+    type: str
+    load: Callable[[], Image.Image]
+    prompt: str | None = None
+
+
+def _records(path: Path) -> list[LabelledImage]:
+    text = path.read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" \
+        else json.loads(text)
+    items = []
+    for n, row in enumerate(rows):
+        try:
+            safety = row["safety"]
+            prompt = next((t["value"] for t in row.get("conversations", []) if t.get("from") == "human"), None)
+            if prompt is not None:
+                prompt = prompt.replace("<image>", "").strip()
+            image = path.parent / row["image"]
+            items.append(LabelledImage(str(row.get("id", n)), path.name, int(safety["level"]), str(safety["type"]),
+                                       lambda image=image: decode_image(image), prompt))
+        except (KeyError, TypeError, ValueError) as exc:
+            logger.warning("%s record %d skipped: %s", path, n, exc)
+    return items
+
+
+def _is_unsafe_concepts(path: Path) -> bool:
+    return any((p / "metadata.jsonl").is_file() for p in (path, path / "UnsafeConcepts")) or \
+        any(path.glob("data/train-*.parquet"))
+
+
+def load_labelled(path: str | Path, mapping: Mapping[str, tuple[int, str]] | None = None) -> list[LabelledImage]:
+    """Labelled images from a training-format file, an UnsafeConcepts folder or a folder of safe images."""
+    path = Path(path)
+    if path.is_file():
+        return _records(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"labelled data not found: {path}")
+    if _is_unsafe_concepts(path):
+        from ..data.unsafe_concepts import load_unsafe_concepts
+
+        mapping = UNSAFE_CONCEPTS_CATEGORY_LABELS if mapping is None else mapping
+        data = load_unsafe_concepts(path)
+        unmapped = sorted({item.category for item in data.items} - set(mapping))
+        if unmapped:
+            raise KeyError(f"no (level, type) for UnsafeConcepts categories {unmapped} in the mapping")
+        return [LabelledImage(item.id, "UnsafeConcepts", *mapping[item.category], item.load_image)
+                for item in data.items]
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"{path} holds no images, training records or UnsafeConcepts files")
+    return [LabelledImage(str(f.relative_to(path)), path.name, SAFE_LABEL[0], SAFE_LABEL[1],
+                          lambda f=f: decode_image(f)) for f in files]
+
+
+def score_items(model, items: Sequence[LabelledImage], batch_size: int = 16, policy=None):
+    """Head probabilities for each decodable item, and the policy's action when a policy is given.
+
+    Returns (kept items, level probs (N, L), type probs (N, T), actions ("" without a policy)).
+    """
+    kept, level_probs, type_probs, actions = [], [], [], []
+    for start in range(0, len(items), batch_size):
+        batch, images = [], []
+        for item in items[start:start + batch_size]:
+            try:
+                images.append(item.load())
+                batch.append(item)
+            except ImageDecodeError as exc:
+                logger.warning("head eval: %s skipped, image does not decode (%s)", item.id, exc)
+        if not batch:
+            continue
+        prompts = [it.prompt or "" for it in batch] if any(it.prompt for it in batch) else None
+        scores = model.assess(images, prompts)
+        kept += batch
+        level_probs.append(scores.level_probs.cpu().numpy())
+        type_probs.append(scores.type_probs.cpu().numpy())
+        actions += [d["action"] for d in decide_all(model, scores, policy)] if policy is not None else [""] * len(batch)
+    if not kept:
+        return kept, np.zeros((0, model.config.num_levels)), np.zeros((0, model.config.num_types)), actions
+    return kept, np.concatenate(level_probs), np.concatenate(type_probs), actions
+
+
+def classification_metrics(gold_levels: np.ndarray, gold_types: np.ndarray, level_probs: np.ndarray,
+                           type_probs: np.ndarray, type_names: Sequence[str], safe_type: str) -> dict:
+    """Risky-vs-safe AUROC and accuracy, level/type accuracy, per-type recall, confusion matrices.
+
+    TODO(merge): use safety_modules.metrics (the training area's shared implementation).
+    """
+    from sklearn.metrics import accuracy_score, confusion_matrix, roc_auc_score, roc_curve
+
+    risky = gold_levels > 0
+    risk_score = 1.0 - level_probs[:, 0]
+    pred_levels = level_probs.argmax(1)
+    pred_types = type_probs.argmax(1)
+    both = risky.any() and (~risky).any()
+    fpr, tpr, _ = roc_curve(risky, risk_score) if both else (np.array([]), np.array([]), None)
+    recall = {}
+    for t, name in enumerate(type_names):
+        mask = gold_types == t
+        recall[name] = float((pred_types[mask] == t).mean()) if mask.any() else None
+    return {
+        "n": int(len(gold_levels)),
+        "n_risky": int(risky.sum()),
+        "n_safe": int((~risky).sum()),
+        "auroc": float(roc_auc_score(risky, risk_score)) if both else None,
+        "risky_accuracy": float(accuracy_score(risky, pred_levels > 0)) if len(risky) else None,
+        "level_accuracy": float(accuracy_score(gold_levels, pred_levels)) if len(risky) else None,
+        "type_accuracy": float(accuracy_score(gold_types, pred_types)) if len(risky) else None,
+        "type_recall": recall,
+        "level_confusion": confusion_matrix(gold_levels, pred_levels,
+                                            labels=list(range(level_probs.shape[1]))).tolist(),
+        "type_confusion": confusion_matrix(gold_types, pred_types, labels=list(range(len(type_names)))).tolist(),
+        "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
+        "safe_type": safe_type,
+    }
+
+
+def evaluate_head(model, items: Sequence[LabelledImage], out_dir: str | Path, *, model_name: str,
+                  policy=None, batch_size: int = 16) -> dict:
+    """Score every item with the head, compute the metrics, write the report (results.md, CSV, PNGs)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    unknown = sorted({it.type for it in items} - set(cfg.type_names))
+    if unknown:
+        raise KeyError(f"label types {unknown} are not in the head's taxonomy {cfg.type_names}")
+    kept, level_probs, type_probs, actions = score_items(model, items, batch_size, policy)
+    if not kept:
+        raise ValueError("no item could be scored (every image failed to decode)")
+    gold_levels = np.array([it.level for it in kept])
+    gold_types = np.array([cfg.type_names.index(it.type) for it in kept])
+    metrics = classification_metrics(gold_levels, gold_types, level_probs, type_probs, cfg.type_names, cfg.safe_type)
+    if policy is not None:
+        safe = [a for a, level in zip(actions, gold_levels) if level == 0]
+        metrics["over_refusal"] = sum(a == "refuse" for a in safe) / len(safe) if safe else None
+        metrics["safe_hinted"] = sum(a == "hint" for a in safe) / len(safe) if safe else None
+    metrics["sources"] = sorted({it.source for it in kept})
+    write_head_report(metrics, kept, level_probs, type_probs, actions, cfg, out, model_name)
+    return metrics
+
+
+def write_head_report(metrics: dict, items, level_probs, type_probs, actions, cfg, out: Path,
+                      model_name: str) -> None:
+    fields = ["id", "source", "gold_level", "gold_type", "pred_level", "pred_type", "risk_score", "action"]
+    rows = [[it.id, it.source, it.level, it.type, int(lp.argmax()), cfg.type_names[int(tp.argmax())],
+             float(1 - lp[0]), action] for it, lp, tp, action in zip(items, level_probs, type_probs, actions)]
+    write_csv(out / "items.csv", fields, rows)
+    summary = [["items (risky / safe)", f"{metrics['n']} ({metrics['n_risky']} / {metrics['n_safe']})"],
+               ["risky-vs-safe AUROC", metrics["auroc"]], ["risky-vs-safe accuracy", metrics["risky_accuracy"]],
+               ["level accuracy", metrics["level_accuracy"]], ["type accuracy", metrics["type_accuracy"]]]
+    if "over_refusal" in metrics:
+        summary += [["over-refusal on safe items (refused)", metrics["over_refusal"]],
+                    ["safe items hinted", metrics["safe_hinted"]]]
+    write_csv(out / "summary.csv", ["metric", "value"], summary)
+    recall_rows = [[name, value] for name, value in metrics["type_recall"].items()]
+    write_csv(out / "type_recall.csv", ["type", "recall"], recall_rows)
+    confusion = [[cfg.level_names[i]] + row for i, row in enumerate(metrics["level_confusion"])]
+    write_csv(out / "level_confusion.csv", ["gold \\ predicted"] + list(cfg.level_names), confusion)
+    (out / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if k != "roc"}, indent=2) + "\n")
+    write_markdown(out / "results.md", f"Safety head: {model_name}", [
+        ("Summary", markdown_table(["metric", "value"], summary, digits=3)),
+        ("Per-type recall", markdown_table(["type", "recall"], recall_rows, digits=3)),
+        ("Level confusion (rows gold, columns predicted)",
+         markdown_table(["gold \\ predicted"] + list(cfg.level_names), confusion)),
+        ("Notes", f"- Data: {', '.join(metrics['sources'])}.\n- Risk score = 1 - P(level 0); AUROC n/a when the "
+                  "set has only one class.\n- Plots: roc.png, level_confusion.png, type_confusion.png."),
+    ])
+    _plots(metrics, cfg, out)
+
+
+def _plots(metrics: dict, cfg, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    if metrics["auroc"] is not None:
+        ax.plot(metrics["roc"]["fpr"], metrics["roc"]["tpr"], label=f"AUROC {metrics['auroc']:.3f}")
+    else:
+        ax.text(0.5, 0.5, "AUROC n/a (one class only)", ha="center")
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.set_xlabel("false positive rate (safe flagged)")
+    ax.set_ylabel("true positive rate (risky flagged)")
+    ax.set_title("Safety head: risky vs safe")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "roc.png", dpi=100)
+    plt.close(fig)
+    for name, matrix, labels in (("level_confusion", metrics["level_confusion"], cfg.level_names),
+                                 ("type_confusion", metrics["type_confusion"], cfg.type_names)):
+        matrix = np.array(matrix)
+        fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(labels), 1 + 0.7 * len(labels)))
+        ax.imshow(matrix, cmap="Blues")
+        ax.set_xticks(range(len(labels)), labels, rotation=40, ha="right")
+        ax.set_yticks(range(len(labels)), labels)
+        for (i, j), v in np.ndenumerate(matrix):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("gold")
+        fig.tight_layout()
+        fig.savefig(out / f"{name}.png", dpi=100)
+        plt.close(fig)
