@@ -1,37 +1,6 @@
 """`SafetyPolicy`: turns the safety head's level and type probabilities into allow / hint / refuse.
 
-Notation, for one sample: ``p[l]`` is the probability of risk level ``l`` (level 0 is
-the safe level, level ``L-1`` the most severe, "reject" in the default taxonomy) and
-``q[t]`` the probability of risk type ``t``. The safe type is never a risk type.
-
-``mode: thresholds`` (the default). For every risk type ``t`` two scores are formed,
-reading the two heads as independent:
-
-- ``risk[t]   = q[t] * (1 - p[0])``  probability that the sample is risky and of type ``t``
-- ``severe[t] = q[t] * p[L-1]``      probability that it is of type ``t`` at the top level
-
-With the per-type thresholds ``hint[t]`` and ``refuse[t]`` (``null`` = never):
-
-1. **refuse** if some enabled type has ``severe[t] >= refuse[t]``; the reported type is
-   the one with the largest ``severe[t]`` among them, the level is ``L-1``.
-2. otherwise **hint** if some enabled type has ``risk[t] >= hint[t]``; the reported type
-   is the one with the largest ``risk[t]`` among them and the hint is the one for
-   (``argmax over l >= 1 of p[l]``, that type).
-3. otherwise **allow**. The rule is ``type_disabled`` when a disabled type crossed one
-   of its thresholds (that type is reported), else ``below_thresholds``; level and type
-   are then the argmax ones.
-
-``mode: argmax`` reproduces the reference: ``level = argmax p``, ``type = argmax q``
-(first index on ties); allow when ``level == 0`` (rule ``argmax_safe_level``) or the
-type is the safe type (``argmax_safe_type``) or disabled (``type_disabled``); otherwise
-hint with the text for (level, type) (``argmax_hint``). It never refuses.
-
-``mode: allow_all`` always allows (rule ``allow_all``).
-
-A scoring failure (non-finite probabilities, or an error raised while scoring) gives
-rule ``scoring_failed``: **refuse** with ``fail_closed: true``, **allow** with ``false``;
-the record has ``scoring_failed=True`` either way.
-
+The rule is documented on `SafetyPolicy` (and in docs/user_guide.md, "The gate / policies").
 Texts come from YAML: the shipped ``policies/default.yaml`` plus, optionally, a user
 file that overrides any subset of it (unknown keys, levels or types are an error
 that names them).
@@ -118,7 +87,40 @@ def _default_file() -> Path:
 
 class SafetyPolicy:
     """A gate policy: mode, per-type rules, texts. Build with `default`, `argmax`, `allow_all`,
-    `from_yaml` or `from_dict` (a user dict/file overrides the shipped default)."""
+    `from_yaml` or `from_dict` (a user dict/file is laid over the shipped default).
+
+    Notation, for one sample: ``p[l]`` is the probability of risk level ``l`` (level 0 is
+    the safe level, level ``L-1`` the most severe, "reject" in the default taxonomy) and
+    ``q[t]`` the probability of risk type ``t``. The safe type is never a risk type.
+
+    ``mode: thresholds`` (the default). For every risk type ``t`` two scores are formed,
+    reading the two heads as independent:
+
+    - ``risk[t]   = q[t] * (1 - p[0])``  probability that the sample is risky and of type ``t``
+    - ``severe[t] = q[t] * p[L-1]``      probability that it is of type ``t`` at the top level
+
+    With the per-type thresholds ``hint[t]`` and ``refuse[t]`` (``null`` = never):
+
+    1. **refuse** if some enabled type has ``severe[t] >= refuse[t]``; the reported type is
+       the one with the largest ``severe[t]`` among them, the level is ``L-1``.
+    2. otherwise **hint** if some enabled type has ``risk[t] >= hint[t]``; the reported type
+       is the one with the largest ``risk[t]`` among them and the hint is the one for
+       (``argmax over l >= 1 of p[l]``, that type).
+    3. otherwise **allow**. The rule is ``type_disabled`` when a disabled type crossed one
+       of its thresholds (that type is reported), else ``below_thresholds``; level and type
+       are then the argmax ones.
+
+    ``mode: argmax`` reproduces the reference: ``level = argmax p``, ``type = argmax q``
+    (first index on ties); allow when ``level == 0`` (rule ``argmax_safe_level``) or the
+    type is the safe type (``argmax_safe_type``) or disabled (``type_disabled``); otherwise
+    hint with the text for (level, type) (``argmax_hint``). It never refuses.
+
+    ``mode: allow_all`` always allows (rule ``allow_all``).
+
+    A scoring failure (non-finite probabilities, or an error raised while scoring) gives
+    rule ``scoring_failed``: **refuse** with ``fail_closed: true``, **allow** with ``false``;
+    the record has ``scoring_failed=True`` either way.
+    """
 
     def __init__(
         self,

@@ -144,6 +144,16 @@ def test_default_policy_is_used_when_none_is_given(tiny_model, photos):
     assert all(sum(a.decision.type_probs.values()) == pytest.approx(1.0, abs=1e-5) for a in answers)
 
 
+def test_image_paths_are_decoded_like_pil_images(tiny_model, photos, tmp_path):
+    path = tmp_path / "photo.png"
+    photos[2].save(path)
+    policy = SafetyPolicy.allow_all()
+    from_path = tiny_model.generate([path], ["What is this?"], policy, do_sample=False, max_new_tokens=3)[0]
+    from_pil = tiny_model.generate([photos[2]], ["What is this?"], policy, do_sample=False, max_new_tokens=3)[0]
+    assert from_path.token_ids == from_pil.token_ids
+    assert from_path.decision.type_probs == from_pil.decision.type_probs
+
+
 def break_head_with_nan(model):
     with torch.no_grad():
         model.safety.head.level_classifier.bias.fill_(float("nan"))
