@@ -17,11 +17,12 @@ fixed number of new tokens (EOS is suppressed until then), on one fixed image an
 
 Prints a table of medians and, as its last line, ``gate_overhead allow=<b/a> refuse=<c/a>``.
 
-    python bench/gate_overhead.py   # defaults: --vision-layers 3 --text-layers 4 --new-tokens 16 --rounds 3
+    python bench/gate_overhead.py   # defaults: --vision-layers 3 --text-layers 4 --new-tokens 16 --rounds 5
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -60,7 +61,7 @@ def main() -> None:
     parser.add_argument("--vision-layers", type=int, default=3, help="CLIP depth (24 in LLaVA-1.5-7B)")
     parser.add_argument("--text-layers", type=int, default=4, help="Llama depth (32 in LLaVA-1.5-7B)")
     parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3, help="measurements per case, after a short warm-up")
+    parser.add_argument("--rounds", type=int, default=5, help="measurements per case, after a short warm-up")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -71,6 +72,7 @@ def main() -> None:
     from safety_modules.generation import chat_text
 
     started = time.perf_counter()
+    load_before = os.getloadavg()[0]
     model = build(args.vision_layers, args.text_layers, args.seed)
     image = Image.fromarray(data.astronaut())
     question = "What is shown in this image? Describe it in detail."
@@ -87,9 +89,13 @@ def main() -> None:
         out = model.base.generate(**enc, **greedy(n))
         assert out.shape[1] - enc["input_ids"].shape[1] == n
 
+    stages: list[dict[str, float]] = []  # the gate's own timings of each measured (b) call
+
     def gated_allow(n: int) -> None:
         answer = model.generate(image, question, allow_policy, **greedy(n))[0]
         assert answer.decision.action == "allow" and len(answer.token_ids) == n, answer.decision
+        if n == args.new_tokens:
+            stages.append(answer.decision.timings)
 
     def refused(n: int) -> None:
         answer = model.generate(image, question, refuse_policy, **greedy(n))[0]
@@ -110,13 +116,17 @@ def main() -> None:
     print(f"LLaVA-1.5-7B geometry, random weights, depths cut: vision {args.vision_layers}/24 layers, "
           f"text {args.text_layers}/32 layers; safety modules full size; {args.new_tokens} new tokens, greedy; "
           f"{args.rounds} alternating rounds; torch threads {torch.get_num_threads()}; "
-          f"total {time.perf_counter() - started:.0f} s")
+          f"total {time.perf_counter() - started:.0f} s; 1-min load average {load_before:.1f} at start, "
+          f"{os.getloadavg()[0]:.1f} at end (other processes on these cores add noise)")
     base_median = statistics.median(times[names[0]])
     print(f"{'case':<22} {'median s':>9} {'min s':>8} {'max s':>8} {'vs (a)':>7}")
     for name in names:
         values = times[name]
         median = statistics.median(values)
         print(f"{name:<22} {median:9.3f} {min(values):8.3f} {max(values):8.3f} {median / base_median:7.3f}")
+    parts = ", ".join(f"{key} {statistics.median(t[key] for t in stages):.3f}"
+                      for key in ("vision_s", "scoring_s", "generation_s"))
+    print(f"(b) split by the gate's own timings (medians): {parts}")
     allow = statistics.median(times[names[1]]) / base_median
     refuse = statistics.median(times[names[2]]) / base_median
     print(f"gate_overhead allow={allow:.3f} refuse={refuse:.3f}")

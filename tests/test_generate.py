@@ -228,8 +228,9 @@ def test_cli_generate_json(tiny_dir, photos, tmp_path, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1
     record = json.loads(out[0])
-    assert isinstance(record["answer"], str) and record["answer"]
-    assert record["decision"]["action"] in {"allow", "hint", "refuse"}
+    assert isinstance(record["answer"], str)
+    # fresh (untrained) modules score near uniform: the default policy allows
+    assert (record["decision"]["action"], record["decision"]["policy"]) == ("allow", "default")
     assert set(record["decision"]["type_probs"]) == set(Taxonomy().types)
 
     policy = tmp_path / "refuse.yaml"
