@@ -17,7 +17,7 @@ fixed number of new tokens (EOS is suppressed until then), on one fixed image an
 
 Prints a table of medians and, as its last line, ``gate_overhead allow=<b/a> refuse=<c/a>``.
 
-    python bench/gate_overhead.py   # defaults: --vision-layers 3 --text-layers 4 --new-tokens 16 --rounds 5
+    python bench/gate_overhead.py   # defaults: --vision-layers 3 --text-layers 4 --new-tokens 16 --rounds 4
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--vision-layers", type=int, default=3, help="CLIP depth (24 in LLaVA-1.5-7B)")
     parser.add_argument("--text-layers", type=int, default=4, help="Llama depth (32 in LLaVA-1.5-7B)")
     parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=5, help="measurements per case, after a short warm-up")
+    parser.add_argument("--rounds", type=int, default=4, help="measurements per case, after a short warm-up")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
