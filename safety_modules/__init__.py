@@ -1,16 +1,22 @@
 """Safety modules for a frozen LLaVA-v1.5: projector, safety tokens, safety head, gate, training, scanning."""
 from .config import SafetyConfig
+from .generation import GatedAnswer
 from .modeling import CheckpointError, IncompatibleBaseError, SafetyModules
+from .policy import PolicyError, SafetyDecision, SafetyPolicy
 from .taxonomy import Taxonomy
 from .wrapper import SafeLlava, SafeLlavaOutput, SafetyScores
 
 __all__ = [
     "CheckpointError",
+    "GatedAnswer",
     "IncompatibleBaseError",
+    "PolicyError",
     "SafeLlava",
     "SafeLlavaOutput",
     "SafetyConfig",
+    "SafetyDecision",
     "SafetyModules",
+    "SafetyPolicy",
     "SafetyScores",
     "Taxonomy",
 ]

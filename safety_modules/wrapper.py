@@ -16,7 +16,9 @@ from torch import nn
 
 from .backbone import load_base, resolve_device, resolve_dtype
 from .config import SafetyConfig
+from .generation import GatedAnswer, gated_generate
 from .modeling import SafetyModules, base_fingerprint
+from .policy import SafetyPolicy
 
 IGNORE_INDEX = -100
 
@@ -272,6 +274,31 @@ class SafeLlava(nn.Module):
                 raise ValueError(f"{len(prompts)} prompts for {features.shape[0]} images")
             ids, mask = self.head_prompt_inputs(prompts)
         return self.classify(features, ids, mask)
+
+    def generate(
+        self,
+        images: Any,
+        prompts: str | Sequence[str],
+        policy: SafetyPolicy | Sequence[SafetyPolicy] | None = None,
+        *,
+        refusal: str = "short_circuit",
+        inject_safety_tokens: bool = True,
+        streamer: Any = None,
+        **generation_kwargs: Any,
+    ) -> list[GatedAnswer]:
+        """Answer each (image, prompt) behind the safety gate; one `GatedAnswer` (text + decision) per sample.
+
+        ``images``: PIL images, arrays, file paths or pixel values; ``prompts``: the users' questions
+        (plain text, the chat template is applied here). ``policy``: a `SafetyPolicy` for all samples,
+        one per sample, or ``None`` for `SafetyPolicy.default()`. ``refusal="short_circuit"`` answers
+        refused samples with the policy's refusal text without running the language model;
+        ``"generate"`` generates them with the top-level hint (the reference's behaviour).
+        ``inject_safety_tokens=False`` leaves safety tokens B out of the LLM input (with an allow-all
+        policy this is exactly the base model's own output). ``streamer``: a transformers streamer,
+        single requests only. Other keyword arguments go to the base model's ``generate``.
+        """
+        return gated_generate(self, images, prompts, policy, refusal=refusal,
+                              inject_safety_tokens=inject_safety_tokens, streamer=streamer, **generation_kwargs)
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

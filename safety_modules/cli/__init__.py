@@ -13,6 +13,7 @@ import sys
 COMMAND_MODULES = [
     "safety_modules.cli.base_commands",
     "safety_modules.cli.eval_commands",
+    "safety_modules.cli.gate_commands",
 ]
 
 

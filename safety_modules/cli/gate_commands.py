@@ -1,0 +1,52 @@
+"""Gate commands: ``generate`` answers one image + prompt behind the safety policy."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="answer a prompt about an image, gated by the safety policy")
+    p.add_argument("--base", required=True, help="LLaVA-1.5 folder or hub id (HF or original layout)")
+    p.add_argument("--safety", help="safety-modules folder or hub id (default: fresh, untrained modules)")
+    p.add_argument("--image", required=True, type=Path)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--policy", type=Path, help="policy YAML laid over the shipped default")
+    p.add_argument("--refusal", choices=["short_circuit", "generate"], default="short_circuit",
+                   help="refused requests: canned refusal without the LLM, or generate with the top-level hint")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the answer and the decision")
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from ..images import decode_image
+    from ..policy import SafetyPolicy
+    from ..wrapper import SafeLlava
+
+    image = decode_image(args.image)
+    model = SafeLlava.from_pretrained(args.base, args.safety, dtype=args.dtype, device=args.device)
+    taxonomy = model.config.taxonomy
+    policy = SafetyPolicy.from_yaml(args.policy, taxonomy) if args.policy else SafetyPolicy.default(taxonomy)
+    streamer = None
+    if args.stream and not args.json:
+        from transformers import TextStreamer
+
+        streamer = TextStreamer(model.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    answer = model.generate([image], [args.prompt], policy, refusal=args.refusal, streamer=streamer,
+                            do_sample=False, max_new_tokens=args.max_new_tokens)[0]
+    if args.json:
+        print(json.dumps(answer.to_dict()))
+        return 0
+    if streamer is None:
+        print(answer.text)
+    d = answer.decision
+    # The decision goes to stderr so stdout holds only the answer.
+    print(f"[gate] policy={d.policy} action={d.action} rule={d.rule} level={d.level} type={d.type}",
+          file=sys.stderr)
+    return 0
