@@ -7,7 +7,7 @@ import logging
 
 import pytest
 import torch
-from benchmark_fixtures import UC_ROWS, write_safervlm_layout
+from .benchmark_fixtures import UC_ROWS, write_safervlm_layout
 
 from safety_modules.cli import main
 from safety_modules.data.unsafe_concepts import ALIGNMENT_PROMPTS, load_unsafe_concepts

@@ -94,17 +94,13 @@ def _identity(path: str | None) -> list:
 
 def _run_settings(args: argparse.Namespace, model) -> tuple[str, dict, object, bool]:
     """(model name, cache tag, policy, inject safety tokens) for a generation run."""
-    from ..evaluation.generation import gate_is_applied, load_policy
+    from ..evaluation.generation import load_policy
 
     policy_spec = "allow-all" if args.baseline else args.policy
     name = args.name or (f"{Path(str(args.base)).name} (baseline)" if args.baseline else
                          f"{_model_label(args)} [policy {policy_spec}]")
-    if not gate_is_applied(model):
-        name += " [no gate: bare-base generation]"
-        if not args.baseline:
-            logger.warning("SafeLlava.generate is not available: answers come from the bare base (no gate)")
     tag = {"base": _identity(args.base), "safety": _identity(args.safety), "policy": _identity(policy_spec),
-           "baseline": args.baseline, "gated": gate_is_applied(model)}
+           "baseline": args.baseline}
     return name, tag, load_policy(policy_spec), not args.baseline
 
 

@@ -80,14 +80,10 @@ def cache_key(*parts: Any) -> str:
 def load_policy(spec: str | None):
     """A `SafetyPolicy` from ``default``, ``argmax``, ``allow-all`` (alias ``none``: the gate never acts)
     or a YAML file; ``None`` -> ``None`` (the model's own default)."""
+    from ..policy import SafetyPolicy
+
     if spec is None:
         return None
-    try:
-        from ..policy import SafetyPolicy
-    except ImportError:
-        # TODO(merge): remove once safety_modules.policy lands; the argmax rule stands in for every spec.
-        logger.warning("safety_modules.policy is not available: using the reference's argmax rule for %r", spec)
-        return _ArgmaxPolicy(allow_all=spec in ("none", "allow-all"))
     if spec == "default":
         return SafetyPolicy.default()
     if spec == "argmax":
@@ -99,96 +95,23 @@ def load_policy(spec: str | None):
     return SafetyPolicy.from_yaml(spec)
 
 
-@dataclass
-class _FallbackDecision:
-    """TODO(merge): remove once SafetyDecision lands."""
-
-    level: str
-    type: str
-    action: str
-    level_probs: dict
-    type_probs: dict
-
-    def to_dict(self) -> dict:
-        return {"level": self.level, "type": self.type, "action": self.action, "rule": "argmax-fallback",
-                "level_probs": self.level_probs, "type_probs": self.type_probs}
-
-
-class _ArgmaxPolicy:
-    """TODO(merge): remove once SafetyPolicy lands. The reference's rule: argmax level and type;
-    safe level or safe type -> allow; top level -> refuse; otherwise hint. ``allow_all``: always allow."""
-
-    def __init__(self, allow_all: bool = False) -> None:
-        self.allow_all = allow_all
-
-    def decide(self, level_probs: dict, type_probs: dict) -> _FallbackDecision:
-        levels, types = list(level_probs), list(type_probs)
-        level = max(levels, key=level_probs.get)
-        type_ = max(types, key=type_probs.get)
-        if self.allow_all or levels.index(level) == 0 or type_ == "safe":
-            action = "allow"
-        elif levels.index(level) == len(levels) - 1:
-            action = "refuse"
-        else:
-            action = "hint"
-        return _FallbackDecision(level, type_, action, level_probs, type_probs)
-
-
-def _probs_dicts(model, scores, row: int) -> tuple[dict[str, float], dict[str, float]]:
-    cfg = model.config
-    return (dict(zip(cfg.level_names, map(float, scores.level_probs[row]))),
-            dict(zip(cfg.type_names, map(float, scores.type_probs[row]))))
-
-
-def decide_all(model, scores, policy) -> list[dict]:
+def decide_all(scores, policy) -> list[dict]:
     """``policy.decide`` on each row of the head's scores; decisions as plain dicts."""
-    decisions = []
-    for row in range(scores.level_probs.shape[0]):
-        level_probs, type_probs = _probs_dicts(model, scores, row)
-        decisions.append(policy.decide(level_probs, type_probs).to_dict())
-    return decisions
+    return [d.to_dict() for d in policy.decide_batch(scores.level_probs, scores.type_probs)]
 
 
 def gate_actions(model, images: Sequence[Image.Image], prompts: Sequence[str], policy) -> list[dict]:
     """The gate's decision per (image, prompt) without the language model: ``model.assess`` + ``policy.decide``."""
-    return decide_all(model, model.assess(list(images), list(prompts)), policy)
+    return decide_all(model.assess(list(images), list(prompts)), policy)
 
 
 # ---------------------------------------------------------------- generation
 
-def _fallback_generate(model, images: Sequence[Image.Image], prompts: Sequence[str],
-                       generation_kwargs: dict) -> list[Answer]:
-    """TODO(merge): remove once SafeLlava.generate lands. Plain greedy generation with the bare base
-    (no safety tokens, no gate): the baseline path."""
-    import torch
-
-    processor = model.processor
-    processor.tokenizer.padding_side = "left"  # generation continues each row from its last token
-    texts = [processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
-                                                                        {"type": "text", "text": p}]}],
-                                           add_generation_prompt=True) for p in prompts]
-    inputs = processor(images=list(images), text=texts, return_tensors="pt", padding=True)
-    inputs = {k: v.to(model.device) for k, v in inputs.items()}
-    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-    kwargs = {"do_sample": False, **generation_kwargs}
-    with torch.no_grad():
-        out = model.base.generate(**inputs, pad_token_id=processor.tokenizer.pad_token_id, **kwargs)
-    new_tokens = out[:, inputs["input_ids"].shape[1]:]
-    return [Answer(t.strip()) for t in processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-
-
 def _generate_batch(model, images, prompts, policy, inject_safety_tokens: bool,
                     generation_kwargs: dict) -> list[Answer]:
-    if not hasattr(model, "generate"):
-        return _fallback_generate(model, images, prompts, generation_kwargs)
     answers = model.generate(list(images), list(prompts), policy=policy, inject_safety_tokens=inject_safety_tokens,
                              **generation_kwargs)
     return [Answer(a.text, a.decision.to_dict() if a.decision is not None else None) for a in answers]
-
-
-def gate_is_applied(model) -> bool:
-    """False while the fallback (bare base, no gate) is in use. TODO(merge): always True after SafeLlava.generate."""
-    return hasattr(model, "generate")
 
 
 def generate_answers(

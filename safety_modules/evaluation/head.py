@@ -112,7 +112,7 @@ def score_items(model, items: Sequence[LabelledImage], batch_size: int = 16, pol
         kept += batch
         level_probs.append(scores.level_probs.cpu().numpy())
         type_probs.append(scores.type_probs.cpu().numpy())
-        actions += [d["action"] for d in decide_all(model, scores, policy)] if policy is not None else [""] * len(batch)
+        actions += [d["action"] for d in decide_all(scores, policy)] if policy is not None else [""] * len(batch)
     if not kept:
         return kept, np.zeros((0, model.config.num_levels)), np.zeros((0, model.config.num_types)), actions
     return kept, np.concatenate(level_probs), np.concatenate(type_probs), actions
