@@ -144,3 +144,18 @@ def test_backward_touches_only_safety_modules(tiny_model):
     assert {"safety.llm_tokens", "safety.head_tokens"} <= with_grad
     after = tiny_model.base.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_folded_head_attention_equals_multihead_attention():
+    from safety_modules.modeling import SafetyHead
+
+    torch.manual_seed(0)
+    head = SafetyHead(width=64, num_heads=8, num_levels=4, num_types=7).double()
+    for p in head.parameters():  # non-trivial biases, so the folding is really exercised
+        torch.nn.init.normal_(p, std=0.3)
+    kv = torch.randn(3, 20, 64, dtype=torch.double)
+    mask = torch.zeros(3, 20, dtype=torch.bool)
+    mask[1, 15:] = True
+    mask[2, 5:] = True
+    reference, _ = head.attention(head.query.expand(3, -1, -1), kv, kv, key_padding_mask=mask, need_weights=False)
+    torch.testing.assert_close(head.pool(kv, mask), reference[:, 0], atol=1e-10, rtol=1e-10)

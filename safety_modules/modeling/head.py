@@ -49,7 +49,29 @@ class SafetyHead(nn.Module):
             padding.append(prompt_mask.to(safety_features.device) == 0)
         kv = self.key_norm(torch.cat(keys, dim=1))
         key_padding_mask = torch.cat(padding, dim=1)
-        query = self.query.expand(batch, -1, -1).to(kv.dtype)
-        pooled, _ = self.attention(query, kv, kv, key_padding_mask=key_padding_mask, need_weights=False)
-        pooled = pooled[:, 0]
+        pooled = self.pool(kv, key_padding_mask)
         return self.level_classifier(pooled), self.type_classifier(pooled)
+
+    def pool(self, kv: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
+        """``self.attention`` for the single learned query, without projecting every key and value.
+
+        With one query per head, the key projection folds into the query
+        (q_h . (Wk_h x + bk_h) = (Wk_h^T q_h) . x + const, and the constant cancels in the
+        softmax), and the value projection moves after the weighted sum (the weights sum
+        to 1). Same result as ``nn.MultiheadAttention`` with the same parameters, at
+        O(N·D·heads) instead of O(N·D²): at 7B widths this removes ~21 GFLOP per image.
+        """
+        attn = self.attention
+        width, heads = attn.embed_dim, attn.num_heads
+        head_dim = width // heads
+        w_q, w_k, w_v = attn.in_proj_weight.to(kv.dtype).chunk(3)
+        b_q, _, b_v = attn.in_proj_bias.to(kv.dtype).chunk(3)
+        q = (self.query[0, 0].to(kv.dtype) @ w_q.T + b_q).view(heads, head_dim)
+        folded = torch.einsum("hd,hdk->kh", q, w_k.view(heads, head_dim, width)) / head_dim**0.5  # (D, heads)
+        logits = kv @ folded  # (B, N, heads); softmax in at least float32 for half-precision keys
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        logits = logits.masked_fill(key_padding_mask[..., None], float("-inf"))
+        weights = logits.softmax(dim=1).to(kv.dtype)
+        mixed = torch.einsum("bnh,bnd->bhd", weights, kv)  # (B, heads, D)
+        values = torch.einsum("bhd,hed->bhe", mixed, w_v.view(heads, head_dim, width)) + b_v.view(heads, head_dim)
+        return attn.out_proj(values.reshape(kv.shape[0], width))
