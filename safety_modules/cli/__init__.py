@@ -12,6 +12,7 @@ import sys
 # Modules that each define ``register(subparsers)``; one line per feature area.
 COMMAND_MODULES = [
     "safety_modules.cli.base_commands",
+    "safety_modules.cli.training_commands",
 ]
 
 
