@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--output-dir", help="override output_dir")
         p.add_argument("--resume-from", help="a checkpoint folder or 'latest'")
         p.add_argument("--max-steps", type=int, help="override max_steps")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any setting, value read as YAML (e.g. --set gradient_accumulation_steps=64)")
         p.set_defaults(func=cmd_train)
 
 
@@ -63,8 +65,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from ..training import TrainConfig, train
 
-    cfg = TrainConfig.from_yaml(args.config, output_dir=args.output_dir, resume_from=args.resume_from,
-                                max_steps=args.max_steps)
+    import yaml
+
+    overrides = dict(output_dir=args.output_dir, resume_from=args.resume_from, max_steps=args.max_steps)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    cfg = TrainConfig.from_yaml(args.config, **overrides)
     expected = 1 if args.stage == "stage1" else 2
     if cfg.stage != expected:
         raise ValueError(f"{args.config} is a stage {cfg.stage} recipe; run it with `safevlm train stage{cfg.stage}`")

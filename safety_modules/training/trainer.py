@@ -158,7 +158,14 @@ def train(cfg: TrainConfig, stop_after: int | None = None,
     mixed = cfg.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() else "no"
-    accelerator = Accelerator(mixed_precision=mixed)
+    accelerator = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    deepspeed = accelerator.state.deepspeed_plugin
+    if deepspeed is not None:
+        # we feed our own loader, so DeepSpeed cannot infer the micro-batch size ("auto" in ds_zero2.json)
+        deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.per_device_batch_size
+        if cfg.save_steps or cfg.resume_from:
+            raise ValueError("resumable checkpoints are written for single-GPU and DDP runs; under DeepSpeed "
+                             "set save_steps and resume_from to null (ZeRO shards the optimizer state)")
     say = log or (lambda msg: accelerator.print(msg))
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
@@ -227,6 +234,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None,
         ckpt.set_rng_state(*rng_to_restore)  # last, so nothing between here and the loop draws from it
     set_train_mode(model, cfg)
     micro = global_step * accum
+    accelerator.step = micro  # accelerate's micro-batch counter decides when a step syncs
     window: dict[str, list[float]] = {"loss": [], "lm_loss": [], "safety_loss": []}
     while global_step < total_steps and (stop_after is None or global_step < stop_after):
         epoch, position = divmod(micro, micro_per_epoch)
@@ -236,25 +244,23 @@ def train(cfg: TrainConfig, stop_after: int | None = None,
         for batch in loader:
             micro += 1
             skipped += batch["skipped"]
-            last_of_step = micro % accum == 0
-            if batch["num_samples"]:
-                inputs = {k: batch[k].to(accelerator.device) for k in MODEL_INPUTS}
-                context = accelerator.no_sync(wrapped) if not last_of_step else _nullcontext()
-                with context:
-                    output = wrapped(**inputs)
-                    accelerator.backward(output.loss / accum)
-                window["loss"].append(output.loss.item())
-                for key in ("lm_loss", "safety_loss"):
-                    value = getattr(output, key)
-                    if value is not None:
-                        window[key].append(value.item())
-            if not last_of_step:
+            # accelerate's accumulation: no gradient sync and no optimizer step until the last micro-batch
+            # of a step (its counter is the micro-batch count); backward divides the loss by `accum`.
+            with accelerator.accumulate(wrapped):
+                if batch["num_samples"]:
+                    output = wrapped(**{k: batch[k].to(accelerator.device) for k in MODEL_INPUTS})
+                    accelerator.backward(output.loss)
+                    for key in ("loss", "lm_loss", "safety_loss"):
+                        value = getattr(output, key)
+                        if value is not None:
+                            window[key].append(value.item())
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(params.values(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
                 continue
-            if cfg.max_grad_norm:
-                accelerator.clip_grad_norm_(params.values(), cfg.max_grad_norm)
-            optimizer.step()
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             global_step += 1
             bar.update(1)
             if global_step % cfg.logging_steps == 0 or global_step == total_steps:
@@ -294,11 +300,3 @@ def train(cfg: TrainConfig, stop_after: int | None = None,
         (out / "metrics.json").write_text(json.dumps({"history": history, "eval": eval_history,
                                                       "skipped": skipped}, indent=1) + "\n")
     return result
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
