@@ -181,3 +181,17 @@ def test_head_metrics_by_hand():
     assert m["recall/6"] == 0.5 and m["recall/1"] == 1.0
     # level predictions 0, 3, 3, 2: F1 of class 0 = 2/3 (P 1, R 1/2), class 3 = 2/3 (P 1/2, R 1), class 2 = 1
     assert np.isclose(m["level_macro_f1"], np.mean([2 / 3, 2 / 3, 1.0]))
+
+
+def test_eos_is_added_when_the_template_writes_none(tiny_model):
+    """llava-hf's template ends an answer with a space, not EOS: the collator adds and supervises it."""
+    processor = tiny_model.processor
+    original = processor.chat_template
+    processor.chat_template = original.replace("{{ eos_token }}", "")
+    try:
+        turns = [{"from": "human", "value": "<image>\nHi?"}, {"from": "gpt", "value": "Hello."}]
+        ids, labels = encode_conversation(processor, turns, 576)
+    finally:
+        processor.chat_template = original
+    tok = processor.tokenizer
+    assert ids[-1] == tok.eos_token_id and tok.decode(labels[labels != -100]) == "Hello.</s>"

@@ -86,6 +86,9 @@ def encode_conversation(
         # that starts in the prompt stays masked even if a tokenizer merged it into the answer.
         if e > s and any(span_start <= first < span_end for span_start, span_end in spans):
             labels[j] = ids[j]
+    if turns[-1]["from"] == "gpt" and turns[-1]["value"].strip() and ids[-1] != tokenizer.eos_token_id:
+        # Templates that write no EOS after the answer (llava-hf's) would never teach the model to stop.
+        ids, labels = ids + [tokenizer.eos_token_id], labels + [tokenizer.eos_token_id]
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_MARKER)
     where = [j for j, t in enumerate(ids) if t == image_id]
     if len(where) != 1:
