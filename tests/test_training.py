@@ -60,14 +60,17 @@ def test_stage1_learns_and_leaves_the_base_alone(tiny_dir, corpus, tmp_path):
 
 
 def test_resume_is_exact(tiny_dir, corpus, tmp_path):
-    overrides = dict(max_steps=4, per_device_batch_size=2, gradient_accumulation_steps=2, warmup_steps=1,
-                     logging_steps=1, learning_rate=5e-3)
+    # 7 records, batches of 2, 2 per step: epochs are 4 micro-batches long, so the run crosses epoch
+    # boundaries and the stop at step 3 (micro-batch 6) falls inside the second epoch, in its reshuffled order.
+    write_records(read_records(corpus / "train.jsonl")[:7], corpus / "tiny_train.jsonl")
+    overrides = dict(max_steps=6, per_device_batch_size=2, gradient_accumulation_steps=2, warmup_steps=1,
+                     logging_steps=1, learning_rate=5e-3, train_data=[str(corpus / "tiny_train.jsonl")])
     full = train(config(tiny_dir, corpus, tmp_path / "full", **overrides))
-    part = train(config(tiny_dir, corpus, tmp_path / "part", **overrides), stop_after=2)
-    assert part.global_step == 2 and part.safety_dir is None
-    assert [c.name for c in checkpoints(tmp_path / "part")] == ["checkpoint-2"]
+    part = train(config(tiny_dir, corpus, tmp_path / "part", **overrides), stop_after=3)
+    assert part.global_step == 3 and part.safety_dir is None
+    assert [c.name for c in checkpoints(tmp_path / "part")] == ["checkpoint-3"]
     resumed = train(config(tiny_dir, corpus, tmp_path / "part", resume_from="latest", **overrides))
-    assert resumed.global_step == 4
+    assert resumed.global_step == 6
     a = SafetyModules.from_pretrained(full.safety_dir).state_dict()
     b = SafetyModules.from_pretrained(resumed.safety_dir).state_dict()
     assert a.keys() == b.keys()
