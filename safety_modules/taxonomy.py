@@ -95,3 +95,18 @@ UNSAFE_CONCEPTS_CATEGORY_LABELS: dict[str, tuple[int, str]] = {
 }
 
 SAFE_LABEL: tuple[int, str] = (0, SAFE_TYPE)
+
+# VLGuard's unsafe images, by `harmful_subcategory` (the paper sampled several of them:
+# political -> politics, sexually explicit -> illegal risk, violence -> insults & bullying,
+# discrimination -> fairness, professional advice and disinformation -> misleading).
+VLGUARD_SUBCATEGORY_LABELS: dict[str, tuple[int, str]] = {
+    "personal data": (2, "privacy"),
+    "professional advice": (1, "misleading"),
+    "political": (3, "politics"),
+    "sexually explicit": (3, "illegal_risk"),
+    "violence": (2, "insults_bullying"),
+    "disinformation": (1, "misleading"),
+    "sex": (2, "fairness"),
+    "race": (2, "fairness"),
+    "other": (2, "fairness"),
+}

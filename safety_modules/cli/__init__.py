@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "safety_modules.cli.base_commands",
     "safety_modules.cli.eval_commands",
     "safety_modules.cli.gate_commands",
+    "safety_modules.cli.training_commands",
 ]
 
 

@@ -1,0 +1,84 @@
+"""Data and training commands: ``data convert``, ``data synth``, ``data balance``, ``train stage1|stage2``."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..data.convert import CONVERTERS
+
+    data = sub.add_parser("data", help="build training data").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("convert", help="convert a published dataset layout to training records")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    for converter in CONVERTERS.values():
+        k = kinds.add_parser(converter.name, help=converter.help)
+        converter.add_arguments(k)
+        k.add_argument("--out", type=Path, required=True, help="output .json or .jsonl")
+        k.add_argument("--seed", type=int, default=0)
+        k.add_argument("--balance", type=int, metavar="N", help="keep every risky record and N clean ones")
+        k.set_defaults(func=cmd_convert, converter=converter)
+
+    p = data.add_parser("synth", help="generate the synthetic risk corpus (train/val/test)")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--size", type=int, default=300, help="number of images (default 300)")
+    p.add_argument("--resolution", type=int, default=336)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
+    train = sub.add_parser("train", help="train the safety modules (stage 1) or LoRA (stage 2)")
+    stages = train.add_subparsers(dest="stage", required=True)
+    for stage in ("stage1", "stage2"):
+        p = stages.add_parser(stage, help=f"{stage} from a YAML recipe (see train/)")
+        p.add_argument("config", type=Path)
+        p.add_argument("--output-dir", help="override output_dir")
+        p.add_argument("--resume-from", help="a checkpoint folder or 'latest'")
+        p.add_argument("--max-steps", type=int, help="override max_steps")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any setting, value read as YAML (e.g. --set gradient_accumulation_steps=64)")
+        p.set_defaults(func=cmd_train)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from ..data.balance import balance
+    from ..data.format import write_records
+
+    result = args.converter.run(args)
+    records = result.records
+    if args.balance is not None:
+        records = balance(records, args.balance, args.seed)
+    write_records(records, args.out)
+    for path, reason in result.skipped:
+        print(f"skipped {path}: {reason}")
+    print(f"{args.kind}: wrote {len(records)} records to {args.out} ({len(result.skipped)} skipped)")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from ..data.synth import synthesize
+
+    manifest = synthesize(args.out_dir, args.size, args.seed, args.resolution, progress=print)
+    print(f"wrote {manifest['total']} images to {args.out_dir}: splits {manifest['splits']}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..training import TrainConfig, train
+
+    import yaml
+
+    overrides = dict(output_dir=args.output_dir, resume_from=args.resume_from, max_steps=args.max_steps)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    cfg = TrainConfig.from_yaml(args.config, **overrides)
+    expected = 1 if args.stage == "stage1" else 2
+    if cfg.stage != expected:
+        raise ValueError(f"{args.config} is a stage {cfg.stage} recipe; run it with `safevlm train stage{cfg.stage}`")
+    result = train(cfg)
+    for path in (result.safety_dir, result.adapter_dir):
+        if path:
+            print(f"saved {path}")
+    return 0

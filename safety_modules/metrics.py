@@ -1,0 +1,70 @@
+"""Classification metrics for the safety head (numpy + scikit-learn only; shared with evaluation).
+
+Inputs are the true level/type ids and the head's predicted probabilities. The
+risk score used for risky-vs-safe AUROC is ``1 - P(level 0)``: the probability mass
+the head puts on any risky level. A sample counts as risky when its true level is
+above 0.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def risk_score(level_probs: np.ndarray) -> np.ndarray:
+    """Probability that a sample is risky: 1 - P(level 0)."""
+    return 1.0 - np.asarray(level_probs, dtype=np.float64)[:, 0]
+
+
+def head_metrics(
+    true_levels: Sequence[int],
+    true_types: Sequence[int],
+    level_probs: np.ndarray,
+    type_probs: np.ndarray,
+    type_names: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """Level and type accuracy / macro-F1, risky-vs-safe AUROC and per-type recall.
+
+    Macro-F1 averages over the classes present in the true labels (absent classes would
+    only add zeros). AUROC is NaN when the true labels hold only one side (all safe or all
+    risky). Per-type recall is reported for each type present, as ``recall/<name>``.
+    """
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    true_levels = np.asarray(true_levels, dtype=np.int64)
+    true_types = np.asarray(true_types, dtype=np.int64)
+    level_probs = np.asarray(level_probs, dtype=np.float64)
+    type_probs = np.asarray(type_probs, dtype=np.float64)
+    if not (len(true_levels) == len(true_types) == len(level_probs) == len(type_probs)):
+        raise ValueError("labels and probabilities must have one row per sample")
+    if len(true_levels) == 0:
+        raise ValueError("no samples to score")
+    level_pred = level_probs.argmax(1)
+    type_pred = type_probs.argmax(1)
+    level_classes = np.unique(true_levels)
+    type_classes = np.unique(true_types)
+    out = {
+        "n": float(len(true_levels)),
+        "level_accuracy": float(accuracy_score(true_levels, level_pred)),
+        "level_macro_f1": float(f1_score(true_levels, level_pred, labels=level_classes, average="macro",
+                                         zero_division=0)),
+        "type_accuracy": float(accuracy_score(true_types, type_pred)),
+        "type_macro_f1": float(f1_score(true_types, type_pred, labels=type_classes, average="macro",
+                                        zero_division=0)),
+    }
+    risky = true_levels > 0
+    out["risk_auroc"] = float(roc_auc_score(risky, risk_score(level_probs))) if 0 < risky.sum() < len(risky) \
+        else float("nan")
+    for t in type_classes:
+        name = type_names[t] if type_names is not None else str(t)
+        out[f"recall/{name}"] = float((type_pred[true_types == t] == t).mean())
+    return out
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """One line: the headline numbers first, per-type recall after."""
+    main = ["level_accuracy", "level_macro_f1", "type_accuracy", "type_macro_f1", "risk_auroc"]
+    parts = [f"{k}={metrics[k]:.3f}" for k in main if k in metrics]
+    parts += [f"{k}={v:.2f}" for k, v in metrics.items() if k.startswith("recall/")]
+    return " ".join(parts)

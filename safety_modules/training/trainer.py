@@ -1,0 +1,302 @@
+"""The training loop for both stages (accelerate: one GPU, DDP, CPU).
+
+Stage 1: the base is frozen; the safety modules learn from LM loss + weight x (CE level
++ CE type). Stage 2: LoRA (peft) on the language model's linear layers; the stage-1
+modules are loaded and stay frozen unless ``train_safety_modules`` is set.
+
+Trained weights are kept in float32 while the frozen base runs in its own dtype (bf16
+autocast on GPU). Gradient accumulation, clipping, cosine schedule with warmup and the
+data order are handled here so that a run resumed from a checkpoint continues exactly
+as the uninterrupted run would have: the order of epoch ``e`` is a permutation drawn
+from ``seed + e``, data loaders never touch the global RNG, and the RNG, optimizer and
+scheduler states are restored from the checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Subset
+
+from ..data.format import read_records
+from ..metrics import format_metrics, head_metrics
+from ..wrapper import SafeLlava
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .data import MODEL_INPUTS, SafetyCollator, SafetyDataset
+
+logger = logging.getLogger(__name__)
+
+SAFETY_DIR = "safety_modules"
+ADAPTER_DIR = "lora_adapter"
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: where it saved, its loss and evaluation logs, the images it had to skip."""
+
+    output_dir: Path
+    global_step: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    eval_history: list[dict[str, float]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    safety_dir: Path | None = None
+    adapter_dir: Path | None = None
+
+
+# ---------------------------------------------------------------- model
+
+def add_lora(model: SafeLlava, r: int, alpha: int, dropout: float) -> None:
+    """Wrap the language model with peft LoRA on all its linear layers (not the vision tower,
+    the projectors or ``lm_head``, which live outside ``model.base.model.language_model``)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear")
+    model.base.model.language_model = get_peft_model(model.base.model.language_model, config)
+
+
+def load_lora(model: SafeLlava, adapter_dir: str | Path) -> None:
+    """Attach a saved stage-2 adapter to a `SafeLlava`'s language model (frozen, for inference)."""
+    from peft import PeftModel
+
+    model.base.model.language_model = PeftModel.from_pretrained(model.base.model.language_model, str(adapter_dir))
+    model.base.requires_grad_(False)
+
+
+def build_model(cfg: TrainConfig, device: torch.device) -> SafeLlava:
+    model = SafeLlava.from_pretrained(cfg.base, cfg.safety, dtype=cfg.dtype, device=device, seed=cfg.seed)
+    model.safety.float()  # master weights in float32 even on a bf16 base
+    if cfg.safety_loss_weight is not None:
+        model.config.safety_loss_weight = cfg.safety_loss_weight
+    model.safety.requires_grad_(bool(cfg.train_safety_modules))
+    if cfg.stage == 2:
+        add_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
+    if cfg.gradient_checkpointing:
+        model.base.model.language_model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def set_train_mode(model: SafeLlava, cfg: TrainConfig) -> None:
+    """`SafeLlava.train` keeps the base in eval; LoRA dropout and gradient checkpointing need the
+    language model in train mode (LLaVA's attention dropout is 0, so nothing else changes)."""
+    model.train()
+    if cfg.stage == 2 or cfg.gradient_checkpointing:
+        model.base.model.language_model.train()
+
+
+# ---------------------------------------------------------------- data
+
+def build_dataset(files, model: SafeLlava, cfg: TrainConfig) -> ConcatDataset:
+    parts = []
+    for entry in files:
+        records = read_records(entry.path, model.config.taxonomy)
+        parts.append(SafetyDataset(records, entry.root, model.processor, model.config.taxonomy,
+                                   model.config.num_image_tokens, cfg.max_length, cfg.system_prompt))
+    return ConcatDataset(parts)
+
+
+def epoch_order(n: int, seed: int, epoch: int, rank: int, world: int) -> list[int]:
+    """This rank's sample order in ``epoch``: a seeded permutation, dealt round-robin to the ranks."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    per_rank = n // world
+    return perm[rank: per_rank * world: world]
+
+
+def make_loader(dataset, indices: list[int], batch_size: int, collator, workers: int, seed: int) -> DataLoader:
+    # An own generator: creating a loader must not advance the global RNG (exact resume).
+    return DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, collate_fn=collator,
+                      num_workers=workers, generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def evaluate_head(model: SafeLlava, loader: DataLoader) -> tuple[list[int], list[int], list, list, list]:
+    """Head probabilities on a loader (vision tower + safety modules only, no language model)."""
+    model.eval()
+    levels, types, level_probs, type_probs, skipped = [], [], [], [], []
+    for batch in loader:
+        skipped += batch["skipped"]
+        if not batch["num_samples"]:
+            continue
+        features = model.vision_features(batch["pixel_values"])
+        scores = model.classify(features, batch["head_input_ids"], batch["head_attention_mask"])
+        levels += batch["safety_levels"].tolist()
+        types += batch["safety_types"].tolist()
+        level_probs += scores.level_probs.cpu().tolist()
+        type_probs += scores.type_probs.cpu().tolist()
+    return levels, types, level_probs, type_probs, skipped
+
+
+def run_eval(model: SafeLlava, dataset, cfg: TrainConfig, accelerator) -> dict[str, float]:
+    from accelerate.utils import gather_object
+
+    indices = list(range(len(dataset)))[accelerator.process_index::accelerator.num_processes]
+    loader = make_loader(dataset, indices, cfg.per_device_batch_size, SafetyCollator(model.processor), 0, cfg.seed)
+    parts = gather_object([evaluate_head(model, loader)])
+    columns = [sum((list(p[i]) for p in parts), []) for i in range(4)]
+    return head_metrics(*columns, type_names=model.config.type_names)
+
+
+# ---------------------------------------------------------------- the loop
+
+def train(cfg: TrainConfig, stop_after: int | None = None,
+          log: Callable[[str], None] | None = None) -> TrainResult:
+    """Run one stage. ``stop_after`` ends the run after that many optimizer steps (having saved a
+    checkpoint there), as an interruption would; resuming with ``resume_from`` continues it."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    mixed = cfg.mixed_precision
+    if mixed == "auto":
+        mixed = "bf16" if torch.cuda.is_available() else "no"
+    accelerator = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    deepspeed = accelerator.state.deepspeed_plugin
+    if deepspeed is not None:
+        # we feed our own loader, so DeepSpeed cannot infer the micro-batch size ("auto" in ds_zero2.json)
+        deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.per_device_batch_size
+        if cfg.save_steps or cfg.resume_from:
+            raise ValueError("resumable checkpoints are written for single-GPU and DDP runs; under DeepSpeed "
+                             "set save_steps and resume_from to null (ZeRO shards the optimizer state)")
+    say = log or (lambda msg: accelerator.print(msg))
+    set_seed(cfg.seed)
+    out = Path(cfg.output_dir)
+    model = build_model(cfg, accelerator.device)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        raise ValueError("nothing to train: no parameter requires a gradient")
+    say(f"stage {cfg.stage}: training {sum(p.numel() for p in params.values()):,} parameters "
+        f"({len(params)} tensors); base frozen")
+
+    train_set = build_dataset(cfg.train_data, model, cfg)
+    eval_set = build_dataset(cfg.eval_data, model, cfg) if cfg.eval_data else None
+    collator = SafetyCollator(model.processor)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    per_rank = len(train_set) // world
+    if per_rank == 0:
+        raise ValueError(f"{len(train_set)} training samples cannot feed {world} processes")
+    micro_per_epoch = math.ceil(per_rank / cfg.per_device_batch_size)
+    accum = cfg.gradient_accumulation_steps
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * micro_per_epoch / accum))
+
+    optimizer = torch.optim.AdamW(params.values(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, total_steps)
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+
+    global_step, history, eval_history, skipped = 0, [], [], []
+    resume = cfg.resume_from
+    if resume == "latest":
+        found = ckpt.checkpoints(out)
+        resume = str(found[-1]) if found else None
+    rng_to_restore = None
+    if resume:
+        saved = ckpt.load_checkpoint(Path(resume), rank)
+        missing = sorted(set(params) - set(saved["params"]))
+        if missing:
+            raise ValueError(f"checkpoint {resume} lacks trained tensors {missing[:3]}... (another stage or model?)")
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(saved["params"][name])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        global_step = saved["state"]["global_step"]
+        history, eval_history = saved["state"]["history"], saved["state"]["eval_history"]
+        skipped = [tuple(s) for s in saved["state"]["skipped"]]
+        rng_to_restore = saved["rng"]
+        say(f"resumed from {resume} at step {global_step}/{total_steps}")
+
+    def save(step: int) -> None:
+        state = {"global_step": step, "history": history, "eval_history": eval_history, "skipped": skipped,
+                 "total_steps": total_steps}
+        accelerator.wait_for_everyone()
+        ckpt.save_checkpoint(out / f"checkpoint-{step}", params, optimizer, scheduler, state, rank,
+                             accelerator.is_main_process)
+        if accelerator.is_main_process:
+            ckpt.prune(out, cfg.save_total_limit)
+
+    def evaluate(step: int) -> None:
+        metrics = run_eval(model, eval_set, cfg, accelerator)
+        eval_history.append({"step": step, **metrics})
+        say(f"eval @ step {step}: {format_metrics(metrics)}")
+        set_train_mode(model, cfg)
+
+    bar = tqdm(total=total_steps, initial=global_step, desc=f"stage {cfg.stage}",
+               disable=not (cfg.progress_bar and accelerator.is_local_main_process))
+    if rng_to_restore is not None:
+        ckpt.set_rng_state(*rng_to_restore)  # last, so nothing between here and the loop draws from it
+    set_train_mode(model, cfg)
+    micro = global_step * accum
+    accelerator.step = micro  # accelerate's micro-batch counter decides when a step syncs
+    window: dict[str, list[float]] = {"loss": [], "lm_loss": [], "safety_loss": []}
+    while global_step < total_steps and (stop_after is None or global_step < stop_after):
+        epoch, position = divmod(micro, micro_per_epoch)
+        order = epoch_order(len(train_set), cfg.seed, epoch, rank, world)
+        loader = make_loader(train_set, order[position * cfg.per_device_batch_size:], cfg.per_device_batch_size,
+                             collator, cfg.num_workers, cfg.seed + epoch)
+        for batch in loader:
+            micro += 1
+            skipped += batch["skipped"]
+            # accelerate's accumulation: no gradient sync and no optimizer step until the last micro-batch
+            # of a step (its counter is the micro-batch count); backward divides the loss by `accum`.
+            with accelerator.accumulate(wrapped):
+                if batch["num_samples"]:
+                    output = wrapped(**{k: batch[k].to(accelerator.device) for k in MODEL_INPUTS})
+                    accelerator.backward(output.loss)
+                    for key in ("loss", "lm_loss", "safety_loss"):
+                        value = getattr(output, key)
+                        if value is not None:
+                            window[key].append(value.item())
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(params.values(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            global_step += 1
+            bar.update(1)
+            if global_step % cfg.logging_steps == 0 or global_step == total_steps:
+                entry = {"step": global_step, "lr": scheduler.get_last_lr()[0]}
+                entry.update({k: sum(v) / len(v) for k, v in window.items() if v})
+                history.append(entry)
+                window = {k: [] for k in window}
+                bar.set_postfix(loss=f"{entry.get('loss', float('nan')):.4f}")
+                if accelerator.is_main_process:
+                    out.mkdir(parents=True, exist_ok=True)
+                    with open(out / "log.jsonl", "a") as f:
+                        f.write(json.dumps(entry) + "\n")
+            if eval_set is not None and cfg.eval_steps and global_step % cfg.eval_steps == 0:
+                evaluate(global_step)
+            interrupted = stop_after is not None and global_step >= stop_after
+            if (cfg.save_steps and global_step % cfg.save_steps == 0) or (interrupted and global_step < total_steps):
+                save(global_step)
+            if global_step >= total_steps or interrupted:
+                break
+    bar.close()
+    result = TrainResult(out, global_step, history, eval_history, skipped)
+    if skipped:
+        say(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0][0]}: {skipped[0][1]}")
+    if global_step < total_steps:
+        return result  # interrupted: the checkpoint holds the state
+    if eval_set is not None and not (cfg.eval_steps and global_step % cfg.eval_steps == 0):
+        evaluate(global_step)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(wrapped)
+        if cfg.train_safety_modules:
+            result.safety_dir = unwrapped.safety.save_pretrained(out / SAFETY_DIR)
+        if cfg.stage == 2:
+            unwrapped.base.model.language_model.save_pretrained(str(out / ADAPTER_DIR))
+            result.adapter_dir = out / ADAPTER_DIR
+        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+        (out / "metrics.json").write_text(json.dumps({"history": history, "eval": eval_history,
+                                                      "skipped": skipped}, indent=1) + "\n")
+    return result

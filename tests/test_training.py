@@ -1,0 +1,138 @@
+"""Stage 1 and stage 2 on the tiny model and the synthetic corpus: learning, frozen base, exact resume, LoRA."""
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from safety_modules import SafeLlava, SafetyModules
+from safety_modules.data.format import make_record, read_records, write_records
+from safety_modules.data.synth import synthesize
+from safety_modules.training import TrainConfig, train
+from safety_modules.training.checkpoint import checkpoints
+from safety_modules.training.trainer import load_lora
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus")
+    synthesize(out, 150, seed=0, size=224)
+    # one held-out file from the val and test splits: more samples, a steadier AUROC
+    write_records(read_records(out / "val.jsonl") + read_records(out / "test.jsonl"), out / "heldout.jsonl")
+    return out
+
+
+def base_digest(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if "lora_" in name:
+            continue
+        digest.update(name.replace("base_model.model.", "").replace(".base_layer", "").encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def config(tiny_dir, corpus, out, **overrides):
+    values = dict(stage=1, base=str(tiny_dir), train_data=[str(corpus / "train.jsonl")], output_dir=str(out), seed=0,
+                  per_device_batch_size=8, gradient_accumulation_steps=1, learning_rate=1e-3, warmup_steps=5,
+                  logging_steps=5, num_workers=0, progress_bar=False)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_stage1_learns_and_leaves_the_base_alone(tiny_dir, corpus, tmp_path):
+    before = base_digest(SafeLlava.from_pretrained(tiny_dir, seed=0).base)
+    cfg = config(tiny_dir, corpus, tmp_path / "run", max_steps=25, learning_rate=2e-3, warmup_steps=3,
+                 eval_data=[str(corpus / "heldout.jsonl")])
+    result = train(cfg)
+    losses = [h["loss"] for h in result.history]
+    assert sum(losses[-2:]) / 2 < 0.85 * sum(losses[:2]) / 2, losses
+    auroc = result.eval_history[-1]["risk_auroc"]
+    print("held-out head metrics:", result.eval_history[-1])
+    # Seen here: about 0.8 on the 46 held-out images after 40 steps; an untrained or broken head scores ~0.5.
+    assert auroc > 0.65, result.eval_history[-1]
+    saved = SafetyModules.from_pretrained(result.safety_dir)
+    model = SafeLlava.from_pretrained(tiny_dir, saved)
+    assert base_digest(model.base) == before
+    fresh = SafeLlava.from_pretrained(tiny_dir, seed=0).safety
+    assert not torch.equal(saved.head.query, fresh.head.query)  # the saved modules are the trained ones
+
+
+def test_resume_is_exact(tiny_dir, corpus, tmp_path):
+    # 7 records, batches of 2, 2 per step: epochs are 4 micro-batches long, so the run crosses epoch
+    # boundaries and the stop at step 3 (micro-batch 6) falls inside the second epoch, in its reshuffled order.
+    write_records(read_records(corpus / "train.jsonl")[:7], corpus / "tiny_train.jsonl")
+    overrides = dict(max_steps=6, per_device_batch_size=2, gradient_accumulation_steps=2, warmup_steps=1,
+                     logging_steps=1, learning_rate=5e-3, train_data=[str(corpus / "tiny_train.jsonl")])
+    full = train(config(tiny_dir, corpus, tmp_path / "full", **overrides))
+    part = train(config(tiny_dir, corpus, tmp_path / "part", **overrides), stop_after=3)
+    assert part.global_step == 3 and part.safety_dir is None
+    assert [c.name for c in checkpoints(tmp_path / "part")] == ["checkpoint-3"]
+    resumed = train(config(tiny_dir, corpus, tmp_path / "part", resume_from="latest", **overrides))
+    assert resumed.global_step == 6
+    a = SafetyModules.from_pretrained(full.safety_dir).state_dict()
+    b = SafetyModules.from_pretrained(resumed.safety_dir).state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6, rtol=0), name
+    start = SafeLlava.from_pretrained(tiny_dir, seed=0).safety.state_dict()
+    assert any(not torch.allclose(start[k], a[k]) for k in a)  # training moved the weights
+    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in full.history], abs=1e-5)
+
+
+def test_stage2_lora_saves_reloads_and_changes_output(tiny_dir, corpus, tmp_path):
+    stage1 = SafeLlava.from_pretrained(tiny_dir, seed=0).safety.save_pretrained(tmp_path / "stage1")
+    # a training file with one unreadable image: reported and skipped, training goes on
+    records = read_records(corpus / "train.jsonl")[:24]
+    (corpus / "broken.png").write_bytes(b"not an image")
+    records.append(make_record("broken", "broken.png", "What is this?", "A picture.", 0, "safe"))
+    write_records(records, corpus / "with_broken.jsonl")
+    cfg = config(tiny_dir, corpus, tmp_path / "stage2", stage=2, safety=str(stage1), max_steps=4,
+                 train_data=[str(corpus / "with_broken.jsonl")], per_device_batch_size=5, learning_rate=5e-2,
+                 lora={"r": 8, "alpha": 16, "dropout": 0.05})
+    result = train(cfg)
+    assert [p for p, _ in result.skipped] == [str(corpus / "broken.png")]
+    assert result.safety_dir is None and (result.adapter_dir / "adapter_config.json").exists()
+    assert (result.adapter_dir / "adapter_model.safetensors").exists()
+
+    from safety_modules.training.data import SafetyCollator, SafetyDataset
+
+    plain = SafeLlava.from_pretrained(tiny_dir, stage1)
+    before = base_digest(plain.base)
+    dataset = SafetyDataset(records[:2], corpus, plain.processor, plain.config.taxonomy, 576)
+    batch = SafetyCollator(plain.processor)([dataset[0], dataset[1]])
+    inputs = {k: batch[k] for k in ("input_ids", "pixel_values", "attention_mask")}
+    with torch.no_grad():
+        reference = plain(**inputs).logits
+        load_lora(plain, result.adapter_dir)
+        adapted = plain(**inputs).logits
+        again = SafeLlava.from_pretrained(tiny_dir, stage1)
+        load_lora(again, result.adapter_dir)
+        reloaded = again(**inputs).logits
+    assert (adapted - reference).abs().max() > 1e-3  # the adapter changes the output
+    assert torch.allclose(adapted, reloaded)  # and reloads to the same model
+    assert base_digest(plain.base) == before  # base weights untouched under the adapter
+    assert not any(p.requires_grad for n, p in plain.named_parameters() if not n.startswith("safety."))
+
+
+def test_stage2_needs_stage1_modules(tiny_dir, corpus, tmp_path):
+    with pytest.raises(ValueError, match="stage-1 safety modules"):
+        config(tiny_dir, corpus, tmp_path, stage=2)
+
+
+def test_train_cli_runs_a_recipe(tiny_dir, corpus, tmp_path, capsys):
+    import yaml
+
+    from safety_modules.cli import main
+
+    recipe = tmp_path / "stage1.yaml"
+    recipe.write_text(yaml.safe_dump({"stage": 1, "base": str(tiny_dir), "train_data": [str(corpus / "train.jsonl")],
+                                      "output_dir": str(tmp_path / "run"), "max_steps": 5, "num_workers": 0,
+                                      "progress_bar": False}))
+    assert main(["train", "stage1", str(recipe), "--set", "per_device_batch_size=2", "--set",
+                 "gradient_accumulation_steps=1", "--max-steps", "2"]) == 0
+    assert (tmp_path / "run" / "safety_modules" / "model.safetensors").exists()
+    assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 1  # max_steps 2 (from the CLI), logged at the end
+    assert main(["train", "stage2", str(recipe)]) == 2  # a stage-1 recipe run as stage 2: one clear error
+    assert "stage 1 recipe" in capsys.readouterr().err
