@@ -189,3 +189,23 @@ def test_unsafe_concepts_to_records(tmp_path):
         answer = rec["conversations"][1]["value"]
         assert answer.startswith("No.") and concept.lower() in answer
         decode_image(tmp_path / "out" / rec["image"])
+
+
+def test_data_convert_cli_runs_the_benchmark_converters(tmp_path):
+    from safety_modules.cli import main
+    from safety_modules.data import read_records
+
+    snapshot = write_rtvlm_snapshot(tmp_path / "rtvlm")
+    out = tmp_path / "conv" / "rtvlm_train.jsonl"
+    assert main(["data", "convert", "rtvlm", str(snapshot), "--split", "train", "--out", str(out)]) == 0
+    train = read_records(out)
+    assert train and all((out.parent / r["image"]).is_file() for r in train)
+    out_test = tmp_path / "conv" / "rtvlm_test.jsonl"
+    assert main(["data", "convert", "rtvlm", str(snapshot), "--split", "test", "--out", str(out_test)]) == 0
+    assert not {r["id"] for r in train} & {r["id"] for r in read_records(out_test)}
+
+    uc = write_safervlm_layout(tmp_path / "uc")
+    out_uc = tmp_path / "conv" / "uc.jsonl"
+    assert main(["data", "convert", "unsafe-concepts", str(uc), "--out", str(out_uc)]) == 0
+    records = read_records(out_uc)
+    assert records and all(r["safety"]["level"] > 0 for r in records)

@@ -202,3 +202,40 @@ def _vlguard_run(args: argparse.Namespace) -> Conversion:
 
 
 register_converter(Converter("vlguard", "VLGuard train.json/test.json + image folder", _vlguard_args, _vlguard_run))
+
+
+# ---------------------------------------------------------------- the benchmarks (loaders in rtvlm.py / unsafe_concepts.py)
+
+def _rtvlm_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("snapshot", type=Path, help="local snapshot of MMInstruction/RedTeamingVLM (raw JSONL + zips)")
+    p.add_argument("--split", choices=["train", "test", "all"], default="train",
+                   help="the seeded 80/20 split the paper trained on (default: train; --seed seeds it)")
+    p.add_argument("--train-fraction", type=float, default=0.8)
+    mapping_arguments(p)
+
+
+def _rtvlm_run(args: argparse.Namespace) -> Conversion:
+    from ..taxonomy import RTVLM_SUBTASK_LABELS
+    from .rtvlm import rtvlm_to_records
+
+    mapping = load_mapping(args.mapping, RTVLM_SUBTASK_LABELS)
+    return Conversion(rtvlm_to_records(args.snapshot, args.out.parent, split=args.split, seed=args.seed,
+                                       train_fraction=args.train_fraction, mapping=mapping))
+
+
+def _unsafe_concepts_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", type=Path, help="UnsafeConcepts: HF parquet export folder, or metadata.jsonl + images/")
+    mapping_arguments(p)
+
+
+def _unsafe_concepts_run(args: argparse.Namespace) -> Conversion:
+    from ..taxonomy import UNSAFE_CONCEPTS_CATEGORY_LABELS
+    from .unsafe_concepts import unsafe_concepts_to_records
+
+    mapping = load_mapping(args.mapping, UNSAFE_CONCEPTS_CATEGORY_LABELS)
+    return Conversion(unsafe_concepts_to_records(args.data, args.out.parent, mapping=mapping))
+
+
+register_converter(Converter("rtvlm", "RTVLM local snapshot (seeded 80/20 split)", _rtvlm_args, _rtvlm_run))
+register_converter(Converter("unsafe-concepts", "UnsafeConcepts (parquet export or SaferVLM layout)",
+                             _unsafe_concepts_args, _unsafe_concepts_run))
