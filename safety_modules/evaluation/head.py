@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ..images import ImageDecodeError, decode_image
+from ..metrics import head_metrics, risk_score
 from ..taxonomy import SAFE_LABEL, UNSAFE_CONCEPTS_CATEGORY_LABELS
 from .generation import decide_all
 from .report import markdown_table, write_csv, write_markdown
@@ -120,34 +121,30 @@ def score_items(model, items: Sequence[LabelledImage], batch_size: int = 16, pol
 
 def classification_metrics(gold_levels: np.ndarray, gold_types: np.ndarray, level_probs: np.ndarray,
                            type_probs: np.ndarray, type_names: Sequence[str], safe_type: str) -> dict:
-    """Risky-vs-safe AUROC and accuracy, level/type accuracy, per-type recall, confusion matrices.
+    """The shared head metrics (`safety_modules.metrics`) plus what a report draws: the ROC curve,
+    risky-vs-safe accuracy and the level/type confusion matrices."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, roc_curve
 
-    TODO(merge): use safety_modules.metrics (the training area's shared implementation).
-    """
-    from sklearn.metrics import accuracy_score, confusion_matrix, roc_auc_score, roc_curve
-
+    shared = head_metrics(gold_levels, gold_types, level_probs, type_probs, type_names)
     risky = gold_levels > 0
-    risk_score = 1.0 - level_probs[:, 0]
-    pred_levels = level_probs.argmax(1)
-    pred_types = type_probs.argmax(1)
     both = risky.any() and (~risky).any()
-    fpr, tpr, _ = roc_curve(risky, risk_score) if both else (np.array([]), np.array([]), None)
-    recall = {}
-    for t, name in enumerate(type_names):
-        mask = gold_types == t
-        recall[name] = float((pred_types[mask] == t).mean()) if mask.any() else None
+    fpr, tpr, _ = roc_curve(risky, risk_score(level_probs)) if both else (np.array([]), np.array([]), None)
+    pred_levels = level_probs.argmax(1)
     return {
         "n": int(len(gold_levels)),
         "n_risky": int(risky.sum()),
         "n_safe": int((~risky).sum()),
-        "auroc": float(roc_auc_score(risky, risk_score)) if both else None,
-        "risky_accuracy": float(accuracy_score(risky, pred_levels > 0)) if len(risky) else None,
-        "level_accuracy": float(accuracy_score(gold_levels, pred_levels)) if len(risky) else None,
-        "type_accuracy": float(accuracy_score(gold_types, pred_types)) if len(risky) else None,
-        "type_recall": recall,
+        "auroc": shared["risk_auroc"] if both else None,
+        "risky_accuracy": float(accuracy_score(risky, pred_levels > 0)),
+        "level_accuracy": shared["level_accuracy"],
+        "level_macro_f1": shared["level_macro_f1"],
+        "type_accuracy": shared["type_accuracy"],
+        "type_macro_f1": shared["type_macro_f1"],
+        "type_recall": {name: shared.get(f"recall/{name}") for name in type_names},
         "level_confusion": confusion_matrix(gold_levels, pred_levels,
                                             labels=list(range(level_probs.shape[1]))).tolist(),
-        "type_confusion": confusion_matrix(gold_types, pred_types, labels=list(range(len(type_names)))).tolist(),
+        "type_confusion": confusion_matrix(gold_types, type_probs.argmax(1),
+                                           labels=list(range(len(type_names)))).tolist(),
         "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
         "safe_type": safe_type,
     }
