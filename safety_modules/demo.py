@@ -1,7 +1,7 @@
 """``make demo``: the main job on the built-in tiny model, printing each step as it goes.
 
 tiny LLaVA -> synthetic risk corpus -> stage 1 for a short budget -> held-out head
-metrics -> the trained head's assessment of one safe and one risky held-out image.
+metrics -> gated answers (default policy) for one safe and one risky held-out image.
 The trained modules are saved under the workdir.
 """
 from __future__ import annotations
@@ -10,19 +10,12 @@ import time
 from pathlib import Path
 
 
-def format_scores(name: str, level_probs, type_probs, config) -> str:
-    """One readable line per image: top level and top type with their probabilities."""
-    level = int(level_probs.argmax())
-    type_ = int(type_probs.argmax())
-    return (f"{name}: level={config.level_names[level]} ({float(level_probs[level]):.2f}) "
-            f"type={config.type_names[type_]} ({float(type_probs[type_]):.2f})")
-
-
 def run_demo(workdir: Path, steps: int = 80, corpus_size: int = 200, seed: int = 0) -> int:
     from .data.format import question_text, read_records
     from .data.synth import synthesize
     from .images import decode_image
     from .metrics import format_metrics
+    from .policy import SafetyPolicy
     from .tiny import make_tiny
     from .training import TrainConfig, train
     from .wrapper import SafeLlava
@@ -52,14 +45,21 @@ def run_demo(workdir: Path, steps: int = 80, corpus_size: int = 200, seed: int =
     print("[4/5] held-out head metrics (test split, never trained on)")
     print("      " + format_metrics(result.eval_history[-1]))
 
-    print(f"[5/5] the trained head (saved in {result.safety_dir}) on held-out images")
+    # A short CPU run leaves the head's probabilities soft, so the demo's operator lowers the
+    # thresholds of the shipped policy (0.5/0.5); `safevlm generate --policy FILE` does the same.
+    policy = SafetyPolicy.from_dict({"name": "demo", "defaults": {"hint": 0.3, "refuse": 0.2}})
+    print(f"[5/5] gated answers: trained modules ({result.safety_dir}), policy 'demo' = default with "
+          "hint at 0.3 and refuse at 0.2; the tiny LM is random, so its own text is noise")
     model = SafeLlava.from_pretrained(base_dir, result.safety_dir)
     test = read_records(corpus / "test.jsonl")
     picks = [next(r for r in test if r["safety"]["level"] == 0), next(r for r in test if r["safety"]["level"] > 0)]
     images = [decode_image(corpus / r["image"]) for r in picks]
-    scores = model.assess(images, [question_text(r) for r in picks])
-    for record, lp, tp in zip(picks, scores.level_probs, scores.type_probs):
-        truth = f"truth: level {record['safety']['level']}, {record['safety']['type']}"
-        print("      " + format_scores(record["image"], lp, tp, model.config) + f"  [{truth}]")
+    answers = model.generate(images, [question_text(r) for r in picks], policy=policy, max_new_tokens=12)
+    for record, answer in zip(picks, answers):
+        d = answer.decision
+        print(f"      {record['image']}  [truth: level {record['safety']['level']}, {record['safety']['type']}]")
+        print(f"        head: level={d.level} ({d.level_probs[d.level]:.2f}) type={d.type} ({d.type_probs[d.type]:.2f})"
+              f" -> {d.action} (rule {d.rule})")
+        print(f"        answer: {answer.text!r}")
     print(f"done in {time.time() - start:.0f} s")
     return 0

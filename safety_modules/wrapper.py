@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import load_base, resolve_device, resolve_dtype
+from .backbone import load_base
 from .config import SafetyConfig
 from .generation import GatedAnswer, gated_generate
 from .modeling import SafetyModules, base_fingerprint

@@ -35,10 +35,17 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def format_scores(name: str, level_probs, type_probs, config) -> str:
+    """One readable line per image: top level and top type with their probabilities."""
+    level = int(level_probs.argmax())
+    type_ = int(type_probs.argmax())
+    return (f"{name}: level={config.level_names[level]} ({float(level_probs[level]):.2f}) "
+            f"type={config.type_names[type_]} ({float(type_probs[type_]):.2f})")
+
+
 def cmd_assess(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from ..demo import format_scores
     from ..wrapper import SafeLlava
 
     model = SafeLlava.from_pretrained(args.base, args.safety, dtype=args.dtype, device=args.device)
