@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -160,9 +161,9 @@ def _grow_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([weight, mean.expand(rows - weight.shape[0], -1)], dim=0)
 
 
-def _load_original(folder: Path, config: dict[str, Any], dtype: torch.dtype):
-    from transformers import (AddedToken, AutoImageProcessor, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel,
-                              LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor)
+def _original_llava_config(folder: Path, config: dict[str, Any]):
+    """The `LlavaConfig`, tokenizer (with ``<image>``/``<pad>``) and vision-tower folder of an original checkpoint."""
+    from transformers import AddedToken, AutoTokenizer, CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     projector_type = config.get("mm_projector_type", "linear")
     if projector_type != "mlp2x_gelu":
@@ -192,6 +193,15 @@ def _load_original(folder: Path, config: dict[str, Any], dtype: torch.dtype):
         projector_hidden_act="gelu",
         image_seq_length=(vision_config.image_size // vision_config.patch_size) ** 2,
     )
+    return llava_config, tokenizer, vt_folder
+
+
+def _load_original(folder: Path, config: dict[str, Any], dtype: torch.dtype):
+    from transformers import AutoImageProcessor, CLIPVisionModel, LlavaForConditionalGeneration, LlavaProcessor
+
+    llava_config, tokenizer, vt_folder = _original_llava_config(folder, config)
+    vision_config = llava_config.vision_config
+    vocab = llava_config.text_config.vocab_size
 
     state = {convert_original_key(k): v for k, v in _read_state_dict(folder).items()
              if "rotary_emb.inv_freq" not in k}
@@ -219,3 +229,153 @@ def _load_original(folder: Path, config: dict[str, Any], dtype: torch.dtype):
         num_additional_image_tokens=1, chat_template=chat_template,
     )
     return model, processor
+
+
+# ---------------------------------------------------------------- vision-only loading (scanning)
+
+def select_vision_features(
+    vision_tower: torch.nn.Module, pixel_values: torch.Tensor, layer: int, strategy: str
+) -> torch.Tensor:
+    """Run the vision tower once; return hidden state ``layer`` (B, N, V), CLS dropped for the "default" strategy.
+
+    This is LLaVA's feature selection, shared by `SafeLlava` and the vision-only scan path.
+    """
+    out = vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
+    features = out.hidden_states[layer]
+    if strategy == "default":
+        features = features[:, 1:]
+    return features
+
+
+@dataclass
+class VisionParts:
+    """What a scan needs from a LLaVA checkpoint: its config, vision tower, LLaVA projector and image processor."""
+
+    config: Any
+    vision_tower: torch.nn.Module
+    projector: torch.nn.Module
+    image_processor: Any
+
+
+_HF_TOWER_PREFIXES = ("model.vision_tower.", "vision_tower.")
+_HF_PROJECTOR_PREFIXES = ("model.multi_modal_projector.", "multi_modal_projector.")
+_ORIGINAL_TOWER_PREFIX = "model.vision_tower.vision_tower."
+_ORIGINAL_PROJECTOR_KEYS = {"model.mm_projector.0.": "linear_1.", "model.mm_projector.2.": "linear_2."}
+
+
+def _strip_prefix(key: str, prefixes) -> str | None:
+    for prefix in prefixes:
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return None
+
+
+def _read_selected(folder: Path, rename) -> dict[str, torch.Tensor]:
+    """Read only the tensors whose key ``rename(key)`` maps to a name (others are never read).
+
+    safetensors files are opened lazily (``safe_open``; with a shard index, shards holding
+    none of the wanted tensors are not opened at all); ``.bin`` files are memory-mapped,
+    so the language model's tensors are not read from disk either way.
+    """
+    from safetensors import safe_open
+
+    state: dict[str, torch.Tensor] = {}
+    files = sorted(folder.glob("*.safetensors"))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():  # sharded: open only the shards that hold wanted tensors
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = sorted({folder / shard for key, shard in weight_map.items() if rename(key) is not None})
+    for file in files:
+        with safe_open(str(file), framework="pt") as reader:
+            for key in reader.keys():
+                name = rename(key)
+                if name is not None:
+                    state[name] = reader.get_tensor(key)
+    if files:
+        return state
+    bins = sorted(folder.glob("pytorch_model*.bin"))
+    if not bins:
+        raise FileNotFoundError(f"{folder} holds no *.safetensors or pytorch_model*.bin weights")
+    for file in bins:
+        mapped = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        for key, tensor in mapped.items():
+            name = rename(key)
+            if name is not None:
+                state[name] = tensor.clone()
+        del mapped
+    return state
+
+
+def _build_tower(vision_config: Any, state: dict[str, torch.Tensor], dtype: torch.dtype, where: Path):
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    tower_class = MODEL_MAPPING[type(vision_config)]
+    tower, info = tower_class.from_pretrained(None, config=vision_config, state_dict=state, dtype=dtype,
+                                              output_loading_info=True)
+    if info["missing_keys"]:
+        raise ValueError(f"vision tower weights missing from {where}: {sorted(info['missing_keys'])[:5]} ...")
+    return tower
+
+
+def load_vision_parts(
+    name_or_path: str | Path,
+    dtype: str | torch.dtype | None = "auto",
+    device: str | torch.device | None = None,
+) -> VisionParts:
+    """Load only the vision tower, the LLaVA projector and the image processor of a LLaVA-1.5 checkpoint.
+
+    The language model's weights are never read: only the tower's and projector's tensors
+    are taken from the checkpoint files (HF or original layout). The projector is needed
+    for the base fingerprint that ties safety modules to their base.
+    """
+    from transformers import AutoImageProcessor, CLIPVisionModel, LlavaConfig
+    from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    folder = local_folder(name_or_path)
+    raw = read_config(folder)
+    if is_original_format(raw):
+        llava_config, _, vt_folder = _original_llava_config(folder, raw)
+
+        def rename(key: str) -> str | None:
+            if key.startswith(_ORIGINAL_TOWER_PREFIX):
+                return "tower." + key[len(_ORIGINAL_TOWER_PREFIX):]
+            for old, new in _ORIGINAL_PROJECTOR_KEYS.items():
+                if key.startswith(old):
+                    return "projector." + new + key[len(old):]
+            return None
+
+        state = _read_selected(folder, rename)
+        tower_state = {k[len("tower."):]: v for k, v in state.items() if k.startswith("tower.")}
+        if tower_state:
+            tower = _build_tower(llava_config.vision_config, tower_state, dtype, folder)
+        else:  # the usual case: the original checkpoints do not hold the tower
+            tower = CLIPVisionModel.from_pretrained(vt_folder, dtype=dtype)
+        image_processor = AutoImageProcessor.from_pretrained(vt_folder)
+    else:
+        if raw.get("model_type") != "llava":
+            raise ValueError(f"{name_or_path} is a {raw.get('model_type')!r} model, not a LLaVA (model_type 'llava')")
+        llava_config = LlavaConfig.from_pretrained(folder)
+
+        def rename(key: str) -> str | None:
+            tower_key = _strip_prefix(key, _HF_TOWER_PREFIXES)
+            if tower_key is not None:
+                return "tower." + tower_key
+            projector_key = _strip_prefix(key, _HF_PROJECTOR_PREFIXES)
+            return None if projector_key is None else "projector." + projector_key
+
+        state = _read_selected(folder, rename)
+        tower_state = {k[len("tower."):]: v for k, v in state.items() if k.startswith("tower.")}
+        tower = _build_tower(llava_config.vision_config, tower_state, dtype, folder)
+        image_processor = AutoImageProcessor.from_pretrained(folder)
+
+    projector = LlavaMultiModalProjector(llava_config)
+    projector_state = {k[len("projector."):]: v for k, v in state.items() if k.startswith("projector.")}
+    try:
+        projector.load_state_dict(projector_state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"LLaVA projector weights in {folder} do not fit its config: {exc}") from None
+    tower.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    projector.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return VisionParts(llava_config, tower, projector, image_processor)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import load_base
+from .backbone import load_base, select_vision_features
 from .config import SafetyConfig
 from .generation import GatedAnswer, gated_generate
 from .modeling import SafetyModules, base_fingerprint
@@ -128,13 +128,8 @@ class SafeLlava(nn.Module):
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Run the vision tower once; return the selected layer's patch features (B, N, V)."""
         cfg = self.base.config
-        out = self.base.model.vision_tower(
-            pixel_values.to(self.device, self.dtype), output_hidden_states=True, return_dict=True
-        )
-        features = out.hidden_states[cfg.vision_feature_layer]
-        if cfg.vision_feature_select_strategy == "default":
-            features = features[:, 1:]
-        return features
+        return select_vision_features(self.base.model.vision_tower, pixel_values.to(self.device, self.dtype),
+                                      cfg.vision_feature_layer, cfg.vision_feature_select_strategy)
 
     def pixel_values(self, images: Any) -> torch.Tensor:
         """Images (PIL, arrays, or a list of them) -> pixel values via the base's image processor."""

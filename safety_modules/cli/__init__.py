@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "safety_modules.cli.eval_commands",
     "safety_modules.cli.gate_commands",
     "safety_modules.cli.training_commands",
+    "safety_modules.cli.scan_commands",
 ]
 
 

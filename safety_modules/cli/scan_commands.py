@@ -1,0 +1,70 @@
+"""Scanning commands: ``scan`` (score every image of a corpus) and ``scan-report``."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..images import DEFAULT_MAX_PIXELS
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("scan", help="score every image of a corpus with the vision tower + safety modules only")
+    p.add_argument("input", type=Path, help="image folder, LLaVA JSON/JSONL, .tar shards, parquet, or a save_to_disk folder")
+    p.add_argument("--base", required=True, help="LLaVA-1.5 folder or hub id (HF or original layout)")
+    p.add_argument("--safety", required=True, help="safety-modules folder or hub id")
+    p.add_argument("--out", required=True, type=Path, help="output folder (parquet parts + manifest.json); resumable")
+    p.add_argument("--policy", help="policy YAML deciding 'flagged' (default: the default policy)")
+    p.add_argument("--reader", default="auto", choices=["auto", "folder", "llava", "wds", "parquet", "hf"],
+                   help="input format (default: detected)")
+    p.add_argument("--image-root", help="llava/parquet: folder that relative image paths start from")
+    p.add_argument("--image-column", help="parquet/hf: the image column (default: detected)")
+    p.add_argument("--id-column", help="parquet/hf: a column of stable keys (default: id/key/uid, else the row number)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers that read, decode and resize")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    p.add_argument("--part-size", type=int, default=1000, help="items per output part (the unit of resumption)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="decompression-bomb cap per image")
+    p.add_argument("--engine", default="local", choices=["local", "ray"], help="local DataLoader or Ray Data")
+    p.add_argument("--ray-address", help="join an existing Ray cluster (default: start a local Ray)")
+    p.add_argument("--ray-actors", type=int, help="scoring actors (default: one per GPU, else 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("scan-report", help="write report.html for a scan folder, and clean/flagged id lists")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--output", type=Path, help="where to write the page (default: OUT_DIR/report.html)")
+    p.add_argument("--top-k", type=int, default=16, help="flagged items shown as thumbnails")
+    p.add_argument("--no-blur", action="store_true", help="show the thumbnails unblurred")
+    p.add_argument("--export-clean", type=Path, help="write the ids that are not flagged (and not errors), one a line")
+    p.add_argument("--export-flagged", type=Path, help="write the flagged ids, one a line")
+    p.set_defaults(func=cmd_scan_report)
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from ..scan import ReaderOptions, ScanSettings, run_scan
+
+    if args.batch_size < 1 or args.part_size < 1 or args.workers < 0:
+        raise ValueError("--batch-size and --part-size must be >= 1 and --workers >= 0")
+    settings = ScanSettings(
+        base=args.base, safety=args.safety, policy=args.policy, batch_size=args.batch_size, workers=args.workers,
+        device=args.device, dtype=args.dtype, part_size=args.part_size, max_pixels=args.max_pixels,
+        engine=args.engine, ray_address=args.ray_address, ray_actors=args.ray_actors,
+    )
+    options = ReaderOptions(kind=args.reader, image_root=args.image_root, image_column=args.image_column,
+                            id_column=args.id_column)
+    manifest = run_scan(args.input, args.out, settings, options, progress=not args.no_progress)
+    counts = manifest["counts"]
+    print(f"scanned {counts['items']} items into {args.out}: {counts['scored']} scored, {counts['flagged']} flagged, "
+          f"{counts['errors']} errors {json.dumps(counts['errors_by_kind'])}")
+    return 0 if manifest["complete"] else 1
+
+
+def cmd_scan_report(args: argparse.Namespace) -> int:
+    from ..scan.report import write_report
+
+    path = write_report(args.out_dir, args.output, top_k=args.top_k, blur=not args.no_blur,
+                        export_clean=args.export_clean, export_flagged=args.export_flagged)
+    print(f"report written to {path}")
+    return 0

@@ -1,0 +1,18 @@
+"""Corpus risk scanning: readers, the vision-only scorer, resumable parquet output, report, Ray engine."""
+from .engine import ScanSettings, run_scan
+from .output import output_schema, read_parts, summarize
+from .readers import READER_KINDS, CorpusReader, Item, ReaderOptions
+from .scorer import VisionScorer
+
+__all__ = [
+    "READER_KINDS",
+    "CorpusReader",
+    "Item",
+    "ReaderOptions",
+    "ScanSettings",
+    "VisionScorer",
+    "output_schema",
+    "read_parts",
+    "run_scan",
+    "summarize",
+]

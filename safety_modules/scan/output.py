@@ -1,0 +1,139 @@
+"""Scan output: parquet parts written atomically, resumable, and a ``manifest.json``.
+
+Part ``k`` holds the items ``[k * part_size, (k + 1) * part_size)`` of the input, in
+input order. A part is written to a temporary file and renamed into place, so a part
+file either exists complete or not at all: a scan killed at any moment (even during a
+write) and restarted skips the parts that exist, never rewrites them, and redoes only
+the missing ones. Temporary files left by a killed writer are removed on restart.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..taxonomy import Taxonomy
+
+MANIFEST_NAME = "manifest.json"
+_PART_RE = re.compile(r"^part-(\d{6})\.parquet$")
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:06d}.parquet"
+
+
+def output_schema(taxonomy: Taxonomy) -> pa.Schema:
+    """Columns of every part: ids, the error (null when fine), probabilities, decisions."""
+    fields = [
+        pa.field("index", pa.int64()),  # position in the input, 0-based
+        pa.field("id", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("error", pa.string()),  # "kind: message", null when the item was scored
+        pa.field("error_kind", pa.string()),
+    ]
+    fields += [pa.field(f"p_{name}", pa.float32()) for name in taxonomy.types]
+    fields += [pa.field(f"p_level_{name}", pa.float32()) for name in taxonomy.levels]
+    fields += [pa.field("level", pa.string()), pa.field("type", pa.string()), pa.field("flagged", pa.bool_())]
+    return pa.schema(fields)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class ScanOutput:
+    """An output folder: which parts are done, writing new ones, and the manifest.
+
+    ``settings`` (input, models, policy, part size) are stored in the manifest; restarting
+    into a folder written with other settings is refused, because its parts would not line up.
+    """
+
+    def __init__(self, out_dir: str | Path, settings: dict[str, Any], taxonomy: Taxonomy) -> None:
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.schema = output_schema(taxonomy)
+        self.part_size = int(settings["part_size"])
+        manifest_path = self.dir / MANIFEST_NAME
+        self.manifest: dict[str, Any] = {"settings": settings, "runs": []}
+        if manifest_path.is_file():
+            previous = json.loads(manifest_path.read_text())
+            if previous.get("settings") != settings:
+                raise ValueError(
+                    f"{self.dir} holds a scan with other settings (input, models, policy or part size); "
+                    "resume with the same command or use a new --out folder"
+                )
+            self.manifest = previous
+        elif any(self.dir.glob("part-*.parquet")):
+            raise ValueError(f"{self.dir} holds parquet parts but no {MANIFEST_NAME}; use a new --out folder")
+        for stale in self.dir.glob("*.tmp-*"):
+            stale.unlink()  # half-written by a killed run; its part is redone
+        write_json_atomic(manifest_path, self.manifest)
+
+    def completed_parts(self) -> set[int]:
+        return {int(m.group(1)) for p in self.dir.iterdir() if (m := _PART_RE.match(p.name))}
+
+    def write_part(self, index: int, rows: list[dict[str, Any]]) -> Path:
+        """Write one part atomically (temporary file, fsync, rename); an existing part is never replaced."""
+        final = self.dir / part_name(index)
+        if final.exists():
+            raise FileExistsError(f"{final} is complete already and is never rewritten")
+        table = pa.Table.from_pylist(rows, schema=self.schema)
+        tmp = self.dir / f"{final.name}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as handle:
+            pq.write_table(table, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, final)
+        return final
+
+    def finish(self, run: dict[str, Any], expected_items: int) -> dict[str, Any]:
+        """Record this run and the totals over every part; returns the manifest."""
+        counts = summarize(read_parts(self.dir, ["error_kind", "type", "level", "flagged"]))
+        counts["expected_items"] = expected_items
+        self.manifest["runs"].append(run)
+        self.manifest["counts"] = counts
+        self.manifest["complete"] = counts["items"] == expected_items
+        self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        write_json_atomic(self.dir / MANIFEST_NAME, self.manifest)
+        return self.manifest
+
+
+def read_parts(out_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """Every part of a scan as one table (``columns`` only, if given), in input order."""
+    files = sorted(p for p in Path(out_dir).iterdir() if _PART_RE.match(p.name))
+    if not files:
+        raise FileNotFoundError(f"{out_dir} holds no scan parts (part-*.parquet)")
+    if columns is not None and "index" not in columns:
+        columns = ["index", *columns]
+    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files]).sort_by("index")
+
+
+def summarize(table: pa.Table) -> dict[str, Any]:
+    """Counts for the manifest and the report: items, errors by kind, flagged, per type and level."""
+    rows = table.select(["error_kind", "type", "level", "flagged"]).to_pylist()
+
+    def tally(column: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in rows:
+            if row[column] is not None:
+                counts[row[column]] = counts.get(row[column], 0) + 1
+        return dict(sorted(counts.items()))
+
+    errors = tally("error_kind")
+    return {
+        "items": len(rows),
+        "scored": len(rows) - sum(errors.values()),
+        "errors": sum(errors.values()),
+        "errors_by_kind": errors,
+        "flagged": sum(1 for row in rows if row["flagged"]),
+        "by_type": tally("type"),
+        "by_level": tally("level"),
+    }
