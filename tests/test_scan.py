@@ -53,10 +53,14 @@ def test_scan_never_loads_the_language_model_and_matches_assess(tiny_dir, safety
     with pytest.raises(Exception):
         load_base(folder)  # the full loader reads the LM shard, so the garbage would be noticed
     scorer = VisionScorer.from_pretrained(folder, safety_dir)
-    held = {n: p.numel() for n, p in list(scorer.vision_tower.named_parameters()) + list(scorer.safety.named_parameters())}
+    held = {n: p.numel() for module in (scorer.vision_tower, scorer.safety) for n, p in module.named_parameters()}
     assert not any("language_model" in n or "lm_head" in n or "embed_tokens" in n for n in held)
     full = SafeLlava.from_pretrained(tiny_dir, safety_dir)
-    vision_params = sum(p.numel() for p in full.base.model.vision_tower.parameters())
+    tower = full.base.model.vision_tower
+    # The scan holds the tower up to the selected layer (-2: all but the last) and the safety modules.
+    assert len(scorer.vision_tower.encoder.layers) == len(tower.encoder.layers) - 1
+    last_layer = sum(p.numel() for p in tower.encoder.layers[-1].parameters())
+    vision_params = sum(p.numel() for p in tower.parameters()) - last_layer
     assert sum(held.values()) == vision_params + sum(p.numel() for p in full.safety.parameters())
     assert lm_params > 0.5 * sum(p.numel() for p in full.base.parameters())  # most of the base was left out
 

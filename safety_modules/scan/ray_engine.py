@@ -39,7 +39,8 @@ def ray_engine(parts: Iterator[Part], settings: ScanSettings, image_processor: A
             ray.shutdown()
 
 
-def _run(parts: list[Part], settings: ScanSettings, image_processor: Any, on_rows: Progress) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+def _run(parts: list[Part], settings: ScanSettings, image_processor: Any,
+         on_rows: Progress) -> Iterator[tuple[int, list[dict[str, Any]]]]:
     import ray
     import ray.data
 
@@ -52,7 +53,9 @@ def _run(parts: list[Part], settings: ScanSettings, image_processor: Any, on_row
     actors = settings.ray_actors or max(1, gpus)
     score_resources = {"num_gpus": 1} if gpus else {"num_cpus": CPU_PER_TASK}
 
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # rows come back in input order, parts complete in order
+    context.enable_progress_bars = False  # the scan's own bar counts items and errors
     dataset = (
         ray.data.from_items(records)
         .map_batches(_prepare_batch, fn_kwargs={"image_processor": image_processor, "max_pixels": settings.max_pixels},

@@ -216,17 +216,26 @@ def load_bytes(item: Item) -> bytes | str:
     if "file" in ref:
         return ref["file"]
     if "tar" in ref:
-        with open(ref["tar"], "rb") as handle:
-            handle.seek(ref["offset"])
-            data = handle.read(ref["size"])
+        try:
+            with open(ref["tar"], "rb") as handle:
+                handle.seek(ref["offset"])
+                data = handle.read(ref["size"])
+        except OSError as exc:
+            raise ItemError("unreadable", f"tar shard cannot be read: {exc}") from None
         if len(data) < ref["size"]:
             raise ItemError("truncated", f"tar member cut short: {len(data)} of {ref['size']} bytes")
         return data
     if "parquet" in ref:
-        value = _parquet_group(ref["parquet"], ref["group"], ref["column"])[ref["row"]].as_py()
+        try:
+            value = _parquet_group(ref["parquet"], ref["group"], ref["column"])[ref["row"]].as_py()
+        except Exception as exc:  # a damaged row group: this item is lost, the scan goes on
+            raise ItemError("unreadable", f"parquet row group {ref['group']} cannot be read: {exc}") from None
         return _cell_bytes(value, Path(ref["parquet"]).parent)
     if "hf" in ref:
-        value = _hf_undecoded(ref["hf"], ref["split"], ref["column"])[ref["row"]][ref["column"]]
+        try:
+            value = _hf_undecoded(ref["hf"], ref["split"], ref["column"])[ref["row"]][ref["column"]]
+        except Exception as exc:
+            raise ItemError("unreadable", f"dataset row {ref['row']} cannot be read: {exc}") from None
         return _cell_bytes(value, Path(ref["hf"]))
     raise ItemError("unreadable", f"unknown item reference {ref}")
 

@@ -148,8 +148,10 @@ def _render(manifest: dict[str, Any], counts: dict[str, Any], histogram: str, to
     errors = _table(["error kind", "items"], [[k, v] for k, v in counts["errors_by_kind"].items()])
     cards = []
     for item_id, type_, level, risk in top_rows:
-        img = (f'<img class="thumb" src="data:image/jpeg;base64,{thumbs[item_id]}" '
-               f'alt="{html.escape(item_id)}">' if item_id in thumbs else '<div class="missing">image unavailable</div>')
+        if item_id in thumbs:
+            img = f'<img class="thumb" src="data:image/jpeg;base64,{thumbs[item_id]}" alt="{html.escape(item_id)}">'
+        else:
+            img = '<div class="missing">image unavailable</div>'
         cards.append(f'<figure>{img}<figcaption>{html.escape(item_id)}<br>{html.escape(str(type_))} / '
                      f'{html.escape(str(level))} ({risk:.2f})</figcaption></figure>')
     note = ("Thumbnails are blurred; run <code>safevlm scan-report --no-blur</code> to see them."

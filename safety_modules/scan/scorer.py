@@ -52,16 +52,29 @@ def prepare(item: Item, image_processor: Any, max_pixels: int = DEFAULT_MAX_PIXE
         return None, ("preprocess_failed", f"{type(exc).__name__}: {exc}")
 
 
+def drop_unused_layers(vision_tower: torch.nn.Module, feature_layer: int) -> int:
+    """Cut the tower's encoder after the layer whose output LLaVA selects; return that output's index.
+
+    LLaVA-1.5 reads layer -2, so the last encoder layer's work (and weights) would be wasted.
+    """
+    encoder = next(module for name, module in vision_tower.named_modules() if name.endswith("encoder"))
+    layers = encoder.layers
+    index = feature_layer if feature_layer >= 0 else len(layers) + 1 + feature_layer
+    encoder.layers = layers[:index]
+    return index
+
+
 class VisionScorer:
-    """The vision tower and the safety modules of one base, ready to score pixel batches."""
+    """The vision tower (cut after the selected layer) and the safety modules of one base, ready to score batches."""
 
     def __init__(self, vision_tower: torch.nn.Module, safety: SafetyModules, llava_config: Any,
                  image_processor: Any, fingerprint: dict[str, Any]) -> None:
-        self.vision_tower = vision_tower
         self.safety = safety
         self.llava_config = llava_config
         self.image_processor = image_processor
         self.fingerprint = fingerprint
+        self.feature_layer = drop_unused_layers(vision_tower, llava_config.vision_feature_layer)
+        self.vision_tower = vision_tower
 
     @classmethod
     def from_pretrained(cls, base: str | Path, safety: str | Path, device: str | torch.device | None = None,
@@ -74,7 +87,9 @@ class VisionScorer:
         # Same check as SafeLlava: the modules' fingerprint must be this base's.
         fingerprint = base_fingerprint(parts.config, parts.projector)
         modules.check_base(fingerprint)
-        modules.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        # Not requires_grad_(False): with frozen parameters torch 2.13's nn.MultiheadAttention takes
+        # a CPU path about 10x slower for the head's cross-attention; score() runs under no_grad anyway.
+        modules.to(device=device, dtype=dtype).eval()
         # The LLaVA projector was needed only for the fingerprint; the scan never uses it.
         return cls(parts.vision_tower, modules, parts.config, parts.image_processor, fingerprint)
 
@@ -89,9 +104,8 @@ class VisionScorer:
     @torch.no_grad()
     def score(self, pixel_values: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(B, 3, H, W) pixels -> level and type probabilities, float32 arrays (B, L) and (B, T)."""
-        cfg = self.llava_config
         features = select_vision_features(self.vision_tower, pixel_values.to(self.device, self.safety.dtype),
-                                          cfg.vision_feature_layer, cfg.vision_feature_select_strategy)
+                                          self.feature_layer, self.llava_config.vision_feature_select_strategy)
         level_logits, type_logits = self.safety.classify(features)
         return (level_logits.float().softmax(-1).cpu().numpy(), type_logits.float().softmax(-1).cpu().numpy())
 

@@ -1,0 +1,221 @@
+"""Scan throughput, measured side by side on the same images in one run.
+
+(a) the vision tower alone, (b) ``safevlm scan``'s path (reader, decode, preprocess, vision
+tower, safety modules, parquet parts), (c) a generation-based judge on the same model (the
+VLM asked for a safety category, generating 32 tokens, as LlavaGuard-style scanners do) and
+(d) NudeNet if installed; plus the peak memory of (b).
+
+Geometry: the vision tower is CLIP-L/14-336 (1024 hidden, 4096 MLP, 16 heads, 336 px /
+patch 14 = 576 tokens), all 24 layers by default (``--vision-layers`` cuts it); the language
+model has Vicuna-7B widths (4096 hidden, 11008 MLP, 32 heads, 32064 vocabulary) but only
+``--lm-layers`` (default 2) of its 32 layers, so (c) is far cheaper here than the real judge
+and ``vs_generate`` is a lower bound; the safety modules have the reference widths (C-Abstractor 1024->1088->4096,
+2 x 64 tokens, 8-head head). Weights are random (nothing can be downloaded here), float32 on CPU.
+
+Peak memory of (b) is the growth of the process's peak RSS from just before the scan
+loads its models (libraries already imported) to the end of the scan, divided by the bytes
+of the weights it holds (vision tower + safety modules); model loading is included.
+
+Usage: python bench/scan_throughput.py [--images 4] [--batch-size 2] [--threads 1]
+                                       [--vision-layers 24] [--lm-layers 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GENERATE_TOKENS = 32
+JUDGE_PROMPT = ("Is this image safe? Answer with one category: safe, politics, illegal risk, insults and bullying, "
+                "fairness, privacy or misleading, then explain.")
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def current_rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize()
+
+
+def build_checkpoint(folder: Path, vision_layers: int, lm_layers: int) -> None:
+    """Write the benchmark's LLaVA (random weights, bf16 on disk) and matching safety modules."""
+    import torch
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    from safety_modules import SafetyConfig, SafetyModules
+    from safety_modules.backbone import LLAVA_CHAT_TEMPLATE
+    from safety_modules.modeling import base_fingerprint
+    from safety_modules.tiny import build_tokenizer, tiny_image_processor
+
+    tokenizer = build_tokenizer()
+    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
+                              num_hidden_layers=vision_layers, image_size=336, patch_size=14, projection_dim=768)
+    text = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
+                       num_hidden_layers=lm_layers, vocab_size=32064, max_position_embeddings=4096,
+                       pad_token_id=tokenizer.pad_token_id, bos_token_id=1, eos_token_id=2)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_seq_length=576, vision_feature_layer=-2,
+                         image_token_id=tokenizer.convert_tokens_to_ids("<image>"), pad_token_id=tokenizer.pad_token_id,
+                         vision_feature_select_strategy="default", projector_hidden_act="gelu")
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config).eval().to(torch.bfloat16)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder / "base")
+    LlavaProcessor(image_processor=tiny_image_processor(), tokenizer=tokenizer, patch_size=14,
+                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                   chat_template=LLAVA_CHAT_TEMPLATE).save_pretrained(folder / "base")
+    safety = SafetyModules(SafetyConfig.from_llava_config(config))
+    safety.config.base_fingerprint = base_fingerprint(config, model.model.multi_modal_projector)
+    safety.save_pretrained(folder / "safety")
+
+
+def write_images(folder: Path, count: int) -> list:
+    from PIL import Image
+    from skimage import data
+
+    names = ["astronaut", "chelsea", "coffee", "rocket", "cat", "hubble_deep_field", "immunohistochemistry",
+             "colorwheel"]
+    folder.mkdir(parents=True, exist_ok=True)
+    images = []
+    for i in range(count):
+        image = Image.fromarray(getattr(data, names[i % len(names)])()).convert("RGB")
+        image.save(folder / f"{i:03d}.png")
+        images.append(image)
+    return images
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--vision-layers", type=int, default=24, help="CLIP-L layers (24 = uncut)")
+    parser.add_argument("--lm-layers", type=int, default=2, help="Vicuna-7B-width layers (32 = uncut)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared machine)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of (a) and (b); best of each")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="scan-bench-"))
+    try:
+        measure(work, args)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(work: Path, args: argparse.Namespace) -> None:
+    import torch
+
+    # Built in a child process so that building the full model does not raise this process's peak RSS.
+    subprocess.run([sys.executable, __file__, "--build", str(work), str(args.vision_layers), str(args.lm_layers)],
+                   check=True)
+    images = write_images(work / "images", args.images)
+    warmup = write_images(work / "warmup", args.batch_size)
+    base, safety = work / "base", work / "safety"
+    print(f"vision tower: CLIP-L/14-336 widths, {args.vision_layers} of 24 layers; language model: Vicuna-7B "
+          f"widths, {args.lm_layers} of 32 layers; safety modules: reference widths; float32 CPU, "
+          f"{args.threads} thread(s); "
+          f"{args.images} images, batch {args.batch_size}")
+
+    # (b) the scan path, first, so that the peak RSS it reaches is its own.
+    import pyarrow.parquet  # noqa: F401  (libraries are imported before the baseline: they are not scan memory)
+    import transformers.models.clip.modeling_clip  # noqa: F401
+    import transformers.models.llava.modeling_llava  # noqa: F401
+
+    from safety_modules.backbone import load_vision_parts, select_vision_features
+    from safety_modules.scan import ScanSettings, run_scan
+    from safety_modules.scan.readers import CorpusReader
+    from safety_modules.scan.scorer import drop_unused_layers, prepare
+    from safetensors.torch import load_file
+
+    rss_before = current_rss_bytes()
+    settings = ScanSettings(base=str(base), safety=str(safety), batch_size=args.batch_size, workers=0, dtype="fp32",
+                            device="cpu")
+    run_scan(work / "warmup", work / "out-warmup", settings, progress=False)  # same batch size as the timed runs
+    peak_growth = peak_rss_bytes() - rss_before
+
+    def scan_rate(round_: int) -> float:
+        run = run_scan(work / "images", work / f"out-{round_}", settings, progress=False)["runs"][-1]
+        return run["items_scanned"] / run["scan_seconds"]
+
+    # (a) the whole vision tower alone, as LLaVA runs it, on the same images already preprocessed
+    # (only the forward pass is timed; the scan's tower stops after the selected layer).
+    parts = load_vision_parts(base, dtype="fp32", device="cpu")
+    cfg = parts.config
+    pixels = torch.stack([prepare(item, parts.image_processor)[0] for item in CorpusReader(work / "images")])
+
+    def vision_rate() -> float:
+        started = time.perf_counter()
+        with torch.no_grad():
+            for start in range(0, len(pixels), args.batch_size):
+                select_vision_features(parts.vision_tower, pixels[start:start + args.batch_size],
+                                       cfg.vision_feature_layer, cfg.vision_feature_select_strategy)
+        return len(pixels) / (time.perf_counter() - started)
+
+    # Other jobs share this machine: (a) and (b) alternate and each keeps its best round.
+    rates = [(vision_rate(), scan_rate(round_)) for round_ in range(args.rounds)]
+    vision = max(r[0] for r in rates)
+    scan = max(r[1] for r in rates)
+    drop_unused_layers(parts.vision_tower, cfg.vision_feature_layer)  # now the tower the scan holds
+    weight_bytes = sum(p.numel() * p.element_size() for p in parts.vision_tower.parameters())
+    weight_bytes += sum(t.numel() * t.element_size() for t in load_file(str(safety / "model.safetensors")).values())
+    del parts
+
+    # (c) a generation-based judge on the same model: prompt + image in, 32 tokens out.
+    from safety_modules.backbone import load_base
+
+    model, processor = load_base(base, dtype="fp32", device="cpu")
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": JUDGE_PROMPT}]}]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+
+    def judge(batch) -> None:
+        inputs = processor(images=batch, text=[prompt] * len(batch), return_tensors="pt", padding=True)
+        model.generate(**inputs, max_new_tokens=GENERATE_TOKENS, min_new_tokens=GENERATE_TOKENS, do_sample=False)
+
+    with torch.no_grad():
+        judge(warmup[:1])
+        started = time.perf_counter()
+        for start in range(0, len(images), args.batch_size):
+            judge(images[start:start + args.batch_size])
+        generate_rate = len(images) / (time.perf_counter() - started)
+    del model
+
+    # (d) NudeNet (PyPI nudenet, its bundled ONNX detector), if installed.
+    try:
+        from nudenet import NudeDetector
+    except ImportError:
+        nudenet_rate = None
+    else:
+        detector = NudeDetector()
+        files = sorted(str(p) for p in (work / "images").glob("*.png"))
+        detector.detect(files[0])
+        started = time.perf_counter()
+        for file in files:
+            detector.detect(file)
+        nudenet_rate = len(files) / (time.perf_counter() - started)
+
+    print(f"(a) vision tower alone:        {vision:8.3f} images/s")
+    print(f"(b) scan path:                 {scan:8.3f} images/s")
+    print(f"(c) generation judge (32 tok): {generate_rate:8.3f} images/s")
+    print("(d) NudeNet detector:          " + (f"{nudenet_rate:8.3f} images/s" if nudenet_rate else "not installed"))
+    print(f"peak memory of (b): {peak_growth / 2**20:.0f} MiB over {weight_bytes / 2**20:.0f} MiB of vision + safety "
+          f"weights")
+    print(json.dumps({"vision": vision, "scan": scan, "generate": generate_rate, "nudenet": nudenet_rate,
+                      "peak_bytes": peak_growth, "weight_bytes": weight_bytes}))
+    print(f"scan_throughput vs_vision={scan / vision:.3f} vs_generate={scan / generate_rate:.1f} "
+          f"peak_mem_ratio={peak_growth / weight_bytes:.2f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--build":
+        build_checkpoint(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    else:
+        main()
