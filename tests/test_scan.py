@@ -146,7 +146,8 @@ def test_broken_and_unusual_folder_corpus(tiny_dir, safety_dir, tmp_path, capsys
     counts = manifest["counts"]
     assert counts["errors_by_kind"] == {k: 1 for _, k in broken.values()}
     assert counts["items"] == len(files) and counts["scored"] == len(files) - len(broken) and manifest["complete"]
-    assert manifest["settings"]["policy"] == {"name": "argmax reference rule"}
+    policy = manifest["settings"]["policy"]
+    assert policy["source"] == "default" and policy["rules"]["privacy"] == {"enabled": True, "hint": 0.5, "refuse": 0.5}
     assert manifest["settings"]["base_fingerprint"]["projector_digest"]
     err = capsys.readouterr().err
     assert "img/s" in err and f"errors={len(broken)}" in err  # the progress bar shows rate and errors
@@ -190,3 +191,23 @@ def test_resume_skips_complete_parts_and_refuses_other_settings(tiny_dir, safety
     assert manifest["runs"][-1]["items_scanned"] == 3 and manifest["runs"][-1]["parts_skipped"] == 2
     with pytest.raises(ValueError, match="other settings"):
         run_scan(corpus, out, settings(tiny_dir, safety_dir, part_size=4), progress=False)
+
+
+def test_flagged_follows_the_policy(tiny_dir, safety_dir, tmp_path):
+    from safety_modules.policy import SafetyPolicy
+
+    corpus = write_folder(tmp_path / "c", plain_images(6))
+    (tmp_path / "argmax.yaml").write_text("mode: argmax\n")
+    for policy in (None, str(tmp_path / "argmax.yaml")):
+        out = tmp_path / f"out-{policy is None}"
+        manifest = run_scan(corpus, out, settings(tiny_dir, safety_dir, policy=policy), progress=False)
+        table = read_parts(out)
+        levels = np.stack([table.column(c).to_numpy() for c in table.column_names if c.startswith("p_level_")], 1)
+        types = np.stack([table.column(f"p_{t}").to_numpy() for t in manifest["settings"]["taxonomy"]["types"]], 1)
+        flagged = np.array(table.column("flagged").to_pylist())
+        if policy is None:
+            expected = SafetyPolicy.default().flag_batch(levels, types)
+        else:  # the reference's rule
+            assert manifest["settings"]["policy"]["mode"] == "argmax"
+            expected = (levels.argmax(1) > 0) & (types.argmax(1) != types.shape[1] - 1)
+        np.testing.assert_array_equal(flagged, expected)

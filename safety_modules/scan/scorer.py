@@ -6,6 +6,7 @@ image-only safety head; `result_rows` builds the output rows shared by both engi
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -17,6 +18,8 @@ from PIL import Image
 from ..backbone import load_vision_parts, resolve_device, resolve_dtype, select_vision_features
 from ..images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from ..modeling import SafetyModules, base_fingerprint
+from ..policy import SafetyPolicy
+from ..taxonomy import Taxonomy
 from .readers import Item, ItemError, load_bytes
 
 # CLIP's processor resizes the short side to 336 px and keeps the centre square, so only
@@ -118,28 +121,19 @@ class Flagger:
     description: dict[str, Any]
 
 
-def load_flagger(policy_path: str | None, taxonomy) -> Flagger:
-    """The operator's policy (``--policy YAML``, else the default policy) as a batch flagging rule."""
-    try:
-        from ..policy import SafetyPolicy
-    except ImportError:
-        # TODO(merge): use SafetyPolicy (safety_modules.policy is written on another branch).
-        # Until then: the reference's rule, flagged = argmax level > 0 and argmax type != safe.
-        if policy_path:
-            raise ValueError("--policy needs safety_modules.policy, which this build does not have") from None
-        safe = taxonomy.safe_type_id
+def load_flagger(policy_path: str | None, taxonomy: Taxonomy) -> Flagger:
+    """The operator's policy (``--policy YAML``, else `SafetyPolicy.default`) as a batch flagging rule.
 
-        def argmax_rule(level_probs: np.ndarray, type_probs: np.ndarray) -> np.ndarray:
-            return (level_probs.argmax(-1) > 0) & (type_probs.argmax(-1) != safe)
+    An item is flagged when the policy's decision for it is not ``allow`` (hint or refuse).
+    """
+    policy = SafetyPolicy.from_yaml(policy_path, taxonomy) if policy_path else SafetyPolicy.default(taxonomy)
+    rules = {name: dataclasses.asdict(rule) for name, rule in policy.rules.items()}
+    description = {"name": policy.name, "mode": policy.mode, "source": str(policy_path or "default"), "rules": rules}
 
-        return Flagger(argmax_rule, {"name": "argmax reference rule"})
-    policy = SafetyPolicy.from_yaml(policy_path) if policy_path else SafetyPolicy.default()
+    def flag(level_probs: np.ndarray, type_probs: np.ndarray) -> np.ndarray:
+        return np.asarray(policy.flag_batch(level_probs, type_probs), dtype=bool)
 
-    def policy_rule(level_probs: np.ndarray, type_probs: np.ndarray) -> np.ndarray:
-        flags = policy.flag_batch(torch.from_numpy(level_probs), torch.from_numpy(type_probs))
-        return np.asarray(flags, dtype=bool)
-
-    return Flagger(policy_rule, {"name": "SafetyPolicy", "source": str(policy_path) if policy_path else "default"})
+    return Flagger(flag, description)
 
 
 def result_rows(records: list[dict[str, Any]], pixels: list[torch.Tensor | None],
