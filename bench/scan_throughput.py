@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -114,6 +115,7 @@ def main() -> None:
 def measure(work: Path, args: argparse.Namespace) -> None:
     import torch
 
+    load_at_start = os.getloadavg()[0]
     # Built in a child process so that building the full model does not raise this process's peak RSS.
     subprocess.run([sys.executable, __file__, "--build", str(work), str(args.vision_layers), str(args.lm_layers)],
                    check=True)
@@ -210,6 +212,8 @@ def measure(work: Path, args: argparse.Namespace) -> None:
           f"weights")
     print(json.dumps({"vision": vision, "scan": scan, "generate": generate_rate, "nudenet": nudenet_rate,
                       "peak_bytes": peak_growth, "weight_bytes": weight_bytes}))
+    print(f"1-min load average: {load_at_start:.1f} at start, {os.getloadavg()[0]:.1f} at end "
+          "(other processes on these cores add noise)")
     print(f"scan_throughput vs_vision={scan / vision:.3f} vs_generate={scan / generate_rate:.1f} "
           f"peak_mem_ratio={peak_growth / weight_bytes:.2f}")
 
