@@ -90,9 +90,7 @@ class VisionScorer:
         # Same check as SafeLlava: the modules' fingerprint must be this base's.
         fingerprint = base_fingerprint(parts.config, parts.projector)
         modules.check_base(fingerprint)
-        # Not requires_grad_(False): with frozen parameters torch 2.13's nn.MultiheadAttention takes
-        # a CPU path about 10x slower for the head's cross-attention; score() runs under no_grad anyway.
-        modules.to(device=device, dtype=dtype).eval()
+        modules.to(device=device, dtype=dtype).eval().requires_grad_(False)
         # The LLaVA projector was needed only for the fingerprint; the scan never uses it.
         return cls(parts.vision_tower, modules, parts.config, parts.image_processor, fingerprint)
 
