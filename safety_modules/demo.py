@@ -1,8 +1,9 @@
 """``make demo``: the main job on the built-in tiny model, printing each step as it goes.
 
 tiny LLaVA -> synthetic risk corpus -> stage 1 for a short budget -> held-out head
-metrics -> gated answers (default policy) for one safe and one risky held-out image.
-The trained modules are saved under the workdir.
+metrics -> gated answers for one safe and one risky held-out image -> a risk scan of the
+corpus (vision tower + safety modules only) with its HTML report. Everything is written
+under the workdir.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ def run_demo(workdir: Path, steps: int = 80, corpus_size: int = 200, seed: int =
     from .images import decode_image
     from .metrics import format_metrics
     from .policy import SafetyPolicy
+    from .scan import ScanSettings, run_scan
+    from .scan.report import write_report
     from .tiny import make_tiny
     from .training import TrainConfig, train
     from .wrapper import SafeLlava
@@ -23,16 +26,16 @@ def run_demo(workdir: Path, steps: int = 80, corpus_size: int = 200, seed: int =
     workdir = Path(workdir)
     start = time.time()
     base_dir = workdir / "tiny-llava"
-    print(f"[1/5] building the tiny LLaVA-1.5 (336 px, 576 image tokens) in {base_dir}")
+    print(f"[1/6] building the tiny LLaVA-1.5 (336 px, 576 image tokens) in {base_dir}")
     make_tiny(base_dir, seed=seed)
 
     corpus = workdir / "corpus"
-    print(f"[2/5] generating a {corpus_size}-image synthetic risk corpus in {corpus}")
+    print(f"[2/6] generating a {corpus_size}-image synthetic risk corpus in {corpus}")
     manifest = synthesize(corpus, corpus_size, seed=seed, progress=lambda m: print("      " + m))
     print(f"      splits: {manifest['splits']}")
 
     run_dir = workdir / "stage1"
-    print(f"[3/5] stage 1: {steps} steps of 8 images, base frozen, safety modules trained")
+    print(f"[3/6] stage 1: {steps} steps of 8 images, base frozen, safety modules trained")
     cfg = TrainConfig(
         stage=1, base=str(base_dir), train_data=[str(corpus / "train.jsonl")], eval_data=[str(corpus / "test.jsonl")],
         output_dir=str(run_dir), seed=seed, max_steps=steps, per_device_batch_size=8, gradient_accumulation_steps=1,
@@ -42,14 +45,16 @@ def run_demo(workdir: Path, steps: int = 80, corpus_size: int = 200, seed: int =
     for entry in result.history:
         print(f"      step {entry['step']:4d}: loss {entry['loss']:.3f} (safety CE {entry['safety_loss']:.3f})")
 
-    print("[4/5] held-out head metrics (test split, never trained on)")
+    print("[4/6] held-out head metrics (test split, never trained on)")
     print("      " + format_metrics(result.eval_history[-1]))
 
     # A short CPU run leaves the head's probabilities soft, so the demo's operator lowers the
-    # thresholds of the shipped policy (0.5/0.5); `safevlm generate --policy FILE` does the same.
-    policy = SafetyPolicy.from_dict({"name": "demo", "defaults": {"hint": 0.3, "refuse": 0.2}})
-    print(f"[5/5] gated answers: trained modules ({result.safety_dir}), policy 'demo' = default with "
-          "hint at 0.3 and refuse at 0.2; the tiny LM is random, so its own text is noise")
+    # thresholds of the shipped policy (0.5/0.5) in a policy file, used by the gate and the scan.
+    policy_file = workdir / "demo_policy.yaml"
+    policy_file.write_text("name: demo\ndefaults: {hint: 0.3, refuse: 0.2}\n")
+    policy = SafetyPolicy.from_yaml(policy_file)
+    print(f"[5/6] gated answers: trained modules ({result.safety_dir}), policy {policy_file} (the default "
+          "with hint at 0.3 and refuse at 0.2); the tiny LM is random, so its own text is noise")
     model = SafeLlava.from_pretrained(base_dir, result.safety_dir)
     test = read_records(corpus / "test.jsonl")
     picks = [next(r for r in test if r["safety"]["level"] == 0), next(r for r in test if r["safety"]["level"] > 0)]
@@ -61,5 +66,16 @@ def run_demo(workdir: Path, steps: int = 80, corpus_size: int = 200, seed: int =
         print(f"        head: level={d.level} ({d.level_probs[d.level]:.2f}) type={d.type} ({d.type_probs[d.type]:.2f})"
               f" -> {d.action} (rule {d.rule})")
         print(f"        answer: {answer.text!r}")
+    scan_dir = workdir / "scan"
+    print(f"[6/6] risk scan of the whole corpus folder ({corpus / 'images'}) into {scan_dir}: "
+          "vision tower + safety modules only, the language model is never loaded")
+    settings = ScanSettings(base=str(base_dir), safety=str(result.safety_dir), policy=str(policy_file),
+                            batch_size=16, workers=0, part_size=64)
+    manifest = run_scan(corpus / "images", scan_dir, settings, progress=False)
+    counts = manifest["counts"]
+    print(f"      {counts['items']} images, {counts['flagged']} flagged, {counts['errors']} errors; "
+          f"{manifest['runs'][-1]['items_per_second']} images/s")
+    print(f"      report: {write_report(scan_dir, export_clean=scan_dir / 'clean_ids.txt')} "
+          f"(thumbnails blurred); clean ids: {scan_dir / 'clean_ids.txt'}")
     print(f"done in {time.time() - start:.0f} s")
     return 0
