@@ -1,0 +1,20 @@
+"""`make demo` end to end on a small budget: every step runs and leaves its outputs."""
+from __future__ import annotations
+
+import json
+
+from safety_modules.demo import run_demo
+from safety_modules.modeling import SafetyModules
+
+
+def test_demo_runs_every_step(tmp_path, capsys):
+    assert run_demo(tmp_path, steps=6, corpus_size=60) == 0
+    out = capsys.readouterr().out
+    for step in range(1, 7):
+        assert f"[{step}/6]" in out
+    assert "risk_auroc=" in out
+    assert out.count("answer: ") == 2 and out.count(" (rule ") == 2
+    SafetyModules.from_pretrained(tmp_path / "stage1" / "safety_modules")
+    manifest = json.loads((tmp_path / "scan" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["counts"]["items"] == 60
+    assert (tmp_path / "scan" / "report.html").stat().st_size > 0
