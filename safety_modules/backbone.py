@@ -239,12 +239,31 @@ def select_vision_features(
     """Run the vision tower once; return hidden state ``layer`` (B, N, V), CLS dropped for the "default" strategy.
 
     This is LLaVA's feature selection, shared by `SafeLlava` and the vision-only scan path.
+    For CLIP towers the encoder layers after the selected one are skipped for the call
+    (LLaVA-1.5 reads layer -2, so the base model itself computes one layer it throws away):
+    CLIP's ``last_hidden_state`` is the last layer's raw output, so with the encoder cut it
+    is exactly hidden state ``layer``. The module is restored afterwards; do not call this
+    on one tower from several threads at once. Other towers run whole.
     """
-    out = vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
-    features = out.hidden_states[layer]
+    encoder = vision_encoder(vision_tower)
+    layers = encoder.layers
+    keep = layer if layer >= 0 else len(layers) + 1 + layer
+    if getattr(vision_tower.config, "model_type", None) == "clip_vision_model" and 0 < keep <= len(layers):
+        encoder.layers = layers[:keep]
+        try:
+            features = vision_tower(pixel_values, return_dict=True).last_hidden_state
+        finally:
+            encoder.layers = layers
+    else:
+        features = vision_tower(pixel_values, output_hidden_states=True, return_dict=True).hidden_states[keep]
     if strategy == "default":
         features = features[:, 1:]
     return features
+
+
+def vision_encoder(vision_tower: torch.nn.Module) -> torch.nn.Module:
+    """The tower's encoder (the module holding its ``layers``)."""
+    return next(module for name, module in vision_tower.named_modules() if name.endswith("encoder"))
 
 
 @dataclass

@@ -159,3 +159,18 @@ def test_folded_head_attention_equals_multihead_attention():
     mask[2, 5:] = True
     reference, _ = head.attention(head.query.expand(3, -1, -1), kv, kv, key_padding_mask=mask, need_weights=False)
     torch.testing.assert_close(head.pool(kv, mask), reference[:, 0], atol=1e-10, rtol=1e-10)
+
+
+def test_vision_features_skip_unused_layers_and_match_the_full_tower(tiny_model):
+    pixels = tiny_model.pixel_values([random_image(30), random_image(31)])
+    tower = tiny_model.base.model.vision_tower
+    ran = []
+    hooks = [layer.register_forward_hook(lambda *a: ran.append(1)) for layer in tower.encoder.layers]
+    features = tiny_model.vision_features(pixels)
+    for hook in hooks:
+        hook.remove()
+    n_layers = len(tower.encoder.layers)
+    assert len(ran) == n_layers - 1  # layer -2 is read: the last layer never runs
+    full = tower(pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
+    assert torch.equal(features, full)
+    assert len(tower.encoder.layers) == n_layers  # the tower is left as it was

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..backbone import load_vision_parts, resolve_device, resolve_dtype, select_vision_features
+from ..backbone import load_vision_parts, resolve_device, resolve_dtype, select_vision_features, vision_encoder
 from ..images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from ..modeling import SafetyModules, base_fingerprint
 from ..policy import SafetyPolicy
@@ -60,7 +60,7 @@ def drop_unused_layers(vision_tower: torch.nn.Module, feature_layer: int) -> int
 
     LLaVA-1.5 reads layer -2, so the last encoder layer's work (and weights) would be wasted.
     """
-    encoder = next(module for name, module in vision_tower.named_modules() if name.endswith("encoder"))
+    encoder = vision_encoder(vision_tower)
     layers = encoder.layers
     index = feature_layer if feature_layer >= 0 else len(layers) + 1 + feature_layer
     encoder.layers = layers[:index]
