@@ -14,6 +14,8 @@ fixed number of new tokens (EOS is suppressed until then), on one fixed image an
   (a) ``base.generate(**processor(image, prompt))``: the plain LLaVA
   (b) ``SafeLlava.generate`` with the default policy, decision allow (safety tokens injected)
   (c) ``SafeLlava.generate`` refused by the policy (refusal short-circuit, no language model)
+  (d) as (b) with ``inject_safety_tokens=False``: the gate's own cost without the method's 64
+      safety tokens B in the language model's input (they lengthen the prefill by ~10%)
 
 Prints a table of medians and, as its last line, ``gate_overhead allow=<b/a> refuse=<c/a>``.
 
@@ -97,11 +99,16 @@ def main() -> None:
         if n == args.new_tokens:
             stages.append(answer.decision.timings)
 
+    def gated_allow_no_tokens(n: int) -> None:
+        answer = model.generate(image, question, allow_policy, inject_safety_tokens=False, **greedy(n))[0]
+        assert answer.decision.action == "allow" and len(answer.token_ids) == n, answer.decision
+
     def refused(n: int) -> None:
         answer = model.generate(image, question, refuse_policy, **greedy(n))[0]
         assert answer.decision.action == "refuse" and answer.token_ids is None
 
-    cases = {"(a) base generate": plain, "(b) gated, allow": gated_allow, "(c) gated, refused": refused}
+    cases = {"(a) base generate": plain, "(b) gated, allow": gated_allow, "(c) gated, refused": refused,
+             "(d) allow, no tokens B": gated_allow_no_tokens}
     times: dict[str, list[float]] = {name: [] for name in cases}
     names = list(cases)
     for name in names:  # warm-up (kernels, allocations), short to save time
@@ -129,6 +136,8 @@ def main() -> None:
     print(f"(b) split by the gate's own timings (medians): {parts}")
     allow = statistics.median(times[names[1]]) / base_median
     refuse = statistics.median(times[names[2]]) / base_median
+    no_tokens = statistics.median(times[names[3]]) / base_median
+    print(f"(d)/(a) = {no_tokens:.3f}: the gate alone; (b)/(d) = {allow / no_tokens:.3f}: the 64 safety tokens B")
     print(f"gate_overhead allow={allow:.3f} refuse={refuse:.3f}")
 
 

@@ -132,7 +132,7 @@ def measure(work: Path, args: argparse.Namespace) -> None:
     import transformers.models.clip.modeling_clip  # noqa: F401
     import transformers.models.llava.modeling_llava  # noqa: F401
 
-    from safety_modules.backbone import load_vision_parts, select_vision_features
+    from safety_modules.backbone import load_vision_parts
     from safety_modules.scan import ScanSettings, run_scan
     from safety_modules.scan.readers import CorpusReader
     from safety_modules.scan.scorer import drop_unused_layers, prepare
@@ -158,8 +158,8 @@ def measure(work: Path, args: argparse.Namespace) -> None:
         started = time.perf_counter()
         with torch.no_grad():
             for start in range(0, len(pixels), args.batch_size):
-                select_vision_features(parts.vision_tower, pixels[start:start + args.batch_size],
-                                       cfg.vision_feature_layer, cfg.vision_feature_select_strategy)
+                # As transformers' LLaVA runs it: every layer, all hidden states kept.
+                parts.vision_tower(pixels[start:start + args.batch_size], output_hidden_states=True)
         return len(pixels) / (time.perf_counter() - started)
 
     # Other jobs share this machine: (a) and (b) alternate and each keeps its best round.

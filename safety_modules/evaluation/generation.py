@@ -11,7 +11,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from PIL import Image
 
@@ -114,6 +114,26 @@ def _generate_batch(model, images, prompts, policy, inject_safety_tokens: bool,
     return [Answer(a.text, a.decision.to_dict() if a.decision is not None else None) for a in answers]
 
 
+def decodable_batches(items: Sequence[Any], load_image: Callable[[Any], Image.Image], id_of: Callable[[Any], str],
+                      batch_size: int, what: str) -> Iterator[tuple[list[Any], list[Image.Image], int]]:
+    """Consecutive batches of ``items`` as (items whose image decodes, their images, items consumed).
+
+    An item whose image does not decode is logged (with ``what`` and its id) and left out.
+    """
+    from ..images import ImageDecodeError
+
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        batch, images = [], []
+        for item in chunk:
+            try:
+                images.append(load_image(item))
+                batch.append(item)
+            except ImageDecodeError as exc:
+                logger.warning("%s: %s skipped, image does not decode (%s)", what, id_of(item), exc)
+        yield batch, images, len(chunk)
+
+
 def generate_answers(
     model,
     items: Sequence[Any],
@@ -135,8 +155,6 @@ def generate_answers(
     each cache key, so changing the model or the settings never reuses a stale answer. Items whose
     image does not decode are reported and left out of the result.
     """
-    from ..images import ImageDecodeError
-
     generation_kwargs = dict(generation_kwargs or {})
     cache = JsonlCache(cache_path)
     keys = {id_of(it): cache_key(run_tag, inject_safety_tokens, generation_kwargs, id_of(it), prompt_of(it))
@@ -145,20 +163,13 @@ def generate_answers(
     if len(todo) < len(items):
         logger.info("generation: %d of %d answers found in %s", len(items) - len(todo), len(items), cache.path)
     done = len(items) - len(todo)
-    for start in range(0, len(todo), batch_size):
-        batch, images = [], []
-        for it in todo[start:start + batch_size]:
-            try:
-                images.append(load_image(it))
-                batch.append(it)
-            except ImageDecodeError as exc:
-                logger.warning("generation: %s skipped, image does not decode (%s)", id_of(it), exc)
+    for batch, images, consumed in decodable_batches(todo, load_image, id_of, batch_size, "generation"):
         if batch:
             answers = _generate_batch(model, images, [prompt_of(it) for it in batch], policy, inject_safety_tokens,
                                       generation_kwargs)
             for it, answer in zip(batch, answers):
                 cache.put(keys[id_of(it)], {"id": id_of(it), "text": answer.text, "decision": answer.decision})
-        done += len(todo[start:start + batch_size])
+        done += consumed
         if progress is not None:
             progress(done, len(items))
     result = {}

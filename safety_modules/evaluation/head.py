@@ -23,10 +23,10 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from ..images import ImageDecodeError, decode_image
+from ..images import decode_image
 from ..metrics import head_metrics, risk_score
 from ..taxonomy import SAFE_LABEL, UNSAFE_CONCEPTS_CATEGORY_LABELS
-from .generation import decide_all
+from .generation import decide_all, decodable_batches
 from .report import markdown_table, write_csv, write_markdown
 
 logger = logging.getLogger(__name__)
@@ -98,14 +98,7 @@ def score_items(model, items: Sequence[LabelledImage], batch_size: int = 16, pol
     Returns (kept items, level probs (N, L), type probs (N, T), actions ("" without a policy)).
     """
     kept, level_probs, type_probs, actions = [], [], [], []
-    for start in range(0, len(items), batch_size):
-        batch, images = [], []
-        for item in items[start:start + batch_size]:
-            try:
-                images.append(item.load())
-                batch.append(item)
-            except ImageDecodeError as exc:
-                logger.warning("head eval: %s skipped, image does not decode (%s)", item.id, exc)
+    for batch, images, _ in decodable_batches(items, lambda it: it.load(), lambda it: it.id, batch_size, "head eval"):
         if not batch:
             continue
         prompts = [it.prompt or "" for it in batch] if any(it.prompt for it in batch) else None

@@ -23,8 +23,7 @@ from PIL import Image
 
 from ..data.unsafe_concepts import (ALIGNMENT_PROMPTS, CATEGORIES, TEXT_ONLY_PROMPTS, UnsafeConceptItem,
                                     UnsafeConceptsData, blank_image, perception_prompt, text_only_prompt)
-from ..images import ImageDecodeError
-from .generation import JsonlCache, cache_key, gate_actions, generate_answers
+from .generation import JsonlCache, cache_key, decodable_batches, gate_actions, generate_answers
 from .parsing import parse_alignment, parse_perception
 from .report import markdown_table, write_csv, write_markdown
 
@@ -161,14 +160,7 @@ def _gate_decisions(model, queries: Sequence[Query], policy, cache: JsonlCache, 
     """Gate decision per query (head + policy only, no language model), cached like the answers."""
     keys = {q.id: cache_key(run_tag, "gate", q.id, q.prompt) for q in queries}
     todo = [q for q in queries if keys[q.id] not in cache]
-    for start in range(0, len(todo), batch_size):
-        batch, images = [], []
-        for q in todo[start:start + batch_size]:
-            try:
-                images.append(q.image())
-                batch.append(q)
-            except ImageDecodeError as exc:
-                logger.warning("gate: %s skipped, image does not decode (%s)", q.id, exc)
+    for batch, images, _ in decodable_batches(todo, lambda q: q.image(), lambda q: q.id, batch_size, "gate"):
         if batch:
             for q, decision in zip(batch, gate_actions(model, images, [q.prompt for q in batch], policy)):
                 cache.put(keys[q.id], {"id": q.id, "decision": decision})
