@@ -32,6 +32,7 @@ test: install
 bench: install
 	$(PY) bench/gate_overhead.py
 	$(PY) bench/scan_throughput.py
+	$(PY) bench/stage1_step_time.py 10
 
 clean:
 	rm -rf $(VENV) build *.egg-info
