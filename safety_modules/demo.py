@@ -7,6 +7,7 @@ under the workdir.
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -69,6 +70,7 @@ def run_demo(workdir: Path, steps: int = 80, corpus_size: int = 200, seed: int =
     scan_dir = workdir / "scan"
     print(f"[6/6] risk scan of the whole corpus folder ({corpus / 'images'}) into {scan_dir}: "
           "vision tower + safety modules only, the language model is never loaded")
+    shutil.rmtree(scan_dir, ignore_errors=True)  # a rerun of the demo scans afresh instead of resuming
     settings = ScanSettings(base=str(base_dir), safety=str(result.safety_dir), policy=str(policy_file),
                             batch_size=16, workers=0, part_size=64)
     manifest = run_scan(corpus / "images", scan_dir, settings, progress=False)
