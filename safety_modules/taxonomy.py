@@ -39,10 +39,6 @@ class Taxonomy:
             raise ValueError(f"safe type {self.safe_type!r} is not one of the types {list(self.types)}")
 
     @property
-    def safe_type_id(self) -> int:
-        return self.types.index(self.safe_type)
-
-    @property
     def risk_types(self) -> tuple[str, ...]:
         """The types other than the safe one, in order."""
         return tuple(t for t in self.types if t != self.safe_type)

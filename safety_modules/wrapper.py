@@ -142,19 +142,10 @@ class SafeLlava(nn.Module):
         return self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
 
     def head_prompt_inputs(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokenise the users' prompts for the safety head: (ids, mask), right-padded, no special tokens."""
+        """Tokenise the users' prompts for the safety head (see `head_prompt_inputs`)."""
         if self.processor is None:
             raise ValueError("this SafeLlava has no processor to tokenise prompts")
-        tokenizer = self.processor.tokenizer
-        enc = tokenizer(list(prompts), add_special_tokens=False, padding="longest", return_tensors="pt",
-                        padding_side="right")
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        # An empty prompt would leave a row with no key at all; the image keys are always there,
-        # but keep the shape valid by giving it one (masked) position.
-        if ids.shape[1] == 0:
-            ids = torch.full((len(prompts), 1), tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-        return ids, mask
+        return head_prompt_inputs(self.processor.tokenizer, prompts)
 
     def classify(
         self,
@@ -294,6 +285,23 @@ class SafeLlava(nn.Module):
         """
         return gated_generate(self, images, prompts, policy, refusal=refusal,
                               inject_safety_tokens=inject_safety_tokens, streamer=streamer, **generation_kwargs)
+
+
+def head_prompt_inputs(tokenizer: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The users' prompts as the safety head reads them: (ids, mask), right-padded, no special tokens.
+
+    Training (the collator) and inference both tokenise through this function, so the head
+    sees a prompt the same way in both.
+    """
+    enc = tokenizer(list(prompts), add_special_tokens=False, padding="longest", return_tensors="pt",
+                    padding_side="right")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    # Empty prompts only would leave no prompt key at all; keep the shape valid with one masked position
+    # (the image keys are always there).
+    if ids.shape[1] == 0:
+        ids = torch.full((len(prompts), 1), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+    return ids, mask
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -78,19 +78,26 @@ def question_text(record: dict[str, Any]) -> str:
     return record["conversations"][0]["value"].replace(IMAGE_MARKER, "").strip()
 
 
+def read_jsonl(path: str | Path) -> list[Any]:
+    """Every non-blank line of a JSONL file, parsed; a bad line is a `RecordError` naming file and line."""
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for n, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise RecordError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+    return rows
+
+
 def read_records(path: str | Path, taxonomy: Taxonomy | None = None) -> list[dict[str, Any]]:
     """Read a ``.json`` list or a ``.jsonl`` file and validate every record."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise RecordError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        records = read_jsonl(path)
     else:
+        text = path.read_text(encoding="utf-8")
         try:
             records = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -14,7 +14,6 @@ The prompts below are the published ones, character for character (SaferVLM ``un
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from PIL import Image
 
 from ..images import ImageDecodeError, decode_image
 from ..taxonomy import UNSAFE_CONCEPTS_CATEGORY_LABELS
+from .format import read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -106,18 +106,6 @@ class UnsafeConceptsData:
         return sorted({(it.category, it.concept) for it in self.items})
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{line_no}: not valid JSON ({exc})") from None
-    return rows
-
-
 def _find_root(data_dir: Path) -> Path | None:
     for candidate in (data_dir, data_dir / "UnsafeConcepts"):
         if (candidate / "metadata.jsonl").is_file():
@@ -126,7 +114,7 @@ def _find_root(data_dir: Path) -> Path | None:
 
 
 def _attach_perception(items: list[UnsafeConceptItem], path: Path) -> None:
-    rows = _read_jsonl(path)
+    rows = read_jsonl(path)
     if len(rows) != len(items):
         raise ValueError(f"{path} has {len(rows)} rows for {len(items)} images: the row-index join would be wrong")
     for item, row in zip(items, rows):
@@ -147,7 +135,7 @@ def load_unsafe_concepts(data_dir: str | Path, perception_metadata: str | Path |
     root = _find_root(data_dir)
     if root is not None:
         items = []
-        for i, row in enumerate(_read_jsonl(root / "metadata.jsonl")):
+        for i, row in enumerate(read_jsonl(root / "metadata.jsonl")):
             try:
                 items.append(UnsafeConceptItem(i, row["category"], row["unsafe_concept"],
                                                image_path=root / row["image_filename"]))

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ..images import decode_image
+from ..data.format import question_text, read_records
 from ..metrics import head_metrics, risk_score
 from ..taxonomy import SAFE_LABEL, UNSAFE_CONCEPTS_CATEGORY_LABELS
 from .generation import decide_all, decodable_batches
@@ -45,21 +46,13 @@ class LabelledImage:
 
 
 def _records(path: Path) -> list[LabelledImage]:
-    text = path.read_text(encoding="utf-8")
-    rows = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" \
-        else json.loads(text)
+    """A training-format file (validated by `read_records`); image paths are relative to its folder."""
     items = []
-    for n, row in enumerate(rows):
-        try:
-            safety = row["safety"]
-            prompt = next((t["value"] for t in row.get("conversations", []) if t.get("from") == "human"), None)
-            if prompt is not None:
-                prompt = prompt.replace("<image>", "").strip()
-            image = path.parent / row["image"]
-            items.append(LabelledImage(str(row.get("id", n)), path.name, int(safety["level"]), str(safety["type"]),
-                                       lambda image=image: decode_image(image), prompt))
-        except (KeyError, TypeError, ValueError) as exc:
-            logger.warning("%s record %d skipped: %s", path, n, exc)
+    for record in read_records(path):
+        image = path.parent / record["image"]
+        items.append(LabelledImage(str(record["id"]), path.name, int(record["safety"]["level"]),
+                                   str(record["safety"]["type"]), lambda image=image: decode_image(image),
+                                   question_text(record) or None))
     return items
 
 

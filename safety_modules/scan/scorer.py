@@ -20,6 +20,7 @@ from ..images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from ..modeling import SafetyModules, base_fingerprint
 from ..policy import SafetyPolicy
 from ..taxonomy import Taxonomy
+from ..wrapper import SafetyScores
 from .readers import Item, ItemError, load_bytes
 
 # CLIP's processor resizes the short side to 336 px and keeps the centre square, so only
@@ -107,8 +108,8 @@ class VisionScorer:
         """(B, 3, H, W) pixels -> level and type probabilities, float32 arrays (B, L) and (B, T)."""
         features = select_vision_features(self.vision_tower, pixel_values.to(self.device, self.safety.dtype),
                                           self.feature_layer, self.llava_config.vision_feature_select_strategy)
-        level_logits, type_logits = self.safety.classify(features)
-        return (level_logits.float().softmax(-1).cpu().numpy(), type_logits.float().softmax(-1).cpu().numpy())
+        scores = SafetyScores(*self.safety.classify(features))
+        return scores.level_probs.cpu().numpy(), scores.type_probs.cpu().numpy()
 
 
 @dataclass

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from ..data.format import IMAGE_MARKER, question_text, record_label
 from ..images import ImageDecodeError, decode_image
 from ..taxonomy import Taxonomy
-from ..wrapper import IGNORE_INDEX, SafeLlava
+from ..wrapper import IGNORE_INDEX, head_prompt_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -148,14 +148,10 @@ class SafetyDataset(Dataset):
 class SafetyCollator:
     """Pads a list of samples into a batch (right padding; labels -100 and attention 0 on padding).
 
-    Adds ``head_input_ids``/``head_attention_mask`` (the user's question, tokenised exactly as
-    `SafeLlava.head_prompt_inputs` does at inference), ``safety_levels``, ``safety_types``, and
+    Adds ``head_input_ids``/``head_attention_mask`` (the user's question, tokenised by
+    `wrapper.head_prompt_inputs` as at inference), ``safety_levels``, ``safety_types``, and
     ``skipped``: the (path, reason) of samples whose image could not be read.
     """
-
-    # The head must see training prompts tokenised as at inference: reuse the wrapper's method
-    # (it only needs ``self.processor``).
-    head_prompt_inputs = SafeLlava.head_prompt_inputs
 
     def __init__(self, processor: Any) -> None:
         self.processor = processor
@@ -173,7 +169,7 @@ class SafetyCollator:
         for b, s in enumerate(samples):
             n = len(s["input_ids"])
             ids[b, :n], labels[b, :n], mask[b, :n] = s["input_ids"], s["labels"], 1
-        head_ids, head_mask = self.head_prompt_inputs([s["question"] for s in samples])
+        head_ids, head_mask = head_prompt_inputs(self.processor.tokenizer, [s["question"] for s in samples])
         batch.update(
             input_ids=ids, attention_mask=mask, labels=labels,
             pixel_values=torch.stack([s["pixel_values"] for s in samples]),
