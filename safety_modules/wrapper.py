@@ -79,13 +79,15 @@ class SafeLlava(nn.Module):
         dtype: str | torch.dtype | None = "auto",
         device: str | torch.device | None = None,
         seed: int | None = None,
+        lora: str | Path | None = None,
         **config_overrides: Any,
     ) -> "SafeLlava":
         """Load the base (folder, hub id or an already loaded model) and attach modules.
 
         ``safety=None`` builds fresh modules sized from the base config (``config_overrides``
         change any `SafetyConfig` field, ``seed`` makes the init reproducible); a path or hub id
-        loads saved modules and checks they were made for this base.
+        loads saved modules and checks they were made for this base. ``lora``: a stage-2 adapter
+        folder to attach to the language model (see `load_lora`).
         """
         if isinstance(base, (str, Path)):
             base, loaded_processor = load_base(base, dtype=dtype, device=device)
@@ -96,7 +98,18 @@ class SafeLlava(nn.Module):
             safety = SafetyModules(SafetyConfig.from_llava_config(base.config, **config_overrides))
         elif not isinstance(safety, SafetyModules):
             safety = SafetyModules.from_pretrained(safety)
-        return cls(base, safety, processor)
+        model = cls(base, safety, processor)
+        if lora is not None:
+            model.load_lora(lora)
+        return model
+
+    def load_lora(self, adapter_dir: str | Path) -> None:
+        """Attach a saved stage-2 LoRA adapter (peft) to the language model, frozen, for inference."""
+        from peft import PeftModel
+
+        language_model = self.base.model.language_model
+        self.base.model.language_model = PeftModel.from_pretrained(language_model, str(adapter_dir))
+        self.base.requires_grad_(False)
 
     # ------------------------------------------------------------------ properties
 

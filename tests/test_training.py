@@ -6,12 +6,11 @@ import hashlib
 import pytest
 import torch
 
-from safety_modules import SafeLlava, SafetyModules
+from safety_modules import SafeLlava, SafetyModules, SafetyPolicy
 from safety_modules.data.format import make_record, read_records, write_records
 from safety_modules.data.synth import synthesize
 from safety_modules.training import TrainConfig, train
 from safety_modules.training.checkpoint import checkpoints
-from safety_modules.training.trainer import load_lora
 
 
 @pytest.fixture(scope="module")
@@ -105,11 +104,14 @@ def test_stage2_lora_saves_reloads_and_changes_output(tiny_dir, corpus, tmp_path
     inputs = {k: batch[k] for k in ("input_ids", "pixel_values", "attention_mask")}
     with torch.no_grad():
         reference = plain(**inputs).logits
-        load_lora(plain, result.adapter_dir)
+        plain.load_lora(result.adapter_dir)
         adapted = plain(**inputs).logits
-        again = SafeLlava.from_pretrained(tiny_dir, stage1)
-        load_lora(again, result.adapter_dir)
+        again = SafeLlava.from_pretrained(tiny_dir, stage1, lora=result.adapter_dir)
         reloaded = again(**inputs).logits
+    # The gate generates through the adapted language model too.
+    [answer] = again.generate(corpus / records[0]["image"], "What is shown?",
+                              SafetyPolicy.allow_all(), max_new_tokens=3, do_sample=False)
+    assert answer.decision.action == "allow" and answer.token_ids
     assert (adapted - reference).abs().max() > 1e-3  # the adapter changes the output
     assert torch.allclose(adapted, reloaded)  # and reloads to the same model
     assert base_digest(plain.base) == before  # base weights untouched under the adapter

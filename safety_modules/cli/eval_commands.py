@@ -19,6 +19,7 @@ def _model_args(p: argparse.ArgumentParser, generation: bool = True) -> None:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--batch-size", type=int, default=8)
     if generation:
+        p.add_argument("--lora", help="stage-2 LoRA adapter folder for the language model (the '+LoRA' rows)")
         p.add_argument("--baseline", action="store_true",
                        help="the bare base: no safety tokens, policy allow-all (the comparison row)")
         p.add_argument("--max-new-tokens", type=int, default=512)
@@ -73,12 +74,14 @@ def _load_model(args: argparse.Namespace):
 
     if args.safety is None and not getattr(args, "baseline", False):
         logger.warning("no --safety given: fresh, untrained safety modules (their scores are meaningless)")
-    return SafeLlava.from_pretrained(args.base, args.safety, dtype=args.dtype, device=args.device, seed=0)
+    lora = None if getattr(args, "baseline", False) else getattr(args, "lora", None)
+    return SafeLlava.from_pretrained(args.base, args.safety, dtype=args.dtype, device=args.device, seed=0, lora=lora)
 
 
 def _model_label(args: argparse.Namespace) -> str:
     base = Path(str(args.base)).name
-    return f"{base} + {Path(str(args.safety)).name if args.safety else 'fresh modules'}"
+    label = f"{base} + {Path(str(args.safety)).name if args.safety else 'fresh modules'}"
+    return label + " + LoRA" if getattr(args, "lora", None) else label
 
 
 def _identity(path: str | None) -> list:
@@ -100,6 +103,7 @@ def _run_settings(args: argparse.Namespace, model) -> tuple[str, dict, object, b
     name = args.name or (f"{Path(str(args.base)).name} (baseline)" if args.baseline else
                          f"{_model_label(args)} [policy {policy_spec}]")
     tag = {"base": _identity(args.base), "safety": _identity(args.safety), "policy": _identity(policy_spec),
+           "lora": _identity(None if args.baseline else args.lora),
            "baseline": args.baseline}
     return name, tag, load_policy(policy_spec), not args.baseline
 

@@ -11,6 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="answer a prompt about an image, gated by the safety policy")
     p.add_argument("--base", required=True, help="LLaVA-1.5 folder or hub id (HF or original layout)")
     p.add_argument("--safety", help="safety-modules folder or hub id (default: fresh, untrained modules)")
+    p.add_argument("--lora", help="stage-2 LoRA adapter folder for the language model")
     p.add_argument("--image", required=True, type=Path)
     p.add_argument("--prompt", required=True)
     p.add_argument("--policy", type=Path, help="policy YAML laid over the shipped default")
@@ -30,7 +31,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from ..wrapper import SafeLlava
 
     image = decode_image(args.image)
-    model = SafeLlava.from_pretrained(args.base, args.safety, dtype=args.dtype, device=args.device)
+    model = SafeLlava.from_pretrained(args.base, args.safety, dtype=args.dtype, device=args.device,
+                                      lora=args.lora)
     taxonomy = model.config.taxonomy
     policy = SafetyPolicy.from_yaml(args.policy, taxonomy) if args.policy else SafetyPolicy.default(taxonomy)
     streamer = None

@@ -60,14 +60,6 @@ def add_lora(model: SafeLlava, r: int, alpha: int, dropout: float) -> None:
     model.base.model.language_model = get_peft_model(model.base.model.language_model, config)
 
 
-def load_lora(model: SafeLlava, adapter_dir: str | Path) -> None:
-    """Attach a saved stage-2 adapter to a `SafeLlava`'s language model (frozen, for inference)."""
-    from peft import PeftModel
-
-    model.base.model.language_model = PeftModel.from_pretrained(model.base.model.language_model, str(adapter_dir))
-    model.base.requires_grad_(False)
-
-
 def build_model(cfg: TrainConfig, device: torch.device) -> SafeLlava:
     model = SafeLlava.from_pretrained(cfg.base, cfg.safety, dtype=cfg.dtype, device=device, seed=cfg.seed)
     model.safety.float()  # master weights in float32 even on a bf16 base
