@@ -139,9 +139,18 @@ class SafeLlava(nn.Module):
     # ------------------------------------------------------------------ building blocks
 
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Run the vision tower once; return the selected layer's patch features (B, N, V)."""
+        """Run the vision tower once; return the selected layer's patch features (B, N, V).
+
+        Identical images in the batch go through the tower once: benchmarks ask several
+        questions of one image (UnsafeConcepts: five prompts per image, and one blank image
+        for every text-only prompt), and the check costs far less than a vision pass.
+        """
         cfg = self.base.config
-        return select_vision_features(self.base.model.vision_tower, pixel_values.to(self.device, self.dtype),
+        pixel_values = pixel_values.to(self.device, self.dtype)
+        unique, inverse = torch.unique(pixel_values.flatten(1), dim=0, return_inverse=True)
+        if len(unique) < len(pixel_values):
+            return self.vision_features(unique.view(-1, *pixel_values.shape[1:]))[inverse]
+        return select_vision_features(self.base.model.vision_tower, pixel_values,
                                       cfg.vision_feature_layer, cfg.vision_feature_select_strategy)
 
     def pixel_values(self, images: Any) -> torch.Tensor:

@@ -174,3 +174,16 @@ def test_vision_features_skip_unused_layers_and_match_the_full_tower(tiny_model)
     full = tower(pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
     assert torch.equal(features, full)
     assert len(tower.encoder.layers) == n_layers  # the tower is left as it was
+
+
+def test_identical_images_in_a_batch_take_one_vision_pass(tiny_model):
+    a, b = random_image(40), random_image(41)
+    seen = []
+    tiny_model.base.model.vision_tower.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
+    pixels = tiny_model.pixel_values([a, b, a, a, b])
+    features = tiny_model.vision_features(pixels)
+    assert seen == [2]  # one call, two distinct images
+    alone = tiny_model.vision_features(tiny_model.pixel_values([b]))
+    for row in (1, 4):
+        torch.testing.assert_close(features[row], alone[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(features[0], features[2], atol=0, rtol=0)
