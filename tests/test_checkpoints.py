@@ -140,8 +140,13 @@ def test_original_format_checkpoint_converts_to_the_hf_twin(tiny_dir, tmp_path):
         got = model(**enc).logits
         expected = twin(**hf_enc).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    # Safety modules attach to the converted model like to any HF one.
-    assert SafeLlava(model, SafeLlava.from_pretrained(tiny_dir, seed=0).safety, processor) is not None
+    # Modules made for the HF model attach to its converted twin (same fingerprint) and score alike.
+    hf_model = SafeLlava.from_pretrained(tiny_dir, seed=0)
+    converted = SafeLlava(model, hf_model.safety, processor)
+    assert converted.config.base_fingerprint == hf_model.config.base_fingerprint
+    image = [random_image(24)]
+    torch.testing.assert_close(converted.assess(image, ["what?"]).level_logits,
+                               hf_model.assess(image, ["what?"]).level_logits, atol=1e-5, rtol=1e-5)
 
 
 def test_loader_errors_are_clear(tmp_path):
