@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,15 @@ LLAVA_CHAT_TEMPLATE = (
 )
 
 
+DEVICE_ENV = "SAFEVLM_DEVICE"
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/``"auto"`` -> CUDA when available, else CPU."""
+    """``None``/``"auto"`` -> ``$SAFEVLM_DEVICE`` when set, else CUDA when available, else CPU."""
     if device is None or str(device) == "auto":
+        chosen = os.environ.get(DEVICE_ENV, "").strip()
+        if chosen and chosen != "auto":
+            return torch.device(chosen)
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 

@@ -10,7 +10,7 @@ from .scan_corpus import broken_images, plain_images, save_safety, unusual_image
 
 @pytest.mark.timeout(300)
 def test_ray_engine_matches_local_engine(tiny_dir, tmp_path):
-    import ray
+    ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 
     safety_dir = save_safety(tiny_dir, tmp_path / "safety")
     files = {**plain_images(5), **dict(list(unusual_images().items())[:3]),

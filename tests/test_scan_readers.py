@@ -121,6 +121,7 @@ def test_parquet_path_column(tmp_path):
 
 
 def test_hf_datasets_saved_to_disk(tmp_path):
+    pytest.importorskip("datasets", reason="the [scan] extra's datasets is not installed")
     from datasets import Dataset, DatasetDict, Features, Image, Value
 
     features = Features({"image": Image(), "uid": Value("string")})
