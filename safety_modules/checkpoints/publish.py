@@ -45,5 +45,5 @@ def upload_folder(folder: str | Path, repo_id: str, *, private: bool | None = No
         commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
                                    commit_message=commit_message)
     except Exception as exc:  # network, auth and hub errors all mean the same to the caller: nothing published
-        raise PublishError(f"upload of {folder} to {repo_id} failed: {type(exc).__name__}: {exc}") from exc
+        raise PublishError(f"upload to {repo_id} failed: {type(exc).__name__}: {exc}") from exc
     return str(commit)
