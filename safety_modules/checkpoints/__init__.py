@@ -21,4 +21,5 @@ __all__ = [
     "render_card",
     "stage_files",
     "upload_folder",
+    "write_card",
 ]
