@@ -8,6 +8,7 @@ the geometry and says that it did.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -87,13 +88,15 @@ def known_base(hub_id: str) -> KnownBase | None:
     return next((b for b in known_bases() if b.hub_id == hub_id), None)
 
 
-def matching_bases(fingerprint: dict[str, Any] | None) -> tuple[list[KnownBase], list[KnownBase]]:
-    """``(exact, by_geometry)``: bases whose recorded fingerprint equals ``fingerprint`` (digest included),
-    and bases whose manifest has no digest yet but whose geometry equals it."""
+def matching_bases(fingerprint: dict[str, Any] | None, bases: Sequence[KnownBase] | None = None,
+                   ) -> tuple[list[KnownBase], list[KnownBase]]:
+    """``(exact, by_geometry)`` among ``bases`` (default: the packaged ones): bases whose recorded fingerprint
+    equals ``fingerprint`` (digest included), and bases whose manifest has no digest yet but whose geometry
+    equals it."""
     if not fingerprint:
         return [], []
     exact, by_geometry = [], []
-    for base in known_bases():
+    for base in known_bases() if bases is None else bases:
         if any(base.fingerprint[k] != fingerprint.get(k) for k in GEOMETRY_KEYS):
             continue
         if not base.has_digest:
@@ -103,9 +106,9 @@ def matching_bases(fingerprint: dict[str, Any] | None) -> tuple[list[KnownBase],
     return exact, by_geometry
 
 
-def name_base(fingerprint: dict[str, Any] | None) -> str | None:
+def name_base(fingerprint: dict[str, Any] | None, bases: Sequence[KnownBase] | None = None) -> str | None:
     """Words naming the known base a fingerprint belongs to, or ``None`` when no manifest matches."""
-    exact, by_geometry = matching_bases(fingerprint)
+    exact, by_geometry = matching_bases(fingerprint, bases)
     if exact:
         return " or ".join(b.hub_id for b in exact)
     if by_geometry:
