@@ -4,6 +4,7 @@ The manifests (``bases/*.yaml``) and the card template (``model_card.md``) are p
 installed package has them; ``checkpoints/README.md`` at the repository top level points here.
 This package sits beside ``config``: it imports nothing above it.
 """
+
 from .bases import KnownBase, ManifestError, known_base, known_bases, matching_bases, name_base
 from .card import CARD_NAME, CardData, render_card, write_card
 from .publish import PublishError, stage_files, upload_folder

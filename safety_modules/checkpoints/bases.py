@@ -6,6 +6,7 @@ follows from the base's config; its projector digest needs the weights, so a man
 ``null`` until an operator fills it with ``safevlm fingerprint HUB_ID``. Matching then falls back to
 the geometry and says that it did.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -19,8 +20,16 @@ LAYOUTS = ("hf", "original")
 # The fingerprint keys that the geometry decides (see modeling/fingerprint.py); the digest is the rest.
 GEOMETRY_KEYS = ("vision_hidden_size", "text_hidden_size", "num_image_tokens", "vision_feature_layer")
 FINGERPRINT_KEYS = (*GEOMETRY_KEYS, "projector_digest")
-_MANIFEST_KEYS = {"hub_id", "layout", "architecture", "vision_tower", "geometry", "template", "preprocessing",
-                  "fingerprint"}
+_MANIFEST_KEYS = {
+    "hub_id",
+    "layout",
+    "architecture",
+    "vision_tower",
+    "geometry",
+    "template",
+    "preprocessing",
+    "fingerprint",
+}
 
 
 class ManifestError(ValueError):
@@ -88,8 +97,10 @@ def known_base(hub_id: str) -> KnownBase | None:
     return next((b for b in known_bases() if b.hub_id == hub_id), None)
 
 
-def matching_bases(fingerprint: dict[str, Any] | None, bases: Sequence[KnownBase] | None = None,
-                   ) -> tuple[list[KnownBase], list[KnownBase]]:
+def matching_bases(
+    fingerprint: dict[str, Any] | None,
+    bases: Sequence[KnownBase] | None = None,
+) -> tuple[list[KnownBase], list[KnownBase]]:
     """``(exact, by_geometry)`` among ``bases`` (default: the packaged ones): bases whose recorded fingerprint
     equals ``fingerprint`` (digest included), and bases whose manifest has no digest yet but whose geometry
     equals it."""
@@ -113,6 +124,8 @@ def name_base(fingerprint: dict[str, Any] | None, bases: Sequence[KnownBase] | N
         return " or ".join(b.hub_id for b in exact)
     if by_geometry:
         names = ", ".join(b.hub_id for b in by_geometry)
-        return (f"a base with the geometry of {names} (the manifests record no projector digest yet, "
-                "so the geometry is all that was compared)")
+        return (
+            f"a base with the geometry of {names} (the manifests record no projector digest yet, "
+            "so the geometry is all that was compared)"
+        )
     return None

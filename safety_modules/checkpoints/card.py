@@ -4,6 +4,7 @@ What the card says comes from the modules' own config (taxonomy, the base's fing
 base that fingerprint matches) and from `CardData`, which only the caller can know: a name, the
 training data, metrics, a license. Nothing is filled in that was not given: a missing section says so.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -99,16 +100,21 @@ def render_card(config: SafetyConfig, card: CardData | dict[str, Any] | None = N
     elif exact:
         base = " or ".join(f"`{b.hub_id}`" for b in exact) + " (the recorded fingerprint matches these modules')"
     elif by_geometry:
-        base = ("Not named. The fingerprint has the geometry of " + ", ".join(f"`{b.hub_id}`" for b in by_geometry)
-                + "; the known-base manifests record no projector digest yet to tell them apart.")
+        base = (
+            "Not named. The fingerprint has the geometry of "
+            + ", ".join(f"`{b.hub_id}`" for b in by_geometry)
+            + "; the known-base manifests record no projector digest yet to tell them apart."
+        )
     elif fingerprint:
         base = "Not named, and the fingerprint matches no known base (see `safety_modules/checkpoints/bases/`)."
     else:
         base = "Not recorded: these modules were saved before they were attached to a base."
     rows = "\n".join(f"| {k} | {fingerprint.get(k)} |" for k in FINGERPRINT_KEYS)
     metrics = _flat_metrics(data.metrics)
-    front: dict[str, Any] = {"library_name": "safety_modules",
-                             "tags": ["safety", "llava", "vision-language", *data.tags]}
+    front: dict[str, Any] = {
+        "library_name": "safety_modules",
+        "tags": ["safety", "llava", "vision-language", *data.tags],
+    }
     if base_id:
         front["base_model"] = base_id
     if data.license:
@@ -125,8 +131,11 @@ def render_card(config: SafetyConfig, card: CardData | dict[str, Any] | None = N
         "types": ", ".join(f"`{n}`" for n in config.type_names),
         "safe_type": config.safe_type,
         "training_data": "\n".join(f"- {d}" for d in data.training_data) or "Not given.",
-        "metrics": ("| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {_value(v)} |" for k, v in metrics.items())
-                    if metrics else "Not given."),
+        "metrics": (
+            "| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {_value(v)} |" for k, v in metrics.items())
+            if metrics
+            else "Not given."
+        ),
         "base_id": base_id or "BASE",
         "modules_id": data.repo_id or "SAFETY_MODULES",
     }

@@ -5,6 +5,7 @@ module decides *what* goes up. A training run's folder also holds optimizer stat
 checkpoints, so only the named files are copied into a fresh staging folder, and that folder is what
 is uploaded (``safevlm push --dry-run --local-dir D`` leaves it in ``D`` to inspect).
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,14 @@ def stage_files(source: str | Path, dest: str | Path, files: Sequence[str]) -> l
     return [Path(shutil.copy2(source / name, dest / name)) for name in files]
 
 
-def upload_folder(folder: str | Path, repo_id: str, *, private: bool | None = None, token: str | None = None,
-                  commit_message: str = "Upload safety modules") -> str:
+def upload_folder(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload safety modules",
+) -> str:
     """Create ``repo_id`` (if needed) and upload every file of ``folder``; returns the commit URL."""
     from huggingface_hub import HfApi
 
@@ -42,8 +49,9 @@ def upload_folder(folder: str | Path, repo_id: str, *, private: bool | None = No
     try:
         url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         logger.info("uploading %s to %s", folder, url)
-        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
-                                   commit_message=commit_message)
+        commit = api.upload_folder(
+            repo_id=repo_id, folder_path=str(folder), repo_type="model", commit_message=commit_message
+        )
     except Exception as exc:  # network, auth and hub errors all mean the same to the caller: nothing published
         raise PublishError(f"upload to {repo_id} failed: {type(exc).__name__}: {exc}") from exc
     return str(commit)

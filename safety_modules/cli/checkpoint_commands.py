@@ -1,4 +1,5 @@
 """Checkpoint commands: ``safevlm fingerprint BASE`` and ``safevlm push DIR --repo-id ID``."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,10 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("push", help="publish a safety-modules folder (modules + model card) to the Hugging Face hub")
     p.add_argument("folder", type=Path, help="a safety-modules folder (config.json, model.safetensors)")
     p.add_argument("--repo-id", required=True, help="hub repository, owner/name (created if missing)")
-    p.add_argument("--card-data", type=Path,
-                   help="YAML with the card's name, description, base_model, license, training_data, metrics "
-                        "(a dict or a metrics.json path), tags; rewrites README.md (default: the folder's own "
-                        "README.md, or a card from the modules' config when there is none)")
+    p.add_argument(
+        "--card-data",
+        type=Path,
+        help="YAML with the card's name, description, base_model, license, training_data, metrics "
+        "(a dict or a metrics.json path), tags; rewrites README.md (default: the folder's own "
+        "README.md, or a card from the modules' config when there is none)",
+    )
     p.add_argument("--private", action="store_true", help="create the repository as private")
     p.add_argument("--message", default="Upload safety modules", help="commit message")
     p.add_argument("--dry-run", action="store_true", help="upload nothing; leave the staged files in --local-dir")
@@ -49,8 +53,10 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
     manifest = known_base(str(args.base))
     if manifest is not None and manifest.fingerprint != fingerprint:
         differs = sorted(k for k, v in fingerprint.items() if manifest.fingerprint.get(k) != v)
-        print(f"manifest {manifest.path.name} records other values for {differs}: "
-              "fill a null digest from the block above; a differing geometry means another checkpoint")
+        print(
+            f"manifest {manifest.path.name} records other values for {differs}: "
+            "fill a null digest from the block above; a differing geometry means another checkpoint"
+        )
     return 0
 
 
@@ -77,8 +83,10 @@ def cmd_push(args: argparse.Namespace) -> int:
     try:
         if args.dry_run:
             staged = stage(args.local_dir)
-            print(f"dry run: nothing uploaded; {len(staged)} files that would go to {args.repo_id} are in "
-                  f"{args.local_dir}:")
+            print(
+                f"dry run: nothing uploaded; {len(staged)} files that would go to {args.repo_id} are in "
+                f"{args.local_dir}:"
+            )
             for path in staged:
                 print(f"  {path.name} ({path.stat().st_size} bytes)")
             return 0

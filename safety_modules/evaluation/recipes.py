@@ -5,6 +5,7 @@ a flag that is given wins over the recipe, and a key that neither gives takes th
 (the defaults are the command's behaviour without a recipe). Paths are relative to the folder
 the command runs in, as in ``train/``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -92,8 +93,10 @@ def read_recipe(cls: type[Recipe], path: str | Path | None = None, **overrides: 
             raise ValueError(f"{path}: an eval recipe is a YAML mapping")
         benchmark = data.pop("benchmark", None)
         if benchmark != cls.benchmark:
-            raise ValueError(f"{path} is a recipe for benchmark {benchmark!r}, not {cls.benchmark!r} "
-                             f"(its `benchmark:` key says which)")
+            raise ValueError(
+                f"{path} is a recipe for benchmark {benchmark!r}, not {cls.benchmark!r} "
+                f"(its `benchmark:` key says which)"
+            )
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted((set(data) | set(overrides)) - known)
     if unknown:

@@ -16,7 +16,8 @@ from pathlib import Path
 from ..data.rtvlm import SUBTASKS, RTVLMItem, load_item_image
 from ..images import ImageDecodeError
 from .generation import generate_answers
-from .judge import DEFAULT_RUBRICS, JudgeRequest, Rubrics
+from .judge import JudgeRequest
+from .judge_prompts import DEFAULT_RUBRICS, Rubrics
 from .report import fmt, markdown_table, mean, write_csv, write_markdown
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
 """The model card written by save_pretrained, and `safevlm push`: what is staged, what is refused, a failed upload."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,13 +28,22 @@ def _front_matter(card: str) -> dict:
 def test_save_pretrained_writes_a_card_from_the_config_and_the_card_data(tiny_model, tmp_path):
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({"auroc": 0.91234, "per_type_recall": {"privacy": 0.5}}))
-    folder = tiny_model.safety.save_pretrained(tmp_path / "mods", card_data={
-        "name": "Tiny safety modules", "training_data": ["VLGuard train (balanced, 3000 clean)", "synth 300"],
-        "metrics": str(metrics), "license": "apache-2.0"})
+    folder = tiny_model.safety.save_pretrained(
+        tmp_path / "mods",
+        card_data={
+            "name": "Tiny safety modules",
+            "training_data": ["VLGuard train (balanced, 3000 clean)", "synth 300"],
+            "metrics": str(metrics),
+            "license": "apache-2.0",
+        },
+    )
     card = (folder / "README.md").read_text()
     assert card.startswith("---\n") and "# Tiny safety modules" in card
-    assert _front_matter(card) == {"library_name": "safety_modules", "tags": ["safety", "llava", "vision-language"],
-                                   "license": "apache-2.0"}  # no base_model: the tiny base is no known base
+    assert _front_matter(card) == {
+        "library_name": "safety_modules",
+        "tags": ["safety", "llava", "vision-language"],
+        "license": "apache-2.0",
+    }  # no base_model: the tiny base is no known base
     config = tiny_model.safety.config
     assert all(f"`{name}`" in card for name in config.level_names + config.type_names)
     assert "- VLGuard train (balanced, 3000 clean)\n- synth 300" in card
@@ -81,8 +91,22 @@ def test_push_dry_run_stages_exactly_the_modules_and_card(tiny_model, tiny_dir, 
     # --card-data rewrites the card, and the example code names the repo.
     card_yaml = tmp_path / "card.yaml"
     card_yaml.write_text(yaml.safe_dump({"name": "Published", "training_data": "synth 300"}))
-    assert main(["push", str(folder), "--repo-id", "me/tiny-modules", "--card-data", str(card_yaml),
-                 "--dry-run", "--local-dir", str(tmp_path / "staged2")]) == 0
+    assert (
+        main(
+            [
+                "push",
+                str(folder),
+                "--repo-id",
+                "me/tiny-modules",
+                "--card-data",
+                str(card_yaml),
+                "--dry-run",
+                "--local-dir",
+                str(tmp_path / "staged2"),
+            ]
+        )
+        == 0
+    )
     card = (tmp_path / "staged2" / "README.md").read_text()
     assert "# Published" in card and "- synth 300" in card and '"me/tiny-modules"' in card
 
@@ -104,10 +128,16 @@ def test_a_failed_upload_is_a_clear_error_and_changes_nothing(tiny_model, tmp_pa
     with socket.socket() as probe:  # a port on which nothing listens: the "hub" refuses the connection
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = dict(os.environ, HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_TOKEN="hf_not_a_real_token",
-               HF_HUB_DISABLE_TELEMETRY="1")
-    run = subprocess.run([sys.executable, "-m", "safety_modules.cli", "push", str(folder), "--repo-id", "me/x"],
-                         env=env, capture_output=True, text=True, timeout=120)
+    env = dict(
+        os.environ, HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_TOKEN="hf_not_a_real_token", HF_HUB_DISABLE_TELEMETRY="1"
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "safety_modules.cli", "push", str(folder), "--repo-id", "me/x"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 1, run.stderr
     assert "upload to me/x failed" in run.stderr and "nothing published" in run.stderr
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

@@ -1,4 +1,5 @@
 """Eval recipes: the files in eval/ are read, flags override them, the judge prompts come from one rubric file."""
+
 from __future__ import annotations
 
 import csv
@@ -10,7 +11,7 @@ import yaml
 
 from safety_modules.cli import build_parser, main
 from safety_modules.data.rtvlm import SUBTASKS
-from safety_modules.evaluation.judge import DEFAULT_RUBRICS, DEFAULT_RUBRICS_PATH, load_rubrics
+from safety_modules.evaluation.judge_prompts import DEFAULT_RUBRICS, DEFAULT_RUBRICS_PATH, load_rubrics
 from safety_modules.evaluation.recipes import RTVLMRecipe, UnsafeConceptsRecipe, read_recipe
 
 from ..benchmark_fixtures import ChatServer, write_rtvlm_snapshot
@@ -75,14 +76,40 @@ def test_rtvlm_run_uses_the_recipe_its_rubrics_and_the_flags(tiny_dir, tmp_path)
     server = ChatServer(lambda text: "7")
     try:
         recipe = yaml.safe_load((EVAL_DIR / "rtvlm.yaml").read_text())
-        recipe.update(judge_url=server.url, judge_model="recipe-model", judge_temperature=0.3, judge_max_tokens=5,
-                      rubrics=str(tmp_path / "rubrics.yaml"), split="all", limit_per_subtask=1, max_new_tokens=2,
-                      policy="none")
+        recipe.update(
+            judge_url=server.url,
+            judge_model="recipe-model",
+            judge_temperature=0.3,
+            judge_max_tokens=5,
+            rubrics=str(tmp_path / "rubrics.yaml"),
+            split="all",
+            limit_per_subtask=1,
+            max_new_tokens=2,
+            policy="none",
+        )
         (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
         out = tmp_path / "run"
-        assert main(["eval", "rtvlm", "--recipe", str(tmp_path / "recipe.yaml"), "--data",
-                     str(write_rtvlm_snapshot(tmp_path / "snap")), "--base", str(tiny_dir), "--out", str(out),
-                     "--judge-model", "flag-model", "--batch-size", "5"]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "rtvlm",
+                    "--recipe",
+                    str(tmp_path / "recipe.yaml"),
+                    "--data",
+                    str(write_rtvlm_snapshot(tmp_path / "snap")),
+                    "--base",
+                    str(tiny_dir),
+                    "--out",
+                    str(out),
+                    "--judge-model",
+                    "flag-model",
+                    "--batch-size",
+                    "5",
+                ]
+            )
+            == 0
+        )
     finally:
         server.close()
     assert len(server.bodies) == len(SUBTASKS)  # one item per subtask, each judged once

@@ -1,4 +1,5 @@
 """Known-base manifests: read and checked, matched by fingerprint, named when modules meet the wrong base."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,8 +63,7 @@ def test_a_manifest_that_contradicts_itself_is_refused(tmp_path):
 def test_geometry_match_says_the_digest_was_not_compared():
     fingerprint = dict(known_base("llava-hf/llava-1.5-13b-hf").fingerprint, projector_digest="0123456789abcdef")
     exact, by_geometry = matching_bases(fingerprint)
-    assert exact == [] and {b.hub_id for b in by_geometry} == {"llava-hf/llava-1.5-13b-hf",
-                                                                 "liuhaotian/llava-v1.5-13b"}
+    assert exact == [] and {b.hub_id for b in by_geometry} == {"llava-hf/llava-1.5-13b-hf", "liuhaotian/llava-v1.5-13b"}
     words = name_base(fingerprint)
     assert "llava-hf/llava-1.5-13b-hf" in words and "7b" not in words and "geometry" in words
     assert name_base(dict(fingerprint, text_hidden_size=2048)) is None
@@ -80,8 +80,9 @@ def test_the_fingerprint_command_fills_a_manifest_that_then_names_its_base(tiny_
     # An operator pastes the block into a manifest of the tiny base; from then on the base is named exactly.
     data = yaml.safe_load((MANIFEST_DIR / "llava-hf--llava-1.5-7b-hf.yaml").read_text())
     data["hub_id"] = "test/tiny-llava"
-    data["geometry"].update(vision_hidden_size=recorded["vision_hidden_size"],
-                            text_hidden_size=recorded["text_hidden_size"])
+    data["geometry"].update(
+        vision_hidden_size=recorded["vision_hidden_size"], text_hidden_size=recorded["text_hidden_size"]
+    )
     data.update(block)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(data))
     tiny = read_manifest(tmp_path / "tiny.yaml")
