@@ -166,7 +166,8 @@ def _resolve_files(name_or_path: str | Path) -> tuple[Path, Path]:
     else:
         from huggingface_hub import hf_hub_download
 
-        files = tuple(Path(hf_hub_download(str(name_or_path), name)) for name in (CONFIG_NAME, WEIGHTS_NAME))
+        files = (Path(hf_hub_download(str(name_or_path), CONFIG_NAME)),
+                 Path(hf_hub_download(str(name_or_path), WEIGHTS_NAME)))
     for file in files:
         if not file.is_file():
             raise CheckpointError(f"safety modules folder {name_or_path} has no {file.name}")
