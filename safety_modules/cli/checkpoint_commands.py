@@ -63,14 +63,14 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
 def cmd_push(args: argparse.Namespace) -> int:
     from ..checkpoints import CARD_NAME, CardData, PublishError, stage_files, upload_folder, write_card
     from ..modeling import SafetyModules
-    from ..modeling.safety_modules import CONFIG_NAME, WEIGHTS_NAME
+    from ..modeling.safety_modules import PUBLISHED_FILES
 
     if args.dry_run != (args.local_dir is not None):
         raise ValueError("--dry-run and --local-dir go together: the dry run leaves the staged files there")
     # Loading checks that the folder is complete and its tensors fit its config before anything is staged.
     modules = SafetyModules.from_pretrained(args.folder, device="cpu")
     rewrite_card = args.card_data is not None or not (args.folder / CARD_NAME).is_file()
-    files = [CONFIG_NAME, WEIGHTS_NAME] + ([] if rewrite_card else [CARD_NAME])
+    files = [name for name in PUBLISHED_FILES if name != CARD_NAME or not rewrite_card]
 
     def stage(dest: Path) -> list[Path]:
         staged = stage_files(args.folder, dest, files)

@@ -110,7 +110,7 @@ class SafetyModules(nn.Module):
     def push_to_hub(self, repo_id: str, card_data: CardData | dict[str, Any] | None = None, *,
                     private: bool | None = None, token: str | None = None,
                     commit_message: str = "Upload safety modules") -> str:
-        """Save into a fresh folder (modules + card) and upload it to the hub repo ``repo_id``; returns the commit URL.
+        """Save to a fresh folder (modules + card) and upload it to ``repo_id``; returns the commit URL.
 
         The upload is ``huggingface_hub``'s (``create_repo`` + ``upload_folder``); the card's example code
         names ``repo_id`` unless ``card_data`` gives another.
