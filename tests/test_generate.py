@@ -183,12 +183,20 @@ def test_scoring_failure_fail_closed_both_ways(tiny_model, photos, breaker, fail
 
 
 class CollectingStreamer(TextStreamer):
-    """A transformers text streamer that keeps the streamed text instead of printing it."""
+    """A transformers text streamer that keeps the streamed text and token ids instead of printing them."""
 
     def __init__(self, tokenizer) -> None:
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
         self.chunks: list[str] = []
+        self.token_ids: list[int] = []
+        self.puts = 0
         self.ended = False
+
+    def put(self, value) -> None:
+        if self.puts:  # the first put is the prompt
+            self.token_ids += value.reshape(-1).tolist()
+        self.puts += 1
+        super().put(value)
 
     def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
         self.chunks.append(text)
@@ -200,8 +208,15 @@ class CollectingStreamer(TextStreamer):
 def test_streaming_a_single_request(tiny_model, photos, policy):
     streamer = CollectingStreamer(tiny_model.processor.tokenizer)
     answer = Gate(tiny_model).generate(photos[0], "What is this?", policy, streamer=streamer, **GREEDY)[0]
-    assert streamer.ended
-    assert "".join(streamer.chunks).strip() == answer.text
+    assert streamer.ended and streamer.token_ids
+    tokenizer = tiny_model.processor.tokenizer
+    if answer.token_ids is not None:
+        assert streamer.token_ids == answer.token_ids
+    # Compared on the ids: the random tiny model emits byte-fallback pieces, which a streamer
+    # decoding chunk by chunk may render as different replacement characters.
+    assert tokenizer.decode(streamer.token_ids, skip_special_tokens=True).strip() == answer.text
+    if answer.token_ids is None:  # the refusal is plain text: the streamed text is exactly it
+        assert "".join(streamer.chunks).strip() == answer.text
 
 
 def test_bad_requests_get_clear_errors(tiny_model, photos):
