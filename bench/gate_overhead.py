@@ -106,7 +106,7 @@ def main() -> None:
             torch.cuda.synchronize(device)
 
     def greedy(n: int) -> dict:
-        return dict(do_sample=False, max_new_tokens=n, min_new_tokens=n)
+        return {"do_sample": False, "max_new_tokens": n, "min_new_tokens": n}
 
     @torch.no_grad()
     def plain(n: int) -> None:

@@ -13,8 +13,9 @@ import hashlib
 import io
 import warnings
 from collections import Counter
+from collections.abc import Hashable, Sequence
 from pathlib import Path
-from typing import Any, Hashable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError

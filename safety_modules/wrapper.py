@@ -6,9 +6,10 @@ safety head). In the LLM input the image block becomes [safety tokens B; image t
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +81,7 @@ class SafeLlava(nn.Module):
         seed: int | None = None,
         lora: str | Path | None = None,
         **config_overrides: Any,
-    ) -> "SafeLlava":
+    ) -> SafeLlava:
         """Load the base (folder, hub id or an already loaded model) and attach modules.
 
         ``safety=None`` builds fresh modules sized from the base config (``config_overrides``
@@ -128,7 +129,7 @@ class SafeLlava(nn.Module):
     def image_token_id(self) -> int:
         return self.base.config.image_token_id
 
-    def train(self, mode: bool = True) -> "SafeLlava":
+    def train(self, mode: bool = True) -> SafeLlava:
         """Only the safety modules change mode: the frozen base always stays in eval (no dropout)."""
         self.training = mode
         self.safety.train(mode)
@@ -226,7 +227,7 @@ class SafeLlava(nn.Module):
         attention_mask = attention_mask.to(self.device)
         embeds = self.base.get_input_embeddings()(input_ids)
         image_features = image_features.to(embeds.dtype)
-        batch, n_image = image_features.shape[:2]
+        n_image = image_features.shape[1]
         is_image = input_ids == self.image_token_id
         counts = is_image.sum(1)
         if not torch.all(counts == n_image):
