@@ -127,7 +127,8 @@ class Gate:
         outputs: dict[int, list[int]] = {}
         if hints:
             rows = sorted(hints)
-            generated = generate_rows(model, features[rows], [prompts[i] for i in rows], [hints[i] for i in rows],
+            chosen = features if len(rows) == len(prompts) else features[rows]  # no copy when all run
+            generated = generate_rows(model, chosen, [prompts[i] for i in rows], [hints[i] for i in rows],
                                       self.inject_safety_tokens, streamer, generation_kwargs)
             outputs = dict(zip(rows, generated))
         finished = time.perf_counter()
