@@ -163,11 +163,17 @@ class SafeLlava(nn.Module):
         PIL images and arrays are grouped by content on the CPU (`group_identical`); for a
         tensor pass ``groups`` (per-sample labels) to share passes, or every row runs.
         """
+        if isinstance(images, torch.Tensor) and images.is_floating_point():
+            return self.vision_features(images, groups)
         if isinstance(images, torch.Tensor):
-            return self.vision_features(self.pixel_values(images), groups)
-        images = load_images(images)
-        firsts, inverse = group_identical(images) if groups is None else _grouping(groups, len(images))
-        features = self.vision_features(self.pixel_values([images[i] for i in firsts]))
+            everyone = list(range(len(images)))
+            firsts, inverse = (everyone, everyone) if groups is None else _grouping(groups, len(images))
+            distinct = images[firsts]
+        else:
+            images = load_images(images)
+            firsts, inverse = group_identical(images) if groups is None else _grouping(groups, len(images))
+            distinct = [images[i] for i in firsts]
+        features = self.vision_features(self.pixel_values(distinct))  # preprocessing only for distinct images
         return features if len(firsts) == len(images) else features[inverse]
 
     def pixel_values(self, images: Any) -> torch.Tensor:

@@ -100,13 +100,17 @@ def test_pixel_tensors_are_grouped_only_by_the_caller(tiny_model, tower_rows):
 
 
 @pytest.mark.device_sensitive
-def test_uint8_image_tensors_are_preprocessed_like_pil_images(tiny_model, tol):
+def test_uint8_image_tensors_are_preprocessed_like_pil_images(tiny_model, preprocessed, tower_rows, tol):
     images = [random_image(6), random_image(7)]
     raw = torch.from_numpy(np.stack([np.asarray(img) for img in images]))  # (B, H, W, 3) uint8
     gate = Gate(tiny_model)
     from_tensor = gate.score(raw, ["a", "b"])
     from_pil = gate.score(images, ["a", "b"])
     torch.testing.assert_close(from_tensor.level_logits, from_pil.level_logits, **tol)
+    # grouped by the caller: the repeated row is neither preprocessed nor run twice
+    repeated = gate.score(raw[[0, 1, 0]], ["a", "b", "a"], groups=[0, 1, 0])
+    assert preprocessed == [2, 2, 2] and tower_rows == [2, 2, 2]
+    torch.testing.assert_close(repeated.level_logits[2], from_pil.level_logits[0], **tol)
 
 
 def test_grouping_by_content(monkeypatch):
