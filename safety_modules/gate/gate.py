@@ -122,7 +122,7 @@ class Gate:
         for i, decision in enumerate(decisions):
             if decision.action == "allow":
                 hints[i] = None
-            elif decision.action == "hint" or (self.refusal == "generate" and decision.hint is not None):
+            elif decision.hint is not None and (decision.action == "hint" or self.refusal == "generate"):
                 hints[i] = policies[i].hint_prefix + decision.hint
         outputs: dict[int, list[int]] = {}
         if hints:
@@ -147,9 +147,11 @@ class Gate:
                 text = tokenizer.decode(outputs[i], skip_special_tokens=True).strip()
                 answers.append(GatedAnswer(text, decision, outputs[i]))
             else:
+                refusal = decision.refusal
+                assert refusal is not None, "only refused samples skip the language model, with their refusal text"
                 if streamer is not None:
-                    stream_text(streamer, tokenizer, decision.refusal)
-                answers.append(GatedAnswer(decision.refusal, decision, None))
+                    stream_text(streamer, tokenizer, refusal)
+                answers.append(GatedAnswer(refusal, decision, None))
         return answers
 
     # ------------------------------------------------------------------ helpers
