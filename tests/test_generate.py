@@ -60,6 +60,7 @@ def test_hint_sits_after_the_question_before_the_assistant_turn(tiny_model):
     assert text == "USER: <image>\nWhat is this? Safe Hint: be careful. ASSISTANT:"
 
 
+@pytest.mark.device_sensitive
 def test_allow_all_without_safety_tokens_is_the_base_model_token_for_token(tiny_model, photos):
     questions = ["What is shown in this image?", "Describe the picture in detail, please."]
     no_tokens = Gate(tiny_model, inject_safety_tokens=False)
@@ -87,6 +88,7 @@ def test_safety_tokens_b_are_in_the_language_model_input(tiny_model, photos):
     assert lengths[0] - lengths[1] == tiny_model.config.num_llm_tokens
 
 
+@pytest.mark.device_sensitive
 def test_mixed_batch_refused_sample_skips_the_language_model(tiny_model, photos):
     policies = [SafetyPolicy.allow_all(), SafetyPolicy.from_dict(HINT_ALL), SafetyPolicy.from_dict(REFUSE_ALL)]
     questions = ["What is this?", "Describe the image in detail.", "Read the text in the image."]
@@ -117,6 +119,7 @@ def test_mixed_batch_refused_sample_skips_the_language_model(tiny_model, photos)
     assert all(a.decision.action == "refuse" for a in all_refused)
 
 
+@pytest.mark.device_sensitive
 def test_hint_goes_into_the_prompt_through_the_chat_template(tiny_model, photos):
     policy = SafetyPolicy.from_dict(HINT_ALL)
     answer = Gate(tiny_model, policy, inject_safety_tokens=False).generate(photos[1], "Describe the image.",
@@ -126,6 +129,7 @@ def test_hint_goes_into_the_prompt_through_the_chat_template(tiny_model, photos)
     assert answer.token_ids == base_greedy(tiny_model, [photos[1]], [text], **GREEDY)[0]
 
 
+@pytest.mark.device_sensitive
 def test_refusal_generate_keeps_the_reference_behaviour(tiny_model, photos):
     policy = SafetyPolicy.from_dict(REFUSE_ALL)
     lm = CallCounter(tiny_model.base.model.language_model)
@@ -145,6 +149,7 @@ def test_default_policy_is_used_when_none_is_given(tiny_model, photos):
     assert all(sum(a.decision.type_probs.values()) == pytest.approx(1.0, abs=1e-5) for a in answers)
 
 
+@pytest.mark.device_sensitive
 def test_image_paths_are_decoded_like_pil_images(tiny_model, photos, tmp_path):
     path = tmp_path / "photo.png"
     photos[2].save(path)
