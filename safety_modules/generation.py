@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from .conversation import chat_text
 from .images import decode_image
 from .policy import SafetyDecision, SafetyPolicy
 
@@ -144,17 +145,6 @@ def _score(model: "SafeLlava", features: torch.Tensor, prompts: list[str],
         logger.warning("safety scoring failed: %s: %s", type(exc).__name__, exc)
         return [p.on_scoring_error(f"{type(exc).__name__}: {exc}") for p in policies]
     return [p.decide_batch(level_probs[i:i + 1], type_probs[i:i + 1])[0] for i, p in enumerate(policies)]
-
-
-def chat_text(processor: Any, prompt: str, hint: str | None = None) -> str:
-    """The model's own chat format for one image and a question, the hint (if any) after the question."""
-    content: list[dict[str, str]] = [{"type": "image"}, {"type": "text", "text": prompt}]
-    if hint:
-        content.append({"type": "text", "text": hint})
-    if getattr(processor, "chat_template", None) is None:
-        raise ValueError("the base model's processor has no chat template")
-    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                         tokenize=False)
 
 
 def _generate_rows(model: "SafeLlava", features: torch.Tensor, prompts: list[str], hints: list[str | None],
