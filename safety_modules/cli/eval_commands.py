@@ -122,7 +122,7 @@ def cmd_rtvlm(args: argparse.Namespace) -> int:
     if args.limit_per_subtask:
         items = [it for name in SUBTASKS for it in [x for x in items if x.subtask == name][:args.limit_per_subtask]]
     print(f"RTVLM: {len(items)} items ({', '.join(f'{SUBTASKS[k]} {v}' for k, v in data.counts().items())}); "
-          f"{len(data.problems)} rows skipped")
+          f"{data.summary()}")
     judge = RuleJudge() if args.judge == "rules" else ChatJudge(
         args.judge_url, args.judge_model, args.out / "judgments.jsonl", api_key_env=args.judge_key_env,
         concurrency=args.judge_concurrency, max_retries=args.judge_retries)
