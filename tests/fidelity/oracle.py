@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import io
 import re
+import shutil
 import sys
 import types
 from dataclasses import dataclass
@@ -80,10 +81,11 @@ class SlowLlamaTokenizer:
         return types.SimpleNamespace(input_ids=self.encode(text))
 
 
-def build_original_checkpoint(root: Path, seed: int = 0) -> Path:
+def build_original_checkpoint(root: Path, seed: int = 0, model_file: Path | None = None) -> Path:
     """An original-layout LLaVA-1.5 folder written by llava's ``LlavaLlamaForCausalLM``: a tiny CLIP tower
     folder (real 336 px / patch 14 geometry) named by ``mm_vision_tower``, ``tokenizer.model`` only,
-    ``image_aspect_ratio: pad``; the tower's weights are not in the checkpoint (as in liuhaotian's)."""
+    ``image_aspect_ratio: pad``; the tower's weights are not in the checkpoint (as in liuhaotian's).
+    ``model_file``: a ``tokenizer.model`` to ship (default: one trained on `CORPUS`)."""
     from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
@@ -97,7 +99,11 @@ def build_original_checkpoint(root: Path, seed: int = 0) -> Path:
     tiny_image_processor().save_pretrained(tower_dir)
 
     ckpt = root / "llava-v1.5-tiny"
-    model_file = train_llama_sentencepiece(ckpt / "tokenizer.model")
+    if model_file is None:
+        model_file = train_llama_sentencepiece(ckpt / "tokenizer.model")
+    else:
+        ckpt.mkdir(parents=True, exist_ok=True)
+        model_file = Path(shutil.copyfile(model_file, ckpt / "tokenizer.model"))
     vocab = spm.SentencePieceProcessor(model_file=str(model_file)).get_piece_size()
     config = LlavaConfig(
         vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
