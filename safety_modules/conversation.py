@@ -21,8 +21,9 @@ Texts are stripped of surrounding whitespace the same way in training and at inf
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 

@@ -13,7 +13,12 @@ from .common import (
 )
 from .hf import load_base
 from .original import convert_original_key, llama_tokenizer
-from .vision import VisionParts, load_vision_parts, select_vision_features, vision_encoder
+from .vision import (
+    VisionParts,
+    load_vision_parts,
+    select_vision_features,
+    vision_encoder,
+)
 
 __all__ = [
     "DEVICE_ENV", "LLAVA_CHAT_TEMPLATE", "ORIGINAL_ARCHITECTURES", "VisionParts", "convert_original_key",

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import torch
 
-from .common import check_llava, is_original_format, local_folder, read_config, resolve_device, resolve_dtype
+from .common import (
+    check_llava,
+    is_original_format,
+    local_folder,
+    read_config,
+    resolve_device,
+    resolve_dtype,
+)
 from .original import load_original
 
 

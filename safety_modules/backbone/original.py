@@ -126,19 +126,21 @@ def original_tokenizer(folder: Path):
     return tokenizer
 
 
-def original_llava_config(folder: Path, config: dict[str, Any], tokenizer: Any = None):
+def original_llava_config(folder: Path, config: dict[str, Any]):
     """The `LlavaConfig`, tokenizer (with ``<image>``/``<pad>``) and vision-tower folder of an original checkpoint."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     projector_type = config.get("mm_projector_type", "linear")
     if projector_type != "mlp2x_gelu":
-        raise ValueError(f"only LLaVA-1.5 checkpoints (mm_projector_type 'mlp2x_gelu') are supported, got {projector_type!r}")
+        raise ValueError("only LLaVA-1.5 checkpoints (mm_projector_type 'mlp2x_gelu') are supported, "
+                         f"got {projector_type!r}")
     vt_folder = resolve_vision_tower(folder, config["mm_vision_tower"])
     vision_config = CLIPVisionConfig.from_pretrained(vt_folder)
-    tokenizer = tokenizer if tokenizer is not None else original_tokenizer(folder)
+    tokenizer = original_tokenizer(folder)
     vocab = -(-len(tokenizer) // _VOCAB_MULTIPLE) * _VOCAB_MULTIPLE
 
-    text_fields = {k: v for k, v in config.items() if not k.startswith("mm_") and k not in ("architectures", "model_type")}
+    text_fields = {k: v for k, v in config.items()
+                   if not k.startswith("mm_") and k not in ("architectures", "model_type")}
     text_config = LlamaConfig(**{**text_fields, "vocab_size": vocab, "pad_token_id": tokenizer.pad_token_id})
     select = config.get("mm_vision_select_feature", "patch")
     llava_config = LlavaConfig(
@@ -157,7 +159,9 @@ def original_llava_config(folder: Path, config: dict[str, Any], tokenizer: Any =
 def original_image_processor(vt_folder: Path, config: dict[str, Any]):
     """The tower's CLIP preprocessing, padded to a square first when ``image_aspect_ratio`` is ``pad``."""
     from transformers import AutoImageProcessor
-    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+    from transformers.models.llava.image_processing_pil_llava import (
+        LlavaImageProcessorPil,
+    )
 
     aspect = config.get("image_aspect_ratio") or "square"
     clip = AutoImageProcessor.from_pretrained(vt_folder)
@@ -174,7 +178,11 @@ def original_image_processor(vt_folder: Path, config: dict[str, Any]):
 
 def load_original(folder: Path, config: dict[str, Any], dtype: torch.dtype):
     """An original checkpoint as ``(LlavaForConditionalGeneration, LlavaProcessor)``, behaving as the original code."""
-    from transformers import CLIPVisionModel, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import (
+        CLIPVisionModel,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     llava_config, tokenizer, vt_folder = original_llava_config(folder, config)
     vocab = llava_config.text_config.vocab_size

@@ -2,13 +2,21 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from .common import check_llava, is_original_format, local_folder, read_config, resolve_device, resolve_dtype
+from .common import (
+    check_llava,
+    is_original_format,
+    local_folder,
+    read_config,
+    resolve_device,
+    resolve_dtype,
+)
 from .original import original_image_processor, original_llava_config
 
 
@@ -90,7 +98,7 @@ def _read_selected(folder: Path, rename: Callable[[str], str | None]) -> dict[st
         files = sorted({folder / shard for key, shard in weight_map.items() if rename(key) is not None})
     for file in files:
         with safe_open(str(file), framework="pt") as reader:
-            for key in reader.keys():
+            for key in reader.keys():  # noqa: SIM118 - safe_open readers are not dicts
                 name = rename(key)
                 if name is not None:
                     state[name] = reader.get_tensor(key)

@@ -86,7 +86,10 @@ def build_original_checkpoint(root: Path, seed: int = 0, model_file: Path | None
     folder (real 336 px / patch 14 geometry) named by ``mm_vision_tower``, ``tokenizer.model`` only,
     ``image_aspect_ratio: pad``; the tower's weights are not in the checkpoint (as in liuhaotian's).
     ``model_file``: a ``tokenizer.model`` to ship (default: one trained on `CORPUS`)."""
-    from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
+    from llava.model.language_model.llava_llama import (
+        LlavaConfig,
+        LlavaLlamaForCausalLM,
+    )
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     from safety_modules.tiny import tiny_image_processor

@@ -36,7 +36,7 @@ def fetch_llama_tokenizer_js(workdir: Path) -> str:
             pytest.skip(f"npm is not installed: cannot fetch {PACKAGE} (or set LLAMA_TOKENIZER_JS_TGZ)")
         try:
             done = subprocess.run([npm, "pack", PACKAGE, "--silent"], cwd=workdir, capture_output=True, text=True,
-                                  timeout=120)
+                                  check=False, timeout=120)
         except subprocess.TimeoutExpired:
             pytest.skip(f"npm pack {PACKAGE} timed out (no registry?); or set LLAMA_TOKENIZER_JS_TGZ")
         if done.returncode != 0:
@@ -71,10 +71,12 @@ def rebuild_tokenizer_model(js: str, path: Path) -> Path:
         rank.setdefault(left + right, r)
     model = sp_pb2.ModelProto()
     spec = model.trainer_spec
-    spec.model_type, spec.vocab_size, spec.byte_fallback, spec.split_digits = sp_pb2.TrainerSpec.BPE, len(vocab), True, True
+    spec.model_type, spec.vocab_size = sp_pb2.TrainerSpec.BPE, len(vocab)
+    spec.byte_fallback, spec.split_digits = True, True
     spec.unk_id, spec.bos_id, spec.eos_id, spec.pad_id = 0, 1, 2, -1
     norm = model.normalizer_spec
-    norm.name, norm.add_dummy_prefix, norm.remove_extra_whitespaces, norm.escape_whitespaces = "identity", True, False, True
+    norm.name, norm.add_dummy_prefix, norm.escape_whitespaces = "identity", True, True
+    norm.remove_extra_whitespaces = False
     kinds = sp_pb2.ModelProto.SentencePiece
     for i, text in enumerate(vocab):
         piece = model.pieces.add()
@@ -95,7 +97,7 @@ def rebuild_tokenizer_model(js: str, path: Path) -> Path:
 def js_test_vectors(js: str) -> list[tuple[str, list[int]]]:
     """The package's own encoder tests: ``testCase("text", [ids])`` (JS string literals, JSON-compatible here)."""
     vectors = []
-    for quote, body, ids in re.findall(r"testCase\((\"|')((?:\\.|(?!\1).)*)\1,\s*\[([\d,\s]+)\]\)", js, re.S):
+    for quote, body, ids in re.findall(r"testCase\((\"|')((?:\\.|(?!\1).)*)\1,\s*\[([\d,\s]+)\]\)", js, re.DOTALL):
         text = json.loads('"' + (body.replace('"', '\\"') if quote == "'" else body).replace("\t", "\\t") + '"')
         vectors.append((text, [int(x) for x in ids.split(",") if x.strip()]))
     return vectors

@@ -5,7 +5,6 @@ checkpoints, against llava's own ``preprocess_v1``), single- and multi-turn."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from safety_modules.backbone import load_base
 from safety_modules.conversation import (
@@ -18,7 +17,11 @@ from safety_modules.conversation import (
     encode_conversation,
     render,
 )
-from tests.fidelity.oracle import SlowLlamaTokenizer, build_original_checkpoint, llava_preprocess
+from tests.fidelity.oracle import (
+    SlowLlamaTokenizer,
+    build_original_checkpoint,
+    llava_preprocess,
+)
 from tests.fidelity.test_original_oracle import collapse_image_run
 
 # llava-hf/llava-1.5-7b-hf's chat_template.json: "{answer} " after ASSISTANT:, no EOS.

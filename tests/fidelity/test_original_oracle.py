@@ -9,7 +9,12 @@ import torch
 from safety_modules.backbone import load_base
 from safety_modules.conversation import IMAGE_TOKEN, chat_text
 from tests.conftest import random_image
-from tests.fidelity.oracle import SlowLlamaTokenizer, build_original_checkpoint, llava_model, llava_prompt
+from tests.fidelity.oracle import (
+    SlowLlamaTokenizer,
+    build_original_checkpoint,
+    llava_model,
+    llava_prompt,
+)
 
 IMAGE_TOKEN_INDEX = -200  # llava's placeholder id for the image in its token ids
 

@@ -6,9 +6,23 @@ from __future__ import annotations
 import pytest
 
 from safety_modules.backbone import llama_tokenizer, load_base
-from safety_modules.conversation import IGNORE_INDEX, IMAGE_TOKEN, chat_text, encode_conversation
-from tests.fidelity.oracle import SlowLlamaTokenizer, build_original_checkpoint, llava_preprocess, llava_prompt
-from tests.fidelity.real_llama import fetch_llama_tokenizer_js, js_test_vectors, rebuild_tokenizer_model
+from safety_modules.conversation import (
+    IGNORE_INDEX,
+    IMAGE_TOKEN,
+    chat_text,
+    encode_conversation,
+)
+from tests.fidelity.oracle import (
+    SlowLlamaTokenizer,
+    build_original_checkpoint,
+    llava_preprocess,
+    llava_prompt,
+)
+from tests.fidelity.real_llama import (
+    fetch_llama_tokenizer_js,
+    js_test_vectors,
+    rebuild_tokenizer_model,
+)
 from tests.fidelity.test_labels import RECORDS
 from tests.fidelity.test_original_oracle import collapse_image_run
 

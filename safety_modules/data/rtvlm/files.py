@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 import shutil
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from ...images import ImageDecodeError
 from ...taxonomy import DEFAULT_LEVELS, RTVLM_SUBTASK_LABELS, SAFE_TYPE

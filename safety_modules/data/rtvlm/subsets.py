@@ -9,8 +9,9 @@ the published table: it is an ``extra`` subset, read for training records, not f
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 # The ten subtasks of the published table, in its column order, with their column titles.
 SUBTASKS: dict[str, str] = {
