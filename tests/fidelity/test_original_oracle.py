@@ -20,10 +20,11 @@ IMAGE_TOKEN_INDEX = -200  # llava's placeholder id for the image in its token id
 
 
 @pytest.fixture(scope="module")
-def original(tmp_path_factory):
-    """(checkpoint folder, llava's model, llava's image processor, llava's tokenizer)."""
+def original(tmp_path_factory, device, dtype):
+    """(checkpoint folder, llava's model on the test device and dtype, its image processor, its tokenizer)."""
     ckpt = build_original_checkpoint(tmp_path_factory.mktemp("original"))
     model, image_processor = llava_model(ckpt)
+    model.to(device=device, dtype=dtype)
     return ckpt, model, image_processor, SlowLlamaTokenizer(ckpt / "tokenizer.model")
 
 
@@ -50,7 +51,7 @@ def test_logits_equal_llavas_from_the_same_image_and_question(original, size, de
     ids = tokenizer_image_token(llava_prompt(question), slow, return_tensors="pt").unsqueeze(0)
     pixels = process_images([image], image_processor, llava.config)
     with torch.no_grad():
-        expected = llava(input_ids=ids, images=pixels).logits
+        expected = llava(input_ids=ids.to(device), images=pixels.to(device, dtype)).logits.float().cpu()
 
     model, processor = load_base(ckpt, device=device, dtype=dtype)
     text = chat_text(processor, question)
