@@ -5,6 +5,7 @@ checkpoints, against llava's own ``preprocess_v1``), single- and multi-turn."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from safety_modules.backbone import load_base
 from safety_modules.conversation import (
@@ -182,3 +183,15 @@ def test_chat_template_of_each_format_renders_like_render(tiny_dir):
         processor.chat_template = fmt_template
         text = processor.apply_chat_template(messages, tokenize=False)
         assert text == render(conversation_format(processor), record, processor.tokenizer.eos_token).text
+
+
+def test_the_safety_head_reads_a_prompt_alike_in_training_and_inference(tiny_model):
+    from safety_modules.data.format import question_text
+    from safety_modules.wrapper import head_prompt_inputs
+
+    record = {"conversations": turns("  What is it?\n", "A cat.")}
+    tok = tiny_model.processor.tokenizer
+    trained = head_prompt_inputs(tok, [question_text(record)])
+    served = head_prompt_inputs(tok, ["  What is it?\n"])
+    assert question_text(record) == "What is it?"
+    assert torch.equal(trained[0], served[0]) and torch.equal(trained[1], served[1])
