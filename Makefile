@@ -19,6 +19,8 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PIP) install -q torch==$(TORCH_VERSION)
 	echo "torch==$(TORCH_VERSION)" > $(CONSTRAINTS)
 	$(PIP) install -q -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
+	# The original LLaVA code, the oracle of tests/fidelity; --no-deps: its pins (torch 2.1, transformers 4.37) are not wanted.
+	$(PIP) install -q --no-deps llava-torch==1.2.2.post1
 	@! $(PY) -c "import importlib.util,sys; sys.exit(0 if importlib.util.find_spec('torchvision') or importlib.util.find_spec('timm') else 1)" \
 		|| (echo "torchvision/timm got installed: they break transformers here" && exit 1)
 	touch $(STAMP)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .backbone import LLAVA_CHAT_TEMPLATE
+from .conversation import LLAVA_CHAT_TEMPLATE
 
 _CORPUS = """
 USER: What is shown in this image? ASSISTANT: The image shows a person standing in a street.
@@ -31,13 +31,16 @@ Safe Hint: answer with caution. Safety, privacy, fairness and honesty matter in 
 
 def build_tokenizer(vocab_size: int = 1000, llava_tokens: bool = True):
     """Train the tiny byte-fallback BPE tokenizer; with ``llava_tokens``, add ``<image>`` then ``<pad>``."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<unk>", "<s>", "</s>"]
     byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    # Words start at a "▁" and never merge across one, as in LLaMA's sentencepiece model: a token
+    # never straddles the end of a prompt ("ASSISTANT:") and the start of the answer.
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials + byte_tokens, show_progress=False)
     tok.train_from_iterator(_CORPUS.strip().splitlines() * 4, trainer=trainer)
     # The byte tokens must be plain vocabulary entries (as in Llama), not added tokens,

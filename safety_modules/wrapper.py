@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import load_base, select_vision_features
+from .conversation import clean_text
 from .config import SafetyConfig
 from .images import group_identical, group_labels, load_images
 from .modeling import SafetyModules, base_fingerprint
@@ -320,9 +321,9 @@ def head_prompt_inputs(tokenizer: Any, prompts: Sequence[str]) -> tuple[torch.Te
     """The users' prompts as the safety head reads them: (ids, mask), right-padded, no special tokens.
 
     Training (the collator) and inference both tokenise through this function, so the head
-    sees a prompt the same way in both.
+    sees a prompt the same way in both (surrounding whitespace dropped, as `conversation.clean_text` does).
     """
-    enc = tokenizer(list(prompts), add_special_tokens=False, padding="longest", return_tensors="pt",
+    enc = tokenizer([clean_text(p) for p in prompts], add_special_tokens=False, padding="longest", return_tensors="pt",
                     padding_side="right")
     ids, mask = enc["input_ids"], enc["attention_mask"]
     # Empty prompts only would leave no prompt key at all; keep the shape valid with one masked position

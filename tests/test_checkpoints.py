@@ -136,6 +136,9 @@ def test_original_format_checkpoint_converts_to_the_hf_twin(tiny_dir, tmp_path):
     enc = processor(images=[random_image(23)], text=[prompt], return_tensors="pt")
     hf_enc = hf_processor(images=[random_image(23)], text=[prompt], return_tensors="pt")
     assert torch.equal(enc["input_ids"], hf_enc["input_ids"])
+    # image_aspect_ratio "pad": the original checkpoint pads the 300x200 image, the HF base crops it.
+    assert not torch.equal(enc["pixel_values"], hf_enc["pixel_values"])
+    hf_enc["pixel_values"] = enc["pixel_values"]  # the weights' conversion is compared on the same pixels
     with torch.no_grad():
         got = model(**enc).logits
         expected = twin(**hf_enc).logits
@@ -144,7 +147,7 @@ def test_original_format_checkpoint_converts_to_the_hf_twin(tiny_dir, tmp_path):
     hf_model = SafeLlava.from_pretrained(tiny_dir, seed=0)
     converted = SafeLlava(model, hf_model.safety, processor)
     assert converted.config.base_fingerprint == hf_model.config.base_fingerprint
-    image = [random_image(24)]
+    image = [random_image(24, size=(336, 336))]  # square: padding and cropping agree
     torch.testing.assert_close(converted.assess(image, ["what?"]).level_logits,
                                hf_model.assess(image, ["what?"]).level_logits, atol=1e-5, rtol=1e-5)
 

@@ -183,8 +183,9 @@ def test_head_metrics_by_hand():
     assert np.isclose(m["level_macro_f1"], np.mean([2 / 3, 2 / 3, 1.0]))
 
 
-def test_eos_is_added_when_the_template_writes_none(tiny_model):
-    """llava-hf's template ends an answer with a space, not EOS: the collator adds and supervises it."""
+def test_eos_is_trained_whatever_template_the_processor_carries(tiny_model):
+    """Training renders the base's format itself (safety_modules.conversation), not the processor's template:
+    a template that writes no EOS (as llava-hf's ends an answer with a space) still gives answer + EOS labels."""
     processor = tiny_model.processor
     original = processor.chat_template
     processor.chat_template = original.replace("{{ eos_token }}", "")

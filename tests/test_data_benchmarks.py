@@ -5,7 +5,7 @@ import json
 import zipfile
 
 import pytest
-from .benchmark_fixtures import (RTVLM_COUNTS, RTVLM_SKIPPED, UC_OPTIONS, UC_ROWS, image_bytes, write_parquet_layout,
+from .benchmark_fixtures import (JAILBREAK2_ITEMS, JAILBREAK2_SKIPPED, RTVLM_COUNTS, RTVLM_SKIPPED, UC_OPTIONS, UC_ROWS, image_bytes, write_parquet_layout,
                                 write_rtvlm_snapshot, write_safervlm_layout)
 
 from safety_modules.data import rtvlm as rt
@@ -77,7 +77,10 @@ def test_rtvlm_partial_snapshot_never_borrows_another_subsets_files(tmp_path):
         archive.writestr("1.jpg", image_bytes(0))
     data = rt.load_rtvlm(snap, cache_dir=tmp_path / "cache")
     assert data.counts()["captcha"] == 1 and len(data.items) == 1
-    assert len(data.problems) == len(rt.SUBSETS) - 1 and all("not found" in p for p in data.problems)
+    in_table = [s for s in rt.SUBSETS if not s.extra]
+    assert len(data.missing_subsets) == len(in_table) - 1 and not data.skipped_rows
+    assert all("not found" in p for p in data.problems)
+    assert data.summary().startswith(f"0 rows skipped, {len(in_table) - 1} subsets missing (misleading, ")
 
 
 def test_rtvlm_missing_snapshot_is_a_clear_error(tmp_path):
@@ -103,8 +106,12 @@ def test_rtvlm_seeded_split(snapshot, tmp_path):
 
 def test_rtvlm_to_records(snapshot, tmp_path):
     out = tmp_path / "records"
-    records = rt.rtvlm_to_records(snapshot, out, split="all")
-    assert len(records) == sum(RTVLM_COUNTS.values())
+    records, skipped = rt.rtvlm_conversion(snapshot, out, split="all")
+    assert len(records) == sum(RTVLM_COUNTS.values()) + JAILBREAK2_ITEMS  # Jailbreak2 is read for training
+    assert len(skipped) == RTVLM_SKIPPED + JAILBREAK2_SKIPPED
+    reasons = {where: why for where, why in skipped}
+    assert any("jailbreak2" in w and "duplicate" in why for w, why in reasons.items())
+    assert any("jailbreak2" in w and "DAN.jpg" in why for w, why in reasons.items())
     for rec in records:
         assert set(rec) == {"id", "image", "conversations", "safety"}
         assert (out / rec["image"]).is_file() and rec["image"].startswith("images/")
@@ -119,10 +126,11 @@ def test_rtvlm_to_records(snapshot, tmp_path):
     flag = next(r for r in records if "visual_misleading_correct" in r["id"])
     assert flag["conversations"][1]["value"] == "New Zealand"
     assert len({r["id"] for r in records}) == len(records) == len(by_id)
-    # A custom mapping is honoured; train/test record sets split the data.
+    # A custom mapping is honoured (rows labelled "Safe to Answer" stay safe); train/test record sets split the data.
     custom = {k: (1, "misleading") for k in RTVLM_SUBTASK_LABELS}
     assert {r["safety"]["type"] for r in rt.rtvlm_to_records(snapshot, tmp_path / "c", "all", mapping=custom)} == \
-        {"misleading"}
+        {"misleading", "safe"}
+    assert rt.rtvlm_to_records(snapshot, tmp_path / "d", "all") == records
     n_train = len(rt.rtvlm_to_records(snapshot, tmp_path / "tr", "train"))
     n_test = len(rt.rtvlm_to_records(snapshot, tmp_path / "te", "test"))
     assert n_train + n_test == len(records) and n_train > n_test > 0
@@ -209,3 +217,35 @@ def test_data_convert_cli_runs_the_benchmark_converters(tmp_path):
     assert main(["data", "convert", "unsafe-concepts", str(uc), "--out", str(out_uc)]) == 0
     records = read_records(out_uc)
     assert records and all(r["safety"]["level"] > 0 for r in records)
+
+
+def test_rtvlm_record_labels_follow_the_row_where_its_subset_labels_rows(snapshot, tmp_path):
+    """Text misleading and celebrity rows carry their own refused_to_answer; other subsets' labels are constant
+    and the subtask's (level, type) is kept (rule in safety_modules/data/rtvlm/records.py)."""
+    records = {r["id"]: r for r in rt.rtvlm_to_records(snapshot, tmp_path / "out", "all")}
+
+    def label(part: str) -> dict:
+        return next(r["safety"] for i, r in records.items() if part in i)
+
+    misleading_level, _ = RTVLM_SUBTASK_LABELS["misleading_text"]
+    assert label("misleading-1-1-q0") == {"level": misleading_level, "type": "misleading"}  # Proceed with Caution
+    assert label("misleading-1-1-q1") == {"level": 3, "type": "misleading"}  # Refuse to Answer
+    assert label("misleading-1-1-q2") == {"level": 0, "type": "safe"}  # Safe to Answer
+    assert label("celeb-1-person_01") == {"level": 3, "type": "privacy"}  # an ordinary person: refuse
+    assert label("celeb-2-celebrity_02") == {"level": RTVLM_SUBTASK_LABELS["celebrity"][0], "type": "privacy"}
+    # Constant labels say nothing about the row: "Safe to Answer" flags stay misleading, politics stays 3.
+    assert label("visual_misleading_correct") == {"level": 1, "type": "misleading"}
+    assert label("politics") == {"level": RTVLM_SUBTASK_LABELS["politics"][0], "type": "politics"}
+    refusal = next(r for i, r in records.items() if "misleading-1-1-q1" in i)["conversations"][1]["value"]
+    assert "sorry" in refusal.lower()
+
+
+def test_rtvlm_unknown_label_wording_is_a_reported_skip(tmp_path):
+    snap = tmp_path / "snap"
+    (snap / "data/Safety/Racial/img").mkdir(parents=True)
+    (snap / "data/Safety/Racial/racial.jsonl").write_text(
+        json.dumps({"id": "r.jpg", "prompt": "q", "refused_to_answer": "Maybe"}) + "\n")
+    with zipfile.ZipFile(snap / "data/Safety/Racial/img/racial.zip", "w") as archive:
+        archive.writestr("r.jpg", image_bytes(1))
+    data = rt.load_rtvlm(snap, cache_dir=tmp_path / "cache", subtasks=["racial"])
+    assert not data.items and len(data.skipped_rows) == 1 and "'Maybe' is not one of" in data.skipped_rows[0]

@@ -52,7 +52,8 @@ def test_eval_head_end_to_end(tiny_dir, tmp_path, photos, capsys):
     assert "AUROC" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == len(records) + len(photos)
-    assert metrics["n_safe"] == len(photos) and metrics["n_risky"] == len(records)
+    safe_records = sum(r["safety"]["level"] == 0 for r in records)  # RTVLM rows labelled "Safe to Answer"
+    assert metrics["n_safe"] == len(photos) + safe_records and metrics["n_risky"] == len(records) - safe_records
     assert sum(map(sum, metrics["level_confusion"])) == metrics["n"]
     with open(out / "items.csv") as handle:
         rows = list(csv.DictReader(handle))

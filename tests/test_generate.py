@@ -93,7 +93,7 @@ def test_mixed_batch_refused_sample_skips_the_language_model(tiny_model, photos)
     policies = [SafetyPolicy.allow_all(), SafetyPolicy.from_dict(HINT_ALL), SafetyPolicy.from_dict(REFUSE_ALL)]
     questions = ["What is this?", "Describe the image in detail.", "Read the text in the image."]
     lm = CallCounter(tiny_model.base.model.language_model)
-    vision = CallCounter(tiny_model.base.model.vision_tower)
+    vision = CallCounter(tiny_model.base.model.vision_tower.embeddings)  # once per vision pass
     answers = Gate(tiny_model).generate(photos, questions, policies, **GREEDY)
 
     assert [a.decision.action for a in answers] == ["allow", "hint", "refuse"]

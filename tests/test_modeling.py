@@ -114,7 +114,8 @@ def test_prompt_padding_does_not_change_scores(tiny_model, tol):
 
 def test_vision_tower_runs_once_per_forward_and_assess(tiny_model):
     calls = []
-    tiny_model.base.model.vision_tower.register_forward_hook(lambda *a: calls.append(1))
+    # The embeddings run once per vision pass (select_vision_features calls the layers it needs itself).
+    tiny_model.base.model.vision_tower.embeddings.register_forward_hook(lambda *a: calls.append(1))
     proc = tiny_model.processor
     enc = proc(images=[random_image(9), random_image(10)], text=["USER: <image>\nhi ASSISTANT:"] * 2,
                return_tensors="pt", padding=True)
@@ -184,7 +185,7 @@ def test_vision_features_skip_unused_layers_and_match_the_full_tower(tiny_model,
 def test_identical_images_in_a_batch_take_one_vision_pass(tiny_model, tol):
     a, b = random_image(40), random_image(41)
     seen = []
-    hook = tiny_model.base.model.vision_tower.register_forward_hook(
+    hook = tiny_model.base.model.vision_tower.embeddings.register_forward_hook(
         lambda mod, args, out: seen.append(args[0].shape[0]))
     # the same object twice and an equal copy: both are recognised by content
     scores = tiny_model.assess([a, b, a, a.copy(), b])

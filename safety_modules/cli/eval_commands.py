@@ -188,7 +188,7 @@ def cmd_rtvlm(args: argparse.Namespace) -> int:
         items = [it for name in SUBTASKS for it in [x for x in items if x.subtask == name][: r.limit_per_subtask]]
     print(
         f"RTVLM: {len(items)} items ({', '.join(f'{SUBTASKS[k]} {v}' for k, v in data.counts().items())}); "
-        f"{len(data.problems)} rows skipped"
+        f"{data.summary()}"
     )
     judge = (
         RuleJudge()

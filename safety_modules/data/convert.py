@@ -216,11 +216,12 @@ def _rtvlm_args(p: argparse.ArgumentParser) -> None:
 
 def _rtvlm_run(args: argparse.Namespace) -> Conversion:
     from ..taxonomy import RTVLM_SUBTASK_LABELS
-    from .rtvlm import rtvlm_to_records
+    from .rtvlm import rtvlm_conversion
 
     mapping = load_mapping(args.mapping, RTVLM_SUBTASK_LABELS)
-    return Conversion(rtvlm_to_records(args.snapshot, args.out.parent, split=args.split, seed=args.seed,
-                                       train_fraction=args.train_fraction, mapping=mapping))
+    records, skipped = rtvlm_conversion(args.snapshot, args.out.parent, split=args.split, seed=args.seed,
+                                        train_fraction=args.train_fraction, mapping=mapping)
+    return Conversion(records, skipped)
 
 
 def _unsafe_concepts_args(p: argparse.ArgumentParser) -> None:

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..conversation import clean_text
 from ..taxonomy import Taxonomy
 
 IMAGE_MARKER = "<image>"
@@ -75,7 +76,7 @@ def record_label(record: dict[str, Any], taxonomy: Taxonomy) -> tuple[int, int]:
 
 def question_text(record: dict[str, Any]) -> str:
     """The user's first question without the image marker: what the safety head reads."""
-    return record["conversations"][0]["value"].replace(IMAGE_MARKER, "").strip()
+    return clean_text(record["conversations"][0]["value"])
 
 
 def read_jsonl(path: str | Path) -> list[Any]:

@@ -50,6 +50,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     num_workers: int = 2
     max_length: int = 2048
+    # Not settable: the system prompt belongs to the base's conversation format (see __post_init__).
     system_prompt: str | None = None
     safety_loss_weight: float | None = None  # default: the modules' config (10, as in the paper)
     logging_steps: int = 10
@@ -62,6 +63,10 @@ class TrainConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
+        if self.system_prompt is not None:
+            raise ValueError("system_prompt cannot be set: training uses the base's own conversation format "
+                             "(vicuna_v1's system prompt for original checkpoints, none for llava-hf bases), "
+                             "the one inference uses; see safety_modules/conversation.py")
         if self.stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {self.stage}")
         self.train_data = [_data_file(d) for d in self.train_data]

@@ -1,107 +1,36 @@
 """Dataset and collator: records -> model inputs with correct label masking.
 
-Labels follow the usual convention: ``labels[t]`` is ``input_ids[t]`` where the token
-is part of an answer (the assistant text and the end-of-sequence token the template
-puts right after it) and -100 everywhere else: system text, the user's turns, the
-image tokens, the role markers and padding. They are *not* shifted here;
-`safety_modules.wrapper.lm_loss` shifts logits and labels together, and the wrapper
-inserts -100 for the safety tokens it adds. (The reference code got this wrong in
-three ways: its ignore index was the pad id, it overwrote answer tokens in the inputs
-and it rotated the inputs without the labels.)
+Labels follow the usual convention: ``labels[t]`` is ``input_ids[t]`` for the tokens an
+assistant turn generates (its text and its end-of-sequence token) and -100 everywhere
+else: system text, the user's turns, the image tokens, the role markers and padding.
+They are *not* shifted here; `safety_modules.wrapper.lm_loss` shifts logits and labels
+together, and the wrapper inserts -100 for the safety tokens it adds.
 
-Answer tokens are found by character spans in the text the base model's own chat
-template renders, mapped to tokens through the tokenizer's offsets, so any template
-works as long as it writes the answers verbatim.
+The conversation is rendered and labelled by `safety_modules.conversation.encode_conversation`,
+the same renderer inference uses (`chat_text`), in the base's own format (llava-hf for HF
+bases, ``vicuna_v1`` with its system prompt for original checkpoints). Answer tokens come
+from the assistant turns' positions in that rendering, never from searching the text, so an
+answer that also occurs in the question ("... A. cat B. dog ..." -> "A") is labelled where
+the assistant says it, and every assistant turn's EOS is trained.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
-from ..data.format import IMAGE_MARKER, question_text, record_label
+from ..conversation import encode_conversation
+from ..data.format import question_text, record_label
 from ..images import ImageDecodeError, decode_image
 from ..taxonomy import Taxonomy
 from ..wrapper import IGNORE_INDEX, head_prompt_inputs
 
 logger = logging.getLogger(__name__)
 
-
-def to_messages(turns: list[dict[str, str]], system_prompt: str | None = None) -> list[dict[str, Any]]:
-    """LLaVA ``conversations`` -> chat-template messages; the image goes into the first user turn."""
-    messages: list[dict[str, Any]] = []
-    if system_prompt:
-        messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
-    for i, turn in enumerate(turns):
-        text = turn["value"].replace(IMAGE_MARKER, "").strip()
-        content: list[dict[str, Any]] = [{"type": "text", "text": text}]
-        if i == 0:
-            content.insert(0, {"type": "image"})
-        messages.append({"role": "user" if turn["from"] == "human" else "assistant", "content": content})
-    return messages
-
-
-def answer_spans(text: str, answers: Sequence[str], eos_token: str | None) -> list[tuple[int, int]]:
-    """Character spans of the answers in the rendered ``text`` (each extended over a following EOS)."""
-    spans, pos = [], 0
-    for answer in answers:
-        answer = answer.strip()
-        if not answer:
-            continue  # nothing to imitate: no language-model target for this turn
-        start = text.find(answer, pos)
-        if start < 0:
-            raise ValueError(f"the chat template did not render the answer verbatim: {answer[:60]!r}")
-        end = start + len(answer)
-        rest = text[end:]
-        if eos_token and rest.lstrip(" ").startswith(eos_token):
-            end += len(rest) - len(rest.lstrip(" ")) + len(eos_token)
-        spans.append((start, end))
-        pos = end
-    return spans
-
-
-def encode_conversation(
-    processor: Any,
-    turns: list[dict[str, str]],
-    num_image_tokens: int,
-    max_length: int | None = None,
-    system_prompt: str | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids (with the ``<image>`` token expanded to the image-token run) and their labels."""
-    tokenizer = processor.tokenizer
-    text = processor.apply_chat_template(to_messages(turns, system_prompt), tokenize=False)
-    answers = [t["value"] for t in turns if t["from"] == "gpt"]
-    spans = answer_spans(text, answers, tokenizer.eos_token)
-    add_bos = not (tokenizer.bos_token and text.startswith(tokenizer.bos_token))
-    enc = tokenizer(text, add_special_tokens=add_bos, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    labels = [IGNORE_INDEX] * len(ids)
-    for j, (s, e) in enumerate(offsets):
-        piece = text[s:e]
-        first = s + len(piece) - len(piece.lstrip())  # a token's leading space belongs to the word after it
-        # A token is an answer token when its first visible character lies in an answer span; a token
-        # that starts in the prompt stays masked even if a tokenizer merged it into the answer.
-        if e > s and any(span_start <= first < span_end for span_start, span_end in spans):
-            labels[j] = ids[j]
-    if turns[-1]["from"] == "gpt" and turns[-1]["value"].strip() and ids[-1] != tokenizer.eos_token_id:
-        # Templates that write no EOS after the answer (llava-hf's) would never teach the model to stop.
-        ids, labels = ids + [tokenizer.eos_token_id], labels + [tokenizer.eos_token_id]
-    image_id = tokenizer.convert_tokens_to_ids(IMAGE_MARKER)
-    where = [j for j, t in enumerate(ids) if t == image_id]
-    if len(where) != 1:
-        raise ValueError(f"expected one {IMAGE_MARKER} token in the rendered prompt, found {len(where)}")
-    j = where[0]
-    # The processor expands <image> the same way (one placeholder -> one token per image patch).
-    ids = ids[:j] + [image_id] * num_image_tokens + ids[j + 1:]
-    labels = labels[:j] + [IGNORE_INDEX] * num_image_tokens + labels[j + 1:]
-    if max_length is not None and len(ids) > max_length:
-        if j + num_image_tokens > max_length:
-            raise ValueError(f"max_length={max_length} cuts into the image tokens")
-        ids, labels = ids[:max_length], labels[:max_length]
-    return torch.tensor(ids), torch.tensor(labels)
+__all__ = ["MODEL_INPUTS", "SafetyCollator", "SafetyDataset", "encode_conversation"]
 
 
 class SafetyDataset(Dataset):
@@ -115,7 +44,6 @@ class SafetyDataset(Dataset):
         taxonomy: Taxonomy,
         num_image_tokens: int,
         max_length: int | None = 2048,
-        system_prompt: str | None = None,
     ) -> None:
         self.records = records
         self.image_root = Path(image_root)
@@ -123,7 +51,6 @@ class SafetyDataset(Dataset):
         self.taxonomy = taxonomy
         self.num_image_tokens = num_image_tokens
         self.max_length = max_length
-        self.system_prompt = system_prompt
         self.labels = [record_label(r, taxonomy) for r in records]  # validates every label up front
 
     def __len__(self) -> int:
@@ -138,7 +65,7 @@ class SafetyDataset(Dataset):
             logger.warning("skipping %s (record %s): %s", path, record["id"], exc)
             return {"skipped": (str(path), str(exc))}
         input_ids, labels = encode_conversation(self.processor, record["conversations"], self.num_image_tokens,
-                                                self.max_length, self.system_prompt)
+                                                self.max_length)
         pixel_values = self.processor.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
         level, type_ = self.labels[index]
         return {"input_ids": input_ids, "labels": labels, "pixel_values": pixel_values,

@@ -89,7 +89,7 @@ def build_dataset(files, model: SafeLlava, cfg: TrainConfig) -> ConcatDataset:
     for entry in files:
         records = read_records(entry.path, model.config.taxonomy)
         parts.append(SafetyDataset(records, entry.root, model.processor, model.config.taxonomy,
-                                   model.config.num_image_tokens, cfg.max_length, cfg.system_prompt))
+                                   model.config.num_image_tokens, cfg.max_length))
     return ConcatDataset(parts)
 
 

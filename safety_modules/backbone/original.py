@@ -1,0 +1,212 @@
+"""Original LLaVA checkpoints (``liuhaotian/llava-v1.5-7b`` layout), converted to the HF layout at load time.
+
+An original checkpoint is ``LlavaLlamaForCausalLM`` with ``model.mm_projector.{0,2}`` and a
+vision tower named by ``mm_vision_tower``. Its weights are renamed with the key map of
+transformers' LLaVA conversion script; ``<image>`` and ``<pad>`` are added to the tokenizer
+and the embeddings grow to a multiple of 64, new rows set to the mean.
+
+So that the converted model behaves as the original code does (``llava.model.builder``,
+``llava.mm_utils``, ``conv_templates['vicuna_v1']``):
+
+- the tokenizer is built from ``tokenizer.model`` with LLaMA's legacy sentencepiece behaviour
+  (a ``▁`` is prepended to every piece of text between special tokens, as the slow
+  ``LlamaTokenizer`` did and ``tokenizer_image_token`` relies on);
+- images are padded to a square with the mean colour before resizing when the checkpoint says
+  ``image_aspect_ratio: pad`` (``LlavaImageProcessor(do_pad=True)``, which is llava's ``expand2square``);
+- the processor's chat template is the ``vicuna_v1`` conversation with its system prompt
+  (`safety_modules.conversation.VICUNA_V1`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..conversation import IMAGE_TOKEN, VICUNA_V1
+from .common import local_folder
+
+_VOCAB_MULTIPLE = 64
+
+
+def convert_original_key(key: str) -> str:
+    """Map an original LLaVA state-dict key to the transformers 5 ``LlavaForConditionalGeneration`` key."""
+    if key.startswith("model.mm_projector.0."):
+        return "model.multi_modal_projector.linear_1." + key[len("model.mm_projector.0."):]
+    if key.startswith("model.mm_projector.2."):
+        return "model.multi_modal_projector.linear_2." + key[len("model.mm_projector.2."):]
+    for prefix in ("model.vision_tower.vision_tower.vision_model.", "model.vision_tower.vision_tower."):
+        # transformers 5's CLIPVisionModel has no inner ``vision_model`` level
+        if key.startswith(prefix):
+            return "model.vision_tower." + key[len(prefix):]
+    if key.startswith("lm_head."):
+        return key
+    if key.startswith("model."):
+        return "model.language_model." + key[len("model."):]
+    raise KeyError(f"unexpected key in original LLaVA checkpoint: {key}")
+
+
+def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint (safetensors preferred; ``.bin`` read with ``weights_only=True``)."""
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        state: dict[str, torch.Tensor] = {}
+        for file in files:
+            state.update(load_file(str(file)))
+        return state
+    bins = sorted(folder.glob("pytorch_model*.bin"))
+    if not bins:
+        raise FileNotFoundError(f"{folder} holds no *.safetensors or pytorch_model*.bin weights")
+    state = {}
+    for file in bins:
+        # weights_only=True: tensors only, no arbitrary pickled code.
+        state.update(torch.load(file, map_location="cpu", weights_only=True))
+    return state
+
+
+def resolve_vision_tower(folder: Path, name: str) -> Path:
+    """The folder of the CLIP tower named by ``mm_vision_tower`` (absolute, relative to the checkpoint, or hub id)."""
+    for candidate in (Path(name), folder / name):
+        if candidate.is_dir():
+            return candidate
+    return local_folder(name)
+
+
+def _grow_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    if weight.shape[0] >= rows:
+        return weight
+    mean = weight.float().mean(0, keepdim=True).to(weight.dtype)
+    return torch.cat([weight, mean.expand(rows - weight.shape[0], -1)], dim=0)
+
+
+def llama_tokenizer(model_file: str | Path):
+    """A fast tokenizer equal to LLaMA's legacy sentencepiece tokenizer read from ``tokenizer.model``.
+
+    Vocabulary and merges come from the sentencepiece model; ``▁`` is prepended to each piece of
+    text between special tokens and spaces become ``▁`` (sentencepiece's ``add_dummy_prefix`` with
+    no whitespace folding, as LLaMA's model is configured); bytes fall back to ``<0xNN>``; BOS is
+    added. This is the layout of llava-hf's ``tokenizer.json``; `tests/fidelity` checks the ids
+    against sentencepiece itself through llava's ``tokenizer_image_token``.
+    """
+    try:
+        from transformers.tokenization_utils_sentencepiece import SentencePieceExtractor
+    except ImportError as exc:  # pragma: no cover - sentencepiece is an install requirement
+        raise ImportError(f"reading {model_file} needs the sentencepiece package: {exc}") from None
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    extractor = SentencePieceExtractor(str(model_file))
+    vocab, _, merges = extractor.extract()
+    sp = extractor.sp
+    unk, bos, eos = (sp.id_to_piece(i) for i in (sp.unk_id(), sp.bos_id(), sp.eos_id()))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                       special_tokens=[(bos, sp.bos_id())])
+    tok.add_special_tokens([unk, bos, eos])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token=unk)
+
+
+def original_tokenizer(folder: Path):
+    """The checkpoint's tokenizer with ``<image>`` and ``<pad>`` added, left padding (for batched generation)."""
+    from transformers import AddedToken, AutoTokenizer
+
+    model_file = folder / "tokenizer.model"
+    tokenizer = llama_tokenizer(model_file) if model_file.is_file() else AutoTokenizer.from_pretrained(folder)
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_tokens(AddedToken(IMAGE_TOKEN, special=True, normalized=False), special_tokens=True)
+    if "<pad>" not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    tokenizer.pad_token = "<pad>"
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def original_llava_config(folder: Path, config: dict[str, Any]):
+    """The `LlavaConfig`, tokenizer (with ``<image>``/``<pad>``) and vision-tower folder of an original checkpoint."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    projector_type = config.get("mm_projector_type", "linear")
+    if projector_type != "mlp2x_gelu":
+        raise ValueError("only LLaVA-1.5 checkpoints (mm_projector_type 'mlp2x_gelu') are supported, "
+                         f"got {projector_type!r}")
+    vt_folder = resolve_vision_tower(folder, config["mm_vision_tower"])
+    vision_config = CLIPVisionConfig.from_pretrained(vt_folder)
+    tokenizer = original_tokenizer(folder)
+    vocab = -(-len(tokenizer) // _VOCAB_MULTIPLE) * _VOCAB_MULTIPLE
+
+    text_fields = {k: v for k, v in config.items()
+                   if not k.startswith("mm_") and k not in ("architectures", "model_type")}
+    text_config = LlamaConfig(**{**text_fields, "vocab_size": vocab, "pad_token_id": tokenizer.pad_token_id})
+    select = config.get("mm_vision_select_feature", "patch")
+    llava_config = LlavaConfig(
+        vision_config=vision_config.to_dict(),
+        text_config=text_config.to_dict(),
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        pad_token_id=tokenizer.pad_token_id,
+        vision_feature_layer=config.get("mm_vision_select_layer", -2),
+        vision_feature_select_strategy="default" if select == "patch" else "full",
+        projector_hidden_act="gelu",
+        image_seq_length=(vision_config.image_size // vision_config.patch_size) ** 2,
+    )
+    return llava_config, tokenizer, vt_folder
+
+
+def original_image_processor(vt_folder: Path, config: dict[str, Any]):
+    """The tower's CLIP preprocessing, padded to a square first when ``image_aspect_ratio`` is ``pad``."""
+    from transformers import AutoImageProcessor
+    from transformers.models.llava.image_processing_pil_llava import (
+        LlavaImageProcessorPil,
+    )
+
+    aspect = config.get("image_aspect_ratio") or "square"
+    clip = AutoImageProcessor.from_pretrained(vt_folder)
+    if aspect == "square":  # llava's process_images: the image processor as it is
+        return clip
+    if aspect != "pad":
+        raise ValueError(f"image_aspect_ratio {aspect!r} is not LLaVA-1.5's ('pad' or unset); "
+                         "LLaVA-NeXT 'anyres' checkpoints are not supported")
+    settings = {key: getattr(clip, key) for key in ("size", "crop_size", "resample", "image_mean", "image_std",
+                                                     "rescale_factor", "do_resize", "do_center_crop",
+                                                     "do_rescale", "do_normalize", "do_convert_rgb")}
+    return LlavaImageProcessorPil(**settings, do_pad=True)
+
+
+def load_original(folder: Path, config: dict[str, Any], dtype: torch.dtype):
+    """An original checkpoint as ``(LlavaForConditionalGeneration, LlavaProcessor)``, behaving as the original code."""
+    from transformers import (
+        CLIPVisionModel,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    llava_config, tokenizer, vt_folder = original_llava_config(folder, config)
+    vocab = llava_config.text_config.vocab_size
+
+    state = {convert_original_key(k): v for k, v in read_state_dict(folder).items()
+             if "rotary_emb.inv_freq" not in k}
+    if not any(k.startswith("model.vision_tower.") for k in state):
+        tower = CLIPVisionModel.from_pretrained(vt_folder, dtype=dtype)
+        state.update({"model.vision_tower." + k: v for k, v in tower.state_dict().items()})
+    for key in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
+        state[key] = _grow_rows(state[key], vocab)
+    model, info = LlavaForConditionalGeneration.from_pretrained(
+        None, config=llava_config, state_dict=state, dtype=dtype, output_loading_info=True
+    )
+    if info.get("missing_keys") or info.get("mismatched_keys"):
+        # Missing weights would be silently random-initialised: refuse instead.
+        raise ValueError(f"original LLaVA checkpoint {folder} does not convert cleanly: "
+                         f"missing {sorted(info.get('missing_keys') or [])[:10]}, "
+                         f"mismatched {list(info.get('mismatched_keys') or [])[:10]}")
+
+    processor = LlavaProcessor(
+        image_processor=original_image_processor(vt_folder, config), tokenizer=tokenizer,
+        patch_size=llava_config.vision_config.patch_size,
+        vision_feature_select_strategy=llava_config.vision_feature_select_strategy,
+        num_additional_image_tokens=1, chat_template=VICUNA_V1.chat_template(),
+    )
+    return model, processor
