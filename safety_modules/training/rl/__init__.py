@@ -1,0 +1,1 @@
+"""Stage 3: reinforcement-learning alignment (the UnsafeConcepts / SaferVLM method), PPO as published and GRPO."""
