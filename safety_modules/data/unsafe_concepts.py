@@ -342,9 +342,9 @@ def alignment_split_records(
     generates its own); ``alignment_label`` is Safe/Unsafe, ``concept`` lowercased as in the paper,
     ``safety`` the (level, type) of ``mapping`` (safe images: level 0, safe).
     """
+    from ..taxonomy import SAFE_LABEL
     from .convert import image_problem, relative_image
     from .format import make_record
-    from ..taxonomy import SAFE_LABEL
 
     if split not in ("train", "test"):
         raise ValueError(f"split must be train or test, got {split!r}")

@@ -4,8 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from safety_modules.training.rl.rewards import (ClassifierJudge, JudgedAnswers, RulesJudge, make_judge,
-                                                min_max_normalise, shape_rewards)
+from safety_modules.training.rl.rewards import (
+    ClassifierJudge,
+    JudgedAnswers,
+    RulesJudge,
+    make_judge,
+    min_max_normalise,
+    shape_rewards,
+)
 
 
 def test_min_max_normalisation():
