@@ -1,0 +1,113 @@
+"""RL on the tiny model (see `tiny_task` for the task and its one shortcut): learning, frozen base, reload, resume."""
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from safety_modules.training.checkpoint import checkpoints
+from safety_modules.training.config import DataFile
+from safety_modules.training.rl.config import RLConfig
+from safety_modules.training.rl.data import load_samples
+from safety_modules.training.rl.evaluate import evaluate_alignment, greedy_answers
+from safety_modules.training.rl.trainer import train_rl
+from safety_modules.wrapper import SafeLlava
+from tests.rl.tiny_task import make_rl_corpus, make_yes_no_base
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on this shared 2-core machine two threads under load ran RL steps ~9x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def task(one_thread, tiny_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("rl-task")
+    train, heldout = make_rl_corpus(root / "corpus")
+    base = make_yes_no_base(tiny_dir, train, root / "yes-no-base")
+    return {"base": base, "train": train, "heldout": heldout}
+
+
+def base_digest(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if "lora_" in name:
+            continue
+        digest.update(name.replace("base_model.model.", "").replace(".base_layer", "").encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def rl_config(task, out, **overrides) -> RLConfig:
+    values = dict(base=str(task["base"]), train_data=[str(task["train"])], output_dir=str(out), seed=0,
+                  rollout_batch_size=8, step_batch_size=8, per_device_batch_size=8, group_size=4,
+                  learning_rate=5e-3, warmup_steps=1, lora={"r": 8, "alpha": 16, "dropout": 0.0}, reward="rules",
+                  max_new_tokens=4, length_bonus=0.0, stop_penalty=-1.0, reward_scale=1.0, save_steps=None,
+                  progress_bar=False)
+    values.update(overrides)
+    return RLConfig(**values)
+
+
+def test_grpo_raises_heldout_alignment_and_leaves_the_base_alone(task, tmp_path):
+    """GRPO, 8 steps of 2 prompts x 4 samples, rules reward, 4 new tokens at most, on CPU.
+
+    Seen here: held-out strict accuracy (NA counted wrong) 0.458 at the start (the base answers
+    yes or no regardless of the image) and 0.875 after the 8 steps, on 24 held-out images.
+    """
+    heldout = load_samples([DataFile(str(task["heldout"]))])
+    base_model = SafeLlava.from_pretrained(task["base"], seed=0)
+    before = base_digest(base_model.base)
+    start, _ = evaluate_alignment(base_model, heldout, False, 4)
+    result = train_rl(rl_config(task, tmp_path / "grpo", algorithm="grpo", max_steps=8))
+    assert result.global_step == 8 and result.adapter_dir is not None
+    trained = result.policy.model
+    assert base_digest(trained.base) == before  # the base (and with it the reference) never moved
+    reloaded = SafeLlava.from_pretrained(task["base"], seed=0, lora=result.adapter_dir)
+    end, answers = evaluate_alignment(reloaded, heldout, False, 4)
+    print(f"held-out alignment: start {start}, end {end} after {result.global_step} GRPO steps")
+    assert end["strict_accuracy"] >= start["strict_accuracy"] + 0.25, (start, end)
+    assert end["strict_accuracy"] >= 0.75, end
+    # the saved adapter answers exactly as the policy that was trained
+    assert greedy_answers(trained, heldout, False, 4) == answers
+    assert base_digest(reloaded.base) == before
+
+
+def test_ppo_raises_heldout_alignment(task, tmp_path):
+    """PPO as published (value head, GAE with gamma = lambda = 1, k1 KL 0.1 in the reward, entropy 0.02),
+    12 steps of 8 answers, rules reward, 4 new tokens at most, on CPU.
+
+    Seen here: held-out strict accuracy 0.458 at the start and 0.833 after the 12 steps (24 images).
+    """
+    heldout = load_samples([DataFile(str(task["heldout"]))])
+    start, _ = evaluate_alignment(SafeLlava.from_pretrained(task["base"], seed=0), heldout, False, 4)
+    result = train_rl(rl_config(task, tmp_path / "ppo", algorithm="ppo", max_steps=12))
+    end, _ = evaluate_alignment(SafeLlava.from_pretrained(task["base"], seed=0, lora=result.adapter_dir), heldout,
+                                False, 4)
+    print(f"held-out alignment: start {start}, end {end} after {result.global_step} PPO steps")
+    assert end["strict_accuracy"] >= start["strict_accuracy"] + 0.25, (start, end)
+
+
+def test_ppo_resume_equals_an_uninterrupted_run(task, tmp_path):
+    overrides = dict(algorithm="ppo", max_steps=2, rollout_batch_size=4, step_batch_size=2, per_device_batch_size=1,
+                     max_new_tokens=3, noptepochs=2)
+    full = train_rl(rl_config(task, tmp_path / "full", **overrides))
+    part = train_rl(rl_config(task, tmp_path / "part", **overrides), stop_after=1)
+    assert part.global_step == 1 and part.adapter_dir is None
+    assert [c.name for c in checkpoints(tmp_path / "part")] == ["checkpoint-1"]
+    resumed = train_rl(rl_config(task, tmp_path / "part", resume_from="latest", **overrides))
+    assert resumed.global_step == 2
+    a = dict(full.policy.named_parameters())
+    b = dict(resumed.policy.named_parameters())
+    trained = [n for n, p in a.items() if p.requires_grad]
+    assert any("value_head" in n for n in trained) and any("lora_B" in n for n in trained)
+    assert any(a[n].abs().sum() > 0 for n in trained if "lora_B" in n)  # training moved the adapter
+    for name in trained:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0, msg=name)
+    assert [h["reward"] for h in resumed.history] == pytest.approx([h["reward"] for h in full.history], abs=1e-6)
+    assert [h["pg_loss"] for h in resumed.history] == pytest.approx([h["pg_loss"] for h in full.history], abs=1e-5)
+    assert (tmp_path / "full" / "value_head.safetensors").is_file()
