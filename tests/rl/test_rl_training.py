@@ -111,3 +111,33 @@ def test_ppo_resume_equals_an_uninterrupted_run(task, tmp_path):
     assert [h["reward"] for h in resumed.history] == pytest.approx([h["reward"] for h in full.history], abs=1e-6)
     assert [h["pg_loss"] for h in resumed.history] == pytest.approx([h["pg_loss"] for h in full.history], abs=1e-5)
     assert (tmp_path / "full" / "value_head.safetensors").is_file()
+
+
+def test_cli_trains_and_writes_the_before_after_report(task, tmp_path):
+    import json
+
+    import yaml
+
+    from safety_modules.cli import main
+
+    recipe = tmp_path / "rl.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "algorithm": "grpo", "base": str(task["base"]), "train_data": [str(task["train"])],
+        "eval_data": [str(task["heldout"])], "output_dir": str(tmp_path / "run"), "max_steps": 2,
+        "rollout_batch_size": 8, "step_batch_size": 8, "per_device_batch_size": 8, "group_size": 4,
+        "reward": "rules", "max_new_tokens": 4, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "progress_bar": False}))
+    assert main(["train", "rl", str(recipe)]) == 0
+    assert (tmp_path / "run" / "lora_adapter" / "adapter_config.json").is_file()
+    results = json.loads((tmp_path / "run" / "report" / "results.json").read_text())
+    before, after = results["before (base)"], results["after (grpo)"]
+    for metrics in (before, after):
+        assert metrics["visual"]["overall"]["n"] == 16  # the held-out unsafe images
+        assert metrics["text_only"]["overall"]["n"] == 4 * 5  # 4 unsafe kinds x the five text-only prompts
+        assert 0.0 <= metrics["diversity"] <= 1.0
+        assert metrics["general_ability"]["n"] == 8
+        assert metrics["over_refusal"]["n"] == 8
+    text = (tmp_path / "run" / "report" / "results.md").read_text()
+    assert "modality gap" in text and "1 - Self-BLEU" in text and "APPROXIMATE" in text
+    with pytest.raises(SystemExit):
+        main(["train", "rl"])
+    assert main(["train", "rl", str(recipe), "--set", "algorithm=a2c"]) == 2  # a clear error, no traceback

@@ -39,7 +39,9 @@ def make_rl_corpus(out: Path, total: int = 90, seed: int = 0) -> tuple[Path, Pat
                     continue
                 record = make_record(r["id"], r["image"], rng.choice(ALIGNMENT_PROMPTS), "",
                                      r["safety"]["level"], r["safety"]["type"])
-                records.append({**record, "alignment_label": "Safe" if r["safety"]["level"] == 0 else "Unsafe"})
+                kind = r["id"].split("-")[1]  # synth-<kind>-<n>: the kind stands in for the concept
+                records.append({**record, "alignment_label": "Safe" if r["safety"]["level"] == 0 else "Unsafe",
+                                "concept": kind.replace("_", " "), "category": kind})
         files.append(write_records(records, out / f"{name}.jsonl"))
     return files[0], files[1]
 

@@ -73,9 +73,11 @@ class RLConfig:
         if self.inject_safety_tokens is None:
             self.inject_safety_tokens = self.safety is not None
         if self.inject_safety_tokens and self.safety is None:
-            raise ValueError("inject_safety_tokens needs trained safety modules: set `safety:` (fresh tokens B are noise)")
+            raise ValueError("inject_safety_tokens needs trained safety modules: set `safety:` "
+                             "(fresh tokens B are noise)")
         if not self.train_data:
-            raise ValueError("train_data is empty: list at least one record file (safevlm data convert ... --split train)")
+            raise ValueError("train_data is empty: list at least one record file "
+                             "(safevlm data convert unsafe-concepts ... --split train)")
         if self.step_batch_size % self.per_device_batch_size or self.rollout_batch_size % self.step_batch_size:
             raise ValueError("rollout_batch_size must be a multiple of step_batch_size, and step_batch_size of "
                              f"per_device_batch_size (got {self.rollout_batch_size}, {self.step_batch_size}, "

@@ -1,7 +1,7 @@
 """Greedy answers of the RL policy and their alignment accuracy (rules parser or a classifier judge)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -12,15 +12,23 @@ from .policy import encode_prompts, sample
 
 
 @torch.no_grad()
+def greedy_texts(model: SafeLlava, images: Sequence[Any], prompts: Sequence[str], inject_safety_tokens: bool,
+                 max_new_tokens: int, batch_size: int = 16) -> list[str]:
+    """The model's greedy answer to each (image, prompt): the rollout path with sampling off.
+    ``images``: paths or PIL images."""
+    answers: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        encoded = encode_prompts(model, images[start:start + batch_size], prompts[start:start + batch_size],
+                                 inject_safety_tokens)
+        answers += sample(model, encoded, max_new_tokens, greedy=True).texts
+    return answers
+
+
 def greedy_answers(model: SafeLlava, samples: Sequence[RLSample], inject_safety_tokens: bool, max_new_tokens: int,
                    batch_size: int = 16) -> list[str]:
-    """The model's greedy answer to each sample (the rollout path with sampling off)."""
-    answers: list[str] = []
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start:start + batch_size]
-        prompts = encode_prompts(model, [s.image for s in chunk], [s.prompt for s in chunk], inject_safety_tokens)
-        answers += sample(model, prompts, max_new_tokens, greedy=True).texts
-    return answers
+    """The model's greedy answer to each sample."""
+    return greedy_texts(model, [s.image for s in samples], [s.prompt for s in samples], inject_safety_tokens,
+                        max_new_tokens, batch_size)
 
 
 def alignment_accuracy(labels: Sequence[str], predicted: Sequence[str]) -> dict[str, float | int | None]:
