@@ -102,3 +102,30 @@ def test_classifier_labels_are_checked(tmp_path, classifier_dir):
         make_judge("classifier", None)
     with pytest.raises(ValueError, match="rules or classifier"):
         make_judge("roberta")
+
+
+def test_published_classifier_layout(tmp_path, classifier_dir):
+    """RoBERTa encoder folder + a safetensors state dict with a linear head on the first token (SaferVLM's)."""
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer, RobertaConfig, RobertaModel
+
+    config = RobertaConfig.from_pretrained(classifier_dir)
+    torch.manual_seed(1)
+    encoder = RobertaModel(config, add_pooling_layer=False)
+    head = torch.nn.Linear(config.hidden_size, 3)
+    state = {f"module.roberta.{k}": v for k, v in encoder.state_dict().items()}
+    state.update({"module.fc.weight": head.weight.detach(), "module.fc.bias": head.bias.detach()})
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "alignment_classifier.safetensors"))
+    judge = make_judge("classifier", str(classifier_dir), classifier_weights=str(tmp_path / "alignment_classifier.safetensors"))
+    answers, labels = ["No, it is harmful.", "Yes."], ["Unsafe", "Safe"]
+    tokenizer = AutoTokenizer.from_pretrained(classifier_dir)
+    with torch.no_grad():
+        enc = tokenizer(answers, padding=True, padding_side="right", return_tensors="pt")
+        logits = head(encoder.eval()(**enc).last_hidden_state[:, 0])
+    expected = -torch.nn.functional.cross_entropy(logits, torch.tensor([1, 0]), reduction="none")
+    torch.testing.assert_close(judge(answers, labels).raw, expected, atol=1e-5, rtol=1e-5)
+    # a state dict without the head is refused rather than used half random
+    del state["module.fc.weight"], state["module.fc.bias"]
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "headless.safetensors"))
+    with pytest.raises(ValueError, match="missing"):
+        make_judge("classifier", str(classifier_dir), classifier_weights=str(tmp_path / "headless.safetensors"))

@@ -50,6 +50,8 @@ class RLConfig:
     max_new_tokens: int = 512  # response_len
     reward: str = "classifier"  # classifier | rules
     reward_classifier: str | None = None  # folder or hub id of the answer classifier (safetensors)
+    reward_classifier_weights: str | None = None  # the published head+encoder .safetensors; then reward_classifier
+    #                                               is the RoBERTa encoder folder (config + tokenizer)
     length_bonus: float = 4.0
     stop_penalty: float = -8.0
     mask_na: bool = True

@@ -98,6 +98,36 @@ class ClassifierJudge:
         return JudgedAnswers(raw, valid)
 
 
+class PublishedClassifierJudge(ClassifierJudge):
+    """The published alignment classifier as SaferVLM ships it: a RoBERTa encoder (``encoder_dir``: config +
+    tokenizer, e.g. a local ``roberta-base``) and a state dict with a linear head on the first token,
+    converted to ``.safetensors`` (`evaluation.parsing.ResponseClassifier` loads it and reports missing keys).
+    Labels Safe=0, Unsafe=1, NA=2 as published."""
+
+    def __init__(self, encoder_dir: str | Path, weights: str | Path, device: str | torch.device = "cpu",
+                 max_length: int = 512, batch_size: int = 32) -> None:
+        from ...evaluation.parsing import ALIGNMENT_LABELS, ResponseClassifier
+
+        self.classifier = ResponseClassifier(encoder_dir, weights, ALIGNMENT_LABELS, device=str(device),
+                                             max_length=max_length)
+        if self.classifier.missing_keys:
+            raise ValueError(f"{weights}: {len(self.classifier.missing_keys)} keys missing (e.g. "
+                             f"{self.classifier.missing_keys[:3]}): a partly random classifier is no reward")
+        self.label_ids = {label: ALIGNMENT_LABELS.index(label) for label in LABELS}
+        self.na_id = ALIGNMENT_LABELS.index("NA")
+        self.device, self.max_length, self.batch_size = torch.device(device), max_length, batch_size
+
+    @torch.no_grad()
+    def logits(self, answers: Sequence[str]) -> torch.Tensor:
+        c, out = self.classifier, []
+        for start in range(0, len(answers), self.batch_size):
+            # right padding: the head reads the first token
+            enc = c.tokenizer(list(answers[start:start + self.batch_size]), truncation=True, padding=True,
+                              padding_side="right", max_length=self.max_length, return_tensors="pt").to(self.device)
+            out.append(c.head(c.encoder(**enc).last_hidden_state[:, 0]).float().cpu())
+        return torch.cat(out)
+
+
 def min_max_normalise(raw: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Scale the valid scores to [0, 1] within the batch; invalid ones and an all-equal batch give 0."""
     out = torch.zeros_like(raw, dtype=torch.float32)
@@ -124,12 +154,17 @@ def shape_rewards(judged: JudgedAnswers, lengths: torch.Tensor, finished: torch.
     return rewards + torch.where(finished.bool(), 0.0, stop_penalty)
 
 
-def make_judge(kind: str, classifier: str | None = None, device: str | torch.device = "cpu") -> Judge:
-    """``rules`` or ``classifier`` (then ``classifier`` is the model folder or hub id)."""
+def make_judge(kind: str, classifier: str | None = None, device: str | torch.device = "cpu",
+               classifier_weights: str | None = None) -> Judge:
+    """``rules`` or ``classifier``: then ``classifier`` is a sequence-classification model (folder or hub id),
+    or, with ``classifier_weights`` (the published head + encoder state dict as .safetensors), the RoBERTa
+    encoder folder those weights belong to."""
     if kind == "rules":
         return RulesJudge()
     if kind == "classifier":
         if not classifier:
             raise ValueError("reward: classifier needs `reward_classifier:` (a folder or hub id, safetensors)")
+        if classifier_weights:
+            return PublishedClassifierJudge(classifier, classifier_weights, device)
         return ClassifierJudge(classifier, device)
     raise ValueError(f"reward must be rules or classifier, got {kind!r}")

@@ -93,7 +93,7 @@ def train_rl(cfg: RLConfig, stop_after: int | None = None, log: Callable[[str], 
     if cfg.prompts_per_step % world or cfg.step_batch_size % world:
         raise ValueError(f"{world} processes must divide the prompts per step and step_batch_size")
     samples = load_samples(cfg.train_data)
-    judge = make_judge(cfg.reward, cfg.reward_classifier, accelerator.device)
+    judge = make_judge(cfg.reward, cfg.reward_classifier, accelerator.device, cfg.reward_classifier_weights)
     ac = build_policy(cfg, accelerator.device)
     params = {n: p for n, p in ac.named_parameters() if p.requires_grad}
     say(f"RL ({cfg.algorithm}): training {sum(p.numel() for p in params.values()):,} parameters (LoRA"
