@@ -11,9 +11,9 @@ from safety_modules.training.config import DataFile
 from safety_modules.training.rl.config import RLConfig
 from safety_modules.training.rl.data import load_samples
 from safety_modules.training.rl.evaluate import evaluate_alignment, greedy_answers
+from safety_modules.training.rl.tiny_task import make_rl_corpus, make_yes_no_base
 from safety_modules.training.rl.trainer import train_rl
 from safety_modules.wrapper import SafeLlava
-from tests.rl.tiny_task import make_rl_corpus, make_yes_no_base
 
 
 @pytest.fixture(scope="module", autouse=True)

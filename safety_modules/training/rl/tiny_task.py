@@ -1,4 +1,4 @@
-"""The tiny RL task: a tiny base that answers "Yes" or "No" at random, and a synthetic Safe/Unsafe corpus.
+"""The tiny RL task (tests and ``safevlm demo --rl``): a tiny base that answers "Yes" or "No" at random, and a synthetic Safe/Unsafe corpus.
 
 The tiny LLaVA is random, so it never says yes or no and no alignment reward is reachable. We
 make it a stand-in for LLaVA-1.5 on the alignment prompts with one honest shortcut: its output
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from safety_modules.data.format import make_record, read_records, write_records
-from safety_modules.data.synth import synthesize
-from safety_modules.data.unsafe_concepts import ALIGNMENT_PROMPTS
-from safety_modules.images import decode_image
-from safety_modules.training.rl.policy import encode_prompts
-from safety_modules.wrapper import SafeLlava
+from ...data.format import make_record, read_records, write_records
+from ...data.synth import synthesize
+from ...data.unsafe_concepts import ALIGNMENT_PROMPTS
+from ...images import decode_image
+from ...wrapper import SafeLlava
+from .policy import encode_prompts
 
 
 def make_rl_corpus(out: Path, total: int = 90, seed: int = 0) -> tuple[Path, Path]:
