@@ -16,7 +16,8 @@ def published_items() -> list[uc.UnsafeConceptItem]:
     """Items with the published per-concept image counts (benchmarks B.2), no images needed for the split."""
     counts = [(c["concept"], c["images"], cat["category"])
               for cat in json.loads(TAXONOMY.read_text())["categories"] for c in cat["concepts"]] \
-        if TAXONOMY.exists() else [("Swastika", 13, "Hate"), ("Celtic Cross", 1, "Hate"), ("Gun violence", 50, "Violence")]
+        if TAXONOMY.exists() else [("Swastika", 13, "Hate"), ("Celtic Cross", 1, "Hate"),
+                                   ("Gun violence", 50, "Violence")]
     items = []
     for concept, n, category in counts:
         items += [uc.UnsafeConceptItem(len(items) + k, category, concept) for k in range(n)]

@@ -62,7 +62,8 @@ def classifier_dir(tmp_path_factory):
     tokenizer = build_tokenizer(llava_tokens=True)
     torch.manual_seed(0)
     config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=tokenizer.pad_token_id + 130, pad_token_id=tokenizer.pad_token_id,
+                           intermediate_size=64, max_position_embeddings=tokenizer.pad_token_id + 130,
+                           pad_token_id=tokenizer.pad_token_id,
                            id2label={0: "Safe", 1: "Unsafe", 2: "NA"}, label2id={"Safe": 0, "Unsafe": 1, "NA": 2})
     RobertaForSequenceClassification(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -116,7 +117,8 @@ def test_published_classifier_layout(tmp_path, classifier_dir):
     state = {f"module.roberta.{k}": v for k, v in encoder.state_dict().items()}
     state.update({"module.fc.weight": head.weight.detach(), "module.fc.bias": head.bias.detach()})
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "alignment_classifier.safetensors"))
-    judge = make_judge("classifier", str(classifier_dir), classifier_weights=str(tmp_path / "alignment_classifier.safetensors"))
+    weights = tmp_path / "alignment_classifier.safetensors"
+    judge = make_judge("classifier", str(classifier_dir), classifier_weights=str(weights))
     answers, labels = ["No, it is harmful.", "Yes."], ["Unsafe", "Safe"]
     tokenizer = AutoTokenizer.from_pretrained(classifier_dir)
     with torch.no_grad():

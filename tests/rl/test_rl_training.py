@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -141,3 +143,56 @@ def test_cli_trains_and_writes_the_before_after_report(task, tmp_path):
     with pytest.raises(SystemExit):
         main(["train", "rl"])
     assert main(["train", "rl", str(recipe), "--set", "algorithm=a2c"]) == 2  # a clear error, no traceback
+
+
+def test_gradient_checkpointing_changes_nothing_and_bf16_runs(task, tmp_path):
+    overrides = dict(algorithm="ppo", max_steps=1, rollout_batch_size=4, step_batch_size=4, per_device_batch_size=2,
+                     max_new_tokens=3)
+    plain = train_rl(rl_config(task, tmp_path / "plain", **overrides))
+    checkpointed = train_rl(rl_config(task, tmp_path / "ckpt", gradient_checkpointing=True, **overrides))
+    a, b = dict(plain.policy.named_parameters()), dict(checkpointed.policy.named_parameters())
+    for name, p in a.items():
+        if p.requires_grad:
+            torch.testing.assert_close(p, b[name], atol=1e-6, rtol=1e-5, msg=name)
+    # bf16 in a process of its own (accelerate's state is fixed once per process)
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    recipe = tmp_path / "bf16.yaml"
+    values = {**rl_config(task, tmp_path / "bf16", mixed_precision="bf16", dtype="bf16", **overrides).to_dict()}
+    recipe.write_text(yaml.safe_dump(values))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    done = subprocess.run([sys.executable, "-m", "safety_modules.cli", "train", "rl", str(recipe)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    history = [json.loads(line) for line in (tmp_path / "bf16" / "log.jsonl").read_text().splitlines()]
+    assert len(history) == 1 and all(math.isfinite(v) for v in history[0].values())
+
+
+def test_recipes_carry_the_published_settings():
+    ppo = RLConfig.from_yaml(Path(__file__).parents[2] / "train" / "rl_ppo_llava15_7b.yaml")
+    assert (ppo.algorithm, ppo.kl_coef, ppo.entropy_coef, ppo.gamma, ppo.lam) == ("ppo", 0.1, 0.02, 1.0, 1.0)
+    assert (ppo.cliprange, ppo.cliprange_value, ppo.vf_coef, ppo.temperature) == (0.2, 0.2, 0.1, 1.0)
+    assert (ppo.rollout_batch_size, ppo.step_batch_size, ppo.learning_rate, ppo.epochs) == (32, 32, 3e-5, 4)
+    assert (ppo.lora.r, ppo.lora.alpha, ppo.length_bonus, ppo.stop_penalty, ppo.max_new_tokens) == (128, 256, 4.0, -8.0,
+                                                                                                      512)
+    grpo = RLConfig.from_yaml(Path(__file__).parents[2] / "train" / "rl_grpo_llava15_7b.yaml")
+    assert grpo.algorithm == "grpo" and grpo.prompts_per_step * grpo.group_size == grpo.rollout_batch_size
+    with pytest.raises(ValueError, match="group_size"):
+        RLConfig(algorithm="grpo", train_data=["x.jsonl"], rollout_batch_size=6, step_batch_size=6,
+                 per_device_batch_size=6, group_size=4)
+    with pytest.raises(ValueError, match="unknown RL settings"):
+        RLConfig.from_dict({"train_data": ["x.jsonl"], "kl_coeff": 0.1})
+
+
+def test_rl_demo(tmp_path, capsys):
+    from safety_modules.cli import main
+
+    assert main(["demo", "--rl", "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "[4/4] before / after" in out and "visual alignment" in out
+    assert (tmp_path / "rl" / "run" / "report" / "results.md").is_file()

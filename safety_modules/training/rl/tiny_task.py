@@ -1,4 +1,5 @@
-"""The tiny RL task (tests and ``safevlm demo --rl``): a tiny base that answers "Yes" or "No" at random, and a synthetic Safe/Unsafe corpus.
+"""The tiny RL task (tests and ``safevlm demo --rl``): a tiny base that answers "Yes" or "No" at random,
+and a synthetic Safe/Unsafe corpus.
 
 The tiny LLaVA is random, so it never says yes or no and no alignment reward is reachable. We
 make it a stand-in for LLaVA-1.5 on the alignment prompts with one honest shortcut: its output
