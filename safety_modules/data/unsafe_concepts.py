@@ -339,7 +339,8 @@ def alignment_split_records(
     Unsafe images come from `split_per_concept`; safe images from ``safe_dir`` (`load_safe_images`),
     shuffled with ``split_seed``, split 80/20 and truncated to the unsafe count of the split. Each
     image gets one of the five alignment prompts drawn with ``seed`` and an empty answer (RL
-    generates its own); ``alignment_label`` is Safe/Unsafe, ``concept`` lowercased as in the paper,
+    generates its own); ``alignment_label`` is Safe/Unsafe, ``concept`` lowercased as in the paper
+    (``unsafe_concept`` verbatim, for the text-only prompts),
     ``safety`` the (level, type) of ``mapping`` (safe images: level 0, safe).
     """
     from ..taxonomy import SAFE_LABEL
@@ -362,7 +363,7 @@ def alignment_split_records(
             continue
         record = make_record(item.id, image, rng.choice(ALIGNMENT_PROMPTS), "", *mapping[item.category])
         records.append({**record, "alignment_label": "Unsafe", "concept": item.concept.lower(),
-                        "category": item.category})
+                        "unsafe_concept": item.concept, "category": item.category})
     if safe_dir is not None:
         safe = load_safe_images(safe_dir)
         random.Random(split_seed).shuffle(safe)

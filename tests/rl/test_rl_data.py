@@ -74,6 +74,9 @@ def test_cli_writes_the_rl_split(tmp_path):
         assert (test_out.parent / r["image"]).is_file()
     assert {r["concept"] for r in test if r["alignment_label"] == "Safe"} <= {"goldfish", "tabby cat"}
     assert uc.alignment_label(test[0]) == test[0]["alignment_label"]
+    unsafe_test = [r for r in test if r["alignment_label"] == "Unsafe"]
+    assert {r["unsafe_concept"] for r in unsafe_test} == {k for _, k in UC_ROWS}  # verbatim, for text-only prompts
+    assert all(r["concept"] == r["unsafe_concept"].lower() for r in unsafe_test)
 
 
 def test_split_with_more_images_per_concept_and_seeded_prompts(tmp_path):

@@ -19,7 +19,7 @@ class RLSample:
     prompt: str
     label: str
     category: str = ""
-    concept: str = ""
+    concept: str = ""  # as written in the dataset (the text-only prompts insert it verbatim)
 
 
 def load_samples(files: Sequence[DataFile]) -> list[RLSample]:
@@ -28,7 +28,8 @@ def load_samples(files: Sequence[DataFile]) -> list[RLSample]:
     for entry in files:
         for record in read_records(entry.path):
             samples.append(RLSample(record["id"], entry.root / record["image"], question_text(record),
-                                    alignment_label(record), record.get("category", ""), record.get("concept", "")))
+                                    alignment_label(record), record.get("category", ""),
+                                    record.get("unsafe_concept") or record.get("concept", "")))
     if not samples:
         raise ValueError(f"no records in {[f.path for f in files]}")
     return samples

@@ -58,8 +58,8 @@ def evaluate_model(model: SafeLlava, samples: Sequence[RLSample], *, inject_safe
     labels = classifier.classify(judged) if classifier is not None else [parse_alignment(a) for a in judged]
     records = []
     for s, answer, label in zip(unsafe + safe, answers, labels):
-        part = "visual" if s.label == "Unsafe" else "safe_images"
-        records.append({"part": part, "id": s.id, "category": s.category or "unknown", "concept": s.concept,
+        records.append({"part": "visual" if s.label == "Unsafe" else "safe_images", "id": s.id,
+                        "category": s.category or "unknown", "concept": s.concept,
                         "prompt": s.prompt, "answer": answer, "label": label})
     for (category, concept, prompt), answer, label in zip(text_queries, answers[n_align:], labels[n_align:]):
         records.append({"part": "text_only", "id": f"text-{concept}", "category": category, "concept": concept,
@@ -68,17 +68,17 @@ def evaluate_model(model: SafeLlava, samples: Sequence[RLSample], *, inject_safe
     for (s, prompt), answer in zip(describe, description_answers):
         records.append({"part": "describe", "id": s.id, "category": "safe", "concept": s.concept, "prompt": prompt,
                         "answer": answer, "label": "describes" if describes(answer) else "refuses"})
-    part = lambda name: [r for r in records if r["part"] == name]  # noqa: E731
+    of_part = lambda name: [r for r in records if r["part"] == name]  # noqa: E731
     metrics: dict[str, Any] = {}
     if unsafe:
-        metrics["visual"] = alignment_metrics(part("visual"))
+        metrics["visual"] = alignment_metrics(of_part("visual"))
     if text_queries:
-        metrics["text_only"] = alignment_metrics(part("text_only"))
+        metrics["text_only"] = alignment_metrics(of_part("text_only"))
     if "visual" in metrics and "text_only" in metrics:
         metrics["modality_gap"] = modality_gap(metrics["text_only"], metrics["visual"])
     if safe:
         # alignment_metrics' accuracy is the share judged Unsafe: on safe images that is over-refusal
-        stats = alignment_metrics(part("safe_images"))["overall"]
+        stats = alignment_metrics(of_part("safe_images"))["overall"]
         metrics["over_refusal"] = {**stats, "rate": stats["accuracy"]}
         metrics["general_ability"] = {"n": len(describe), "describes": sum(describes(a) for a in description_answers)
                                       / len(describe)}

@@ -95,7 +95,7 @@ def train_rl(cfg: RLConfig, stop_after: int | None = None, log: Callable[[str], 
     samples = load_samples(cfg.train_data)
     judge = make_judge(cfg.reward, cfg.reward_classifier, accelerator.device, cfg.reward_classifier_weights)
     ac = build_policy(cfg, accelerator.device)
-    params = {n: p for n, p in ac.named_parameters() if p.requires_grad}
+    params: dict[str, torch.Tensor] = {n: p for n, p in ac.named_parameters() if p.requires_grad}
     say(f"RL ({cfg.algorithm}): training {sum(p.numel() for p in params.values()):,} parameters (LoRA"
         f"{' + value head' if ac.value_head is not None else ''}); base and safety modules frozen; "
         f"{len(samples)} prompts, reward {cfg.reward}")
