@@ -116,3 +116,24 @@ def test_safe_folder_layouts(tmp_path):
         uc.load_safe_images(tmp_path / "empty")
     with pytest.raises(FileNotFoundError):
         uc.load_safe_images(tmp_path / "missing")
+
+
+def test_rl_samples_skip_broken_images(tmp_path, caplog):
+    from safety_modules.data.format import make_record, write_records
+    from safety_modules.training.config import DataFile
+    from safety_modules.training.rl.data import load_samples
+
+    (tmp_path / "ok.png").write_bytes(image_bytes(1, fmt="PNG"))
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    records = [make_record("a", "ok.png", uc.ALIGNMENT_PROMPTS[0], "", 0, "safe"),
+               {**make_record("b", "broken.png", uc.ALIGNMENT_PROMPTS[1], "", 3, "illegal_risk"),
+                "alignment_label": "Unsafe"}]
+    write_records(records, tmp_path / "rl.jsonl")
+    samples = load_samples([DataFile(str(tmp_path / "rl.jsonl"))])
+    assert [(s.id, s.label, s.prompt) for s in samples] == [("a", "Safe", uc.ALIGNMENT_PROMPTS[0])]
+    assert "broken.png" in caplog.text
+    write_records(records[1:], tmp_path / "bad.jsonl")
+    import pytest
+
+    with pytest.raises(ValueError, match="no usable records"):
+        load_samples([DataFile(str(tmp_path / "bad.jsonl"))])
