@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("demo", help="the main job on the built-in tiny model")
     p.add_argument("--workdir", type=Path, default=Path("runs/demo"))
+    p.add_argument("--rl", action="store_true", help="run the RL alignment stage demo (GRPO on the tiny model) instead")
     p.set_defaults(func=cmd_demo)
 
 
@@ -67,6 +68,10 @@ def cmd_assess(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.rl:
+        from ..training.rl.demo import run_rl_demo
+
+        return run_rl_demo(args.workdir / "rl")
     from ..demo import run_demo
 
     return run_demo(args.workdir)

@@ -1,4 +1,4 @@
-"""Data and training commands: ``data convert``, ``data synth``, ``data balance``, ``train stage1|stage2``."""
+"""Data and training commands: ``data convert``, ``data synth``, ``data balance``, ``train stage1|stage2|rl``."""
 from __future__ import annotations
 
 import argparse
@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override any setting, value read as YAML (e.g. --set gradient_accumulation_steps=64)")
         p.set_defaults(func=cmd_train)
+    from .rl_commands import add_rl_parser
+
+    add_rl_parser(stages)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

@@ -227,6 +227,13 @@ def _rtvlm_run(args: argparse.Namespace) -> Conversion:
 def _unsafe_concepts_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", type=Path, help="UnsafeConcepts: HF parquet export folder, or metadata.jsonl + images/")
     mapping_arguments(p)
+    p.add_argument("--split", choices=["all", "train", "test"], default="all",
+                   help="all: every image with a refusal answer (stage 1/2 data); train/test: the RL alignment split "
+                        "of the paper (per concept 80/20, empty answers, Safe/Unsafe labels; --seed draws the prompts)")
+    p.add_argument("--safe-images", type=Path,
+                   help="with --split train/test: a folder of benign images (metadata.json, sub-folders per concept, "
+                        "or flat files) matched to the unsafe count")
+    p.add_argument("--split-seed", type=int, default=2024, help="seed of the 80/20 split (default 2024, the paper's)")
 
 
 def _unsafe_concepts_run(args: argparse.Namespace) -> Conversion:
@@ -234,6 +241,13 @@ def _unsafe_concepts_run(args: argparse.Namespace) -> Conversion:
     from .unsafe_concepts import unsafe_concepts_to_records
 
     mapping = load_mapping(args.mapping, UNSAFE_CONCEPTS_CATEGORY_LABELS)
+    if args.split != "all":
+        from .unsafe_concepts import alignment_split_records
+
+        return Conversion(alignment_split_records(args.data, args.out.parent, args.split, args.safe_images,
+                                                  seed=args.seed, split_seed=args.split_seed, mapping=mapping))
+    if args.safe_images is not None:
+        raise ValueError("--safe-images goes with --split train or test (the RL alignment split)")
     return Conversion(unsafe_concepts_to_records(args.data, args.out.parent, mapping=mapping))
 
 

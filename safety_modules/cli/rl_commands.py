@@ -1,0 +1,42 @@
+"""``safevlm train rl CONFIG.yaml``: the RL alignment stage (PPO or GRPO) and its before/after report."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_rl_parser(stages: argparse._SubParsersAction) -> None:
+    """Register ``train rl`` under the ``train`` sub-commands."""
+    p = stages.add_parser("rl", help="RL alignment (PPO as published, or GRPO) from a YAML recipe (see train/)")
+    p.add_argument("config", type=Path)
+    p.add_argument("--output-dir", help="override output_dir")
+    p.add_argument("--resume-from", help="a checkpoint folder or 'latest'")
+    p.add_argument("--max-steps", type=int, help="override max_steps (RL steps)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any setting, value read as YAML (e.g. --set algorithm=grpo)")
+    p.add_argument("--no-report", action="store_true", help="skip the before/after report on eval_data")
+    p.set_defaults(func=cmd_train_rl)
+
+
+def cmd_train_rl(args: argparse.Namespace) -> int:
+    import yaml
+
+    from ..training.rl.config import RLConfig
+    from ..training.rl.report import before_after_report
+    from ..training.rl.trainer import train_rl
+
+    overrides = dict(output_dir=args.output_dir, resume_from=args.resume_from, max_steps=args.max_steps)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    cfg = RLConfig.from_yaml(args.config, **overrides)
+    result = train_rl(cfg)
+    if result.adapter_dir is None:
+        return 0
+    print(f"saved {result.adapter_dir} (load it with --lora)")
+    if cfg.eval_data and not args.no_report:
+        report = before_after_report(cfg, result.adapter_dir, Path(cfg.output_dir) / "report")
+        print(f"report: {report}")
+    return 0
