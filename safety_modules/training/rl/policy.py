@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ...generation import chat_text
+from ...conversation import chat_text
 from ...images import decode_image
 from ...wrapper import SafeLlava
 from .losses import entropy_from_logits
