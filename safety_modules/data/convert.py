@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..images import ImageDecodeError, decode_image
 from ..taxonomy import SAFE_LABEL, VLGUARD_SUBCATEGORY_LABELS
-from .format import make_record
+from .format import image_problem, make_record, relative_image
 from .templates import GENERIC_QUESTIONS, refusal
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -71,20 +69,6 @@ def load_mapping(path: str | Path | None, default: Mapping) -> Mapping:
             raise ValueError(f"{path}: category {category!r} must map to [level, type], got {value!r}")
         mapping[str(category)] = (int(value[0]), str(value[1]))
     return mapping
-
-
-def image_problem(path: Path) -> str | None:
-    """None when the image decodes, else the reason (decode error kind and message)."""
-    try:
-        decode_image(path)
-    except ImageDecodeError as exc:
-        return str(exc)
-    return None
-
-
-def relative_image(path: Path, out_dir: Path) -> str:
-    """Image path relative to the folder of the output file (the default image root of training)."""
-    return Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix()
 
 
 def mapping_arguments(parser: argparse.ArgumentParser) -> None:

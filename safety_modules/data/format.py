@@ -15,10 +15,12 @@ readable and survive a reordering of the taxonomy).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..conversation import clean_text
+from ..images import ImageDecodeError, decode_image
 from ..taxonomy import Taxonomy
 
 IMAGE_MARKER = "<image>"
@@ -122,3 +124,17 @@ def write_records(records: Iterable[dict[str, Any]], path: str | Path) -> Path:
     else:
         path.write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     return path
+
+
+def image_problem(path: Path) -> str | None:
+    """None when the image decodes, else the reason (decode error kind and message)."""
+    try:
+        decode_image(path)
+    except ImageDecodeError as exc:
+        return str(exc)
+    return None
+
+
+def relative_image(path: Path, out_dir: Path) -> str:
+    """Image path relative to the folder of the output file (the default image root of training)."""
+    return Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix()

@@ -344,8 +344,7 @@ def alignment_split_records(
     ``safety`` the (level, type) of ``mapping`` (safe images: level 0, safe).
     """
     from ..taxonomy import SAFE_LABEL
-    from .convert import image_problem, relative_image
-    from .format import make_record
+    from .format import image_problem, make_record, relative_image
 
     if split not in ("train", "test"):
         raise ValueError(f"split must be train or test, got {split!r}")

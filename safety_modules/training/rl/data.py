@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ...data.convert import image_problem
+from ...data.format import image_problem
 from ...data.format import question_text, read_records
 from ...data.unsafe_concepts import alignment_label
 from ..config import DataFile
