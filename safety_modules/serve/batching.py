@@ -1,0 +1,177 @@
+"""Dynamic batching: one thread owns the model; requests queue up and run in groups.
+
+Request handlers (asyncio) put `Job`s on a queue and await their futures. The loop
+thread takes the first job, waits at most ``max_wait_s`` for more (up to ``max_batch``),
+then runs one runner call per group: all scoring jobs together, and generation jobs
+together when they share their `Sampling` settings. A streaming job runs alone (a
+transformers streamer follows one sequence). The gate itself decides per row; refused
+rows never reach the language model. If a group call fails, its jobs are retried one
+by one, so one bad request cannot fail the others.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import TextStreamer
+
+from .metrics import ServerMetrics
+from .model_runner import ModelRunner, Sampling
+
+logger = logging.getLogger(__name__)
+
+
+class AsyncTextStreamer(TextStreamer):
+    """A transformers streamer that hands decoded text to an asyncio queue (``None`` ends the stream)."""
+
+    def __init__(self, tokenizer: Any, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.loop = loop
+        self.texts: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.loop.call_soon_threadsafe(self.texts.put_nowait, text)
+
+    def close(self) -> None:
+        """Mark the end of the stream (also after a failure, so the reader never waits forever)."""
+        self.loop.call_soon_threadsafe(self.texts.put_nowait, None)
+
+
+@dataclass
+class Job:
+    """One request's work: score only (``sampling is None``) or generate."""
+
+    pixels: torch.Tensor  # (3, H, W)
+    prompt: str
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    sampling: Sampling | None = None
+    streamer: AsyncTextStreamer | None = None
+    enqueued: float = field(default_factory=time.perf_counter)
+
+    def group_key(self) -> tuple:
+        if self.sampling is None:
+            return ("score",)
+        if self.streamer is not None:
+            return ("stream", id(self))
+        return ("generate", self.sampling)
+
+    def resolve(self, result: Any = None, error: BaseException | None = None) -> None:
+        def settle() -> None:
+            if self.future.done():  # the client went away and the handler was cancelled
+                return
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)
+
+        self.loop.call_soon_threadsafe(settle)
+        if self.streamer is not None:
+            self.streamer.close()
+
+
+class Batcher:
+    """Owns the runner; the only place the model is called from."""
+
+    def __init__(self, runner: ModelRunner, max_batch: int, max_wait_s: float, metrics: ServerMetrics) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.runner = runner
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.metrics = metrics
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="safevlm-model", daemon=True)
+
+    # ------------------------------------------------------------------ request side (asyncio)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def score(self, pixels: torch.Tensor, prompt: str) -> asyncio.Future:
+        """Queue one image and prompt (``""``: no text); the future gives the policy's `SafetyDecision`."""
+        return self._submit(pixels, prompt)
+
+    def generate(self, pixels: torch.Tensor, prompt: str, sampling: Sampling,
+                 streamer: AsyncTextStreamer | None = None) -> asyncio.Future:
+        """Queue one chat request; the future gives its `GatedAnswer`. With ``streamer``, the text
+        arrives on ``streamer.texts`` while it is generated."""
+        return self._submit(pixels, prompt, sampling, streamer)
+
+    def _submit(self, pixels: torch.Tensor, prompt: str, sampling: Sampling | None = None,
+                streamer: AsyncTextStreamer | None = None) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        job = Job(pixels, prompt, loop.create_future(), loop, sampling, streamer)
+        self._queue.put(job)
+        self.metrics.queue_depth.set(self._queue.qsize())
+        return job.future
+
+    # ------------------------------------------------------------------ model side (one thread)
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            jobs = [first]
+            deadline = time.perf_counter() + self.max_wait_s
+            while len(jobs) < self.max_batch:
+                remaining = deadline - time.perf_counter()
+                try:
+                    job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                jobs.append(job)
+            self.metrics.queue_depth.set(self._queue.qsize())
+            groups: dict[tuple, list[Job]] = {}
+            for job in jobs:
+                groups.setdefault(job.group_key(), []).append(job)
+            for group in groups.values():
+                self._run_group(group)
+
+    def _run_group(self, jobs: list[Job]) -> None:
+        kind = "score" if jobs[0].sampling is None else "generate"
+        try:
+            results = self._call(jobs)
+        except Exception as exc:  # noqa: BLE001 - isolate the failing request, see below
+            if len(jobs) == 1:
+                logger.exception("%s failed", kind)
+                jobs[0].resolve(error=exc)
+                return
+            logger.warning("%s batch of %d failed (%s); retrying one by one", kind, len(jobs), exc)
+            for job in jobs:
+                self._run_group([job])
+            return
+        self.metrics.batch_size.labels(kind).observe(len(jobs))
+        for job, result in zip(jobs, results):
+            job.resolve(result)
+
+    def _call(self, jobs: list[Job]) -> list[Any]:
+        pixels = torch.stack([job.pixels for job in jobs])
+        prompts = [job.prompt for job in jobs]
+        first = jobs[0]
+        if first.sampling is None:
+            return self.runner.score_and_decide(pixels, prompts)
+        return self.runner.generate(pixels, prompts, first.sampling, streamer=first.streamer)
