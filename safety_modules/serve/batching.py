@@ -13,35 +13,64 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import re
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import TextStreamer
+from transformers.generation.streamers import BaseStreamer
 
 from .metrics import ServerMetrics
 from .model_runner import ModelRunner, Sampling
 
 logger = logging.getLogger(__name__)
 
+BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
-class AsyncTextStreamer(TextStreamer):
-    """A transformers streamer that hands decoded text to an asyncio queue (``None`` ends the stream)."""
+
+class AsyncTextStreamer(BaseStreamer):
+    """A transformers streamer that hands decoded text to an asyncio queue (``None`` ends the stream).
+
+    It decodes the tokens so far and sends what is new, except for a trailing run of byte tokens
+    (``<0xNN>``): a byte-fallback tokenizer decodes such a run as a whole (an invalid run turns
+    every byte into U+FFFD, even an ASCII one), so that text is final only once the run ends.
+    The pieces then join to exactly the final decoded text.
+    """
 
     def __init__(self, tokenizer: Any, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.tokenizer = tokenizer
         self.loop = loop
         self.texts: asyncio.Queue[str | None] = asyncio.Queue()
+        self._tokens: list[int] = []
+        self._sent = 0
+        self._prompt_seen = False
 
-    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-        if text:
-            self.loop.call_soon_threadsafe(self.texts.put_nowait, text)
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # generate hands over the prompt first (empty for input embeddings)
+            self._prompt_seen = True
+            return
+        self._tokens.extend(value.reshape(-1).tolist())
+        stable = len(self._tokens)
+        while stable and BYTE_TOKEN.fullmatch(self.tokenizer.convert_ids_to_tokens(self._tokens[stable - 1]) or ""):
+            stable -= 1
+        self._send(self._decode(stable).rstrip("\ufffd"))
+
+    def end(self) -> None:
+        self._send(self._decode())
 
     def close(self) -> None:
         """Mark the end of the stream (also after a failure, so the reader never waits forever)."""
         self.loop.call_soon_threadsafe(self.texts.put_nowait, None)
+
+    def _decode(self, count: int | None = None) -> str:
+        return self.tokenizer.decode(self._tokens[:count], skip_special_tokens=True)
+
+    def _send(self, text: str) -> None:
+        if len(text) > self._sent:
+            self.loop.call_soon_threadsafe(self.texts.put_nowait, text[self._sent:])
+            self._sent = len(text)
 
 
 @dataclass
