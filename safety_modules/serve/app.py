@@ -6,10 +6,11 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
 import torch
@@ -23,8 +24,21 @@ from .batching import AsyncTextStreamer, Batcher
 from .inputs import InputLimits, decode, fetch_image_bytes, read_json
 from .metrics import ServerMetrics
 from .model_runner import ModelRunner
-from .protocol import (ApiError, ChatRequest, Input, StopFilter, bad_request, chat_chunk, chat_completion,
-                       finish_reason, moderation_result, new_id, parse_chat, parse_moderation, truncate_at_stop)
+from .protocol import (
+    ApiError,
+    ChatRequest,
+    Input,
+    StopFilter,
+    bad_request,
+    chat_chunk,
+    chat_completion,
+    finish_reason,
+    moderation_result,
+    new_id,
+    parse_chat,
+    parse_moderation,
+    truncate_at_stop,
+)
 from .proxy import Upstream
 
 logger = logging.getLogger(__name__)
@@ -156,7 +170,7 @@ class Server:
             yield _event(chat_chunk(id_, model, created, {"content": tail}))
         try:
             answer = await future
-        except Exception as exc:  # noqa: BLE001 - the status line is sent already: report in the stream
+        except Exception as exc:
             logger.exception("streamed generation failed")
             yield _event(ApiError(500, f"generation failed: {type(exc).__name__}", type_="server_error").body())
             return

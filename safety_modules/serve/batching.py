@@ -184,7 +184,7 @@ class Batcher:
         kind = "score" if jobs[0].sampling is None else "generate"
         try:
             results = self._call(jobs)
-        except Exception as exc:  # noqa: BLE001 - isolate the failing request, see below
+        except Exception as exc:
             if len(jobs) == 1:
                 logger.exception("%s failed", kind)
                 jobs[0].resolve(error=exc)

@@ -12,9 +12,10 @@ server calls the model. The vision-only runner (proxy mode) keeps
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -110,7 +111,7 @@ class LlavaRunner(ModelRunner):
 
     @classmethod
     def load(cls, base: str | Path, safety: str | Path | None, policy_path: str | Path | None = None,
-             lora: str | Path | None = None, device: str | None = None, dtype: str = "auto") -> "LlavaRunner":
+             lora: str | Path | None = None, device: str | None = None, dtype: str = "auto") -> LlavaRunner:
         model = SafeLlava.from_pretrained(base, safety, dtype=dtype, device=device, lora=lora)
         return cls(model, _load_policy(policy_path, model.config.taxonomy))
 
@@ -141,7 +142,7 @@ class VisionRunner(ModelRunner):
 
     @classmethod
     def load(cls, base: str | Path, safety: str | Path, policy_path: str | Path | None = None,
-             device: str | None = None, dtype: str = "auto") -> "VisionRunner":
+             device: str | None = None, dtype: str = "auto") -> VisionRunner:
         scorer = VisionScorer.from_pretrained(base, safety, device=device, dtype=dtype)
         return cls(scorer, _load_policy(policy_path, scorer.taxonomy))
 

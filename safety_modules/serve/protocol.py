@@ -233,8 +233,8 @@ class StopFilter:
         if self.stopped:
             self.buffer = ""
             return cut
-        hold = max((len(s) - 1 for s in self.stops), default=0)
-        hold = next((k for k in range(hold, 0, -1) if any(s.startswith(self.buffer[-k:]) for s in self.stops)), 0)
+        longest = min(max((len(s) - 1 for s in self.stops), default=0), len(self.buffer))
+        hold = next((k for k in range(longest, 0, -1) if any(s.startswith(self.buffer[-k:]) for s in self.stops)), 0)
         out, self.buffer = self.buffer[:len(self.buffer) - hold], self.buffer[len(self.buffer) - hold:]
         return out
 

@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 import torch
 import yaml
@@ -89,6 +88,8 @@ def free_port() -> int:
 
 def start_server(args: list[str], log: Path, timeout_s: float = 60.0) -> tuple[subprocess.Popen, str]:
     """`safevlm serve` in a subprocess on a free port; returns it once /health answers."""
+    import httpx
+
     port = free_port()
     env_path = str(Path(__file__).resolve().parents[2])
     proc = subprocess.Popen([sys.executable, "-m", "safety_modules.cli", "serve", *args, "--port", str(port)],

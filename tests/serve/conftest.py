@@ -9,6 +9,13 @@ from safety_modules import SafeLlava, SafetyPolicy
 from .assets import build_assets, start_server, stop_server
 
 API_KEY = "test-key-123"
+SERVE_PACKAGES = ("fastapi", "uvicorn", "prometheus_client", "httpx", "openai")
+
+
+def require_serve_packages() -> None:
+    """Skip (with the reason) where the [serve] extra or the openai client is not installed."""
+    for name in SERVE_PACKAGES:
+        pytest.importorskip(name, reason="the server tests need the [serve] extra and openai ([dev])")
 
 
 @pytest.fixture(scope="session")

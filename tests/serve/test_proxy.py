@@ -5,8 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import httpx
 import pytest
+
+from .conftest import require_serve_packages
+
+require_serve_packages()
+import httpx
 
 from .assets import free_port, start_server, stop_server
 from .conftest import API_KEY

@@ -6,12 +6,16 @@ import base64
 import struct
 import zlib
 
+import pytest
+
+from .conftest import require_serve_packages
+
+require_serve_packages()
 import httpx
 import openai
-import pytest
 import torch
 
-from .assets import png_bytes, start_server, stop_server
+from .assets import png_bytes
 from .conftest import API_KEY
 
 pytestmark = pytest.mark.timeout(300)
@@ -49,7 +53,7 @@ def metric(url: str, name: str, **labels) -> float:
     """Sum of a Prometheus sample over the series whose labels include ``labels``."""
     total = 0.0
     for line in httpx.get(url + "/metrics", headers=AUTH).text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
+        if line.startswith((name + "{", name + " ")):
             series, value = line.rsplit(" ", 1)
             if all(f'{k}="{v}"' in series for k, v in labels.items()):
                 total += float(value)
