@@ -146,8 +146,8 @@ def test_models_and_health(server):
 
 def test_64_concurrent_requests_are_batched_and_equal_sequential_answers(server, assets):
     images = assets.photos + assets.refused
-    prompts = ["What is shown in this image?", "Describe the picture in detail.", "Can you read the text?", "Hi"]
-    combos = [(i, p) for i in range(len(images)) for p in prompts]  # 16 distinct requests, each sent 4 times
+    prompts = ["What is shown in this image?", "Hi"]
+    combos = [(i, p) for i in range(len(images)) for p in prompts]  # 8 distinct requests, each sent 8 times
     urls = [data_url(image) for image in images]
 
     def body(i, p):
@@ -160,11 +160,11 @@ def test_64_concurrent_requests_are_batched_and_equal_sequential_answers(server,
 
     async def run_all():
         async with httpx.AsyncClient(base_url=server, headers=AUTH, timeout=120) as http:
-            return await asyncio.gather(*(http.post("/v1/chat/completions", json=body(*c)) for c in combos * 4))
+            return await asyncio.gather(*(http.post("/v1/chat/completions", json=body(*c)) for c in combos * 8))
 
     responses = asyncio.run(run_all())
     assert [r.status_code for r in responses] == [200] * 64
-    for c, response in zip(combos * 4, responses):
+    for c, response in zip(combos * 8, responses):
         got, want = response.json(), sequential[c]
         assert got["choices"][0]["message"]["content"] == want["choices"][0]["message"]["content"]
         assert got["choices"][0]["finish_reason"] == want["choices"][0]["finish_reason"]
