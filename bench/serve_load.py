@@ -9,7 +9,9 @@ then runs the same load twice against a real server subprocess on 127.0.0.1:
 The load: ``--concurrency`` clients (asyncio + httpx), each sending its share of ``--requests``
 greedy chat completions back to back (``max_tokens`` = ``--new-tokens``), each with one of 8
 different images (real photos from scikit-image when installed, else noise) and a question.
-Every answer is checked to be equal between (a) and (b). Prints both runs and, last,
+Every answer is checked to be equal between (a) and (b). Both servers run with
+``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it (see docs/serving.md, deployment: spinning
+OpenMP threads starve the model loop on a shared CPU). Prints both runs and, last,
 ``serve_load speedup=<b/a throughput> p50_ms=<n> p99_ms=<n> concurrency=<n>`` (latencies of run b).
 
     python bench/serve_load.py   # defaults: --concurrency 16 --requests 96 --new-tokens 16 --wait-ms 10
@@ -60,7 +62,7 @@ def start(base: Path, safety: Path, args: list[str], log: Path) -> tuple[subproc
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "safety_modules.cli", "serve", "--base", str(base), "--safety",
                              str(safety), "--port", str(port), *args], stdout=log.open("w"), stderr=subprocess.STDOUT,
                             env=env)
@@ -144,7 +146,7 @@ def main() -> None:
                        {"type": "image_url", "image_url": {"url": urls[i % len(urls)]}}]}]}
                   for i in range(args.requests)]
         print(f"serve_load: {args.requests} requests, {args.concurrency} clients, {args.new_tokens} new tokens, "
-              f"{os.cpu_count()} CPUs")
+              f"{os.cpu_count()} CPUs, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}")
         one_wall, _, one_answers = run(base, safety, folder, "one-by-one", ["--max-batch", "1", "--max-wait-ms", "0"],
                                        bodies, args.concurrency)
         wall, latencies, answers = run(base, safety, folder, "batched",

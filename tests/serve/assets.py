@@ -87,13 +87,16 @@ def free_port() -> int:
 
 
 def start_server(args: list[str], log: Path, timeout_s: float = 60.0) -> tuple[subprocess.Popen, str]:
-    """`safevlm serve` in a subprocess on a free port; returns it once /health answers."""
+    """`safevlm serve` in a subprocess on a free port; returns it once /health answers.
+
+    OpenMP threads wait passively (as docs/serving.md advises on a shared CPU): spinning ones
+    starve the model loop and the other processes of the test run."""
     import httpx
 
     port = free_port()
     env_path = str(Path(__file__).resolve().parents[2])
     proc = subprocess.Popen([sys.executable, "-m", "safety_modules.cli", "serve", *args, "--port", str(port)],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, env={**_env(), "PYTHONPATH": env_path})
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, env={"OMP_WAIT_POLICY": "PASSIVE", **_env(), "PYTHONPATH": env_path})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + timeout_s
     while time.time() < deadline:
