@@ -47,7 +47,14 @@ def _read_key(path: Path | None) -> str | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from ..serve import InputLimits, LlavaRunner, ServeConfig, VisionRunner, create_app
+    from ..serve import (
+        InputLimits,
+        LlavaRunner,
+        ModelRunner,
+        ServeConfig,
+        VisionRunner,
+        create_app,
+    )
 
     if args.upstream and args.lora:
         raise ValueError("--lora has no effect in proxy mode (--upstream): the language model is not loaded")
@@ -59,6 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          default_max_tokens=args.max_tokens, max_tokens_limit=args.max_tokens_limit,
                          upstream=args.upstream, upstream_model=args.upstream_model,
                          upstream_api_key=_read_key(args.upstream_api_key_file))
+    runner: ModelRunner
     if args.upstream:
         runner = VisionRunner.load(args.base, args.safety, args.policy, device=args.device, dtype=args.dtype)
     else:

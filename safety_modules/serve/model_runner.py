@@ -56,9 +56,10 @@ class ModelRunner:
     #: whether `generate` can run here (False in proxy mode: the language model is not loaded)
     can_generate: bool = False
 
-    def __init__(self, policy: SafetyPolicy, image_processor: Any) -> None:
+    def __init__(self, policy: SafetyPolicy, image_processor: Any, tokenizer: Any = None) -> None:
         self.policy = policy
         self.image_processor = image_processor
+        self.tokenizer = tokenizer  # decodes streamed tokens; None where nothing is generated
 
     @property
     def taxonomy(self) -> Taxonomy:
@@ -104,9 +105,8 @@ class LlavaRunner(ModelRunner):
 
     def __init__(self, model: SafeLlava, policy: SafetyPolicy) -> None:
         policy.check_taxonomy(model.config.taxonomy)
-        super().__init__(policy, model.processor.image_processor)
+        super().__init__(policy, model.processor.image_processor, model.processor.tokenizer)
         self.model = model
-        self.tokenizer = model.processor.tokenizer
         self.image_token = model.processor.image_token
 
     @classmethod

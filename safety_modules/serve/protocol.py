@@ -51,6 +51,8 @@ def _content_parts(content: Any, where: str) -> Input:
     """A message content (string or list of text / image_url parts) -> text and the one image URL."""
     if isinstance(content, str):
         return Input(content, None)
+    if content is None:  # e.g. an assistant turn that only called tools
+        return Input("", None)
     if not isinstance(content, list):
         raise bad_request(f"{where} must be a string or a list of content parts", where)
     texts, images = [], []

@@ -9,9 +9,9 @@ import torch
 from .conftest import require_serve_packages
 
 require_serve_packages()
-from safety_modules.serve.batching import Batcher  # noqa: E402
-from safety_modules.serve.metrics import ServerMetrics  # noqa: E402
-from safety_modules.serve.model_runner import LlavaRunner, Sampling  # noqa: E402
+from safety_modules.serve.batching import Batcher
+from safety_modules.serve.metrics import ServerMetrics
+from safety_modules.serve.model_runner import LlavaRunner, Sampling
 
 GREEDY = Sampling(max_tokens=6, temperature=0.0)
 
