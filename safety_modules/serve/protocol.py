@@ -76,6 +76,9 @@ def _content_parts(content: Any, where: str) -> Input:
     return Input(" ".join(texts), images[0] if images else None)
 
 
+MAX_MODERATION_INPUTS = 128  # strings per moderation request: one request must not hold the model loop for long
+
+
 def parse_moderation(body: Any) -> list[Input]:
     """``input``: a string, a list of strings (one result each) or a list of content parts (one result)."""
     if not isinstance(body, dict) or "input" not in body:
@@ -84,6 +87,9 @@ def parse_moderation(body: Any) -> list[Input]:
     if isinstance(value, str):
         return [Input(value, None)]
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        if len(value) > MAX_MODERATION_INPUTS:
+            raise bad_request(f"'input' has {len(value)} strings; at most {MAX_MODERATION_INPUTS} per request",
+                              "input", "too_many_inputs")
         return [Input(v, None) for v in value]
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         return [_content_parts(value, "input")]

@@ -55,7 +55,7 @@ def test_moderation_input_shapes():
     parts = parse_moderation({"input": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"},
                                         {"type": "image_url", "image_url": {"url": "data:x"}}]})
     assert len(parts) == 1 and parts[0].text == "a b" and parts[0].image_url == "data:x"
-    for bad in ({"input": []}, {"input": 3}, {"input": [{"type": "audio"}]}, {}):
+    for bad in ({"input": []}, {"input": 3}, {"input": [{"type": "audio"}]}, {}, {"input": ["a"] * 129}):
         with pytest.raises(ApiError):
             parse_moderation(bad)
 
