@@ -152,6 +152,16 @@ class Server:
         id_, created = new_id("chatcmpl"), int(time.time())
         streamer = AsyncTextStreamer(self.runner.tokenizer, asyncio.get_running_loop())
         future = self.batcher.generate(pixels, req.input.text, req.sampling, streamer)
+        try:
+            async for event in self._events(req, streamer, future, id_, created, model):
+                yield event
+        finally:
+            if not future.done():  # the client went away: stop generating for it
+                streamer.cancelled = True
+                self.metrics.cancelled.inc()
+
+    async def _events(self, req: ChatRequest, streamer: AsyncTextStreamer, future: asyncio.Future, id_: str,
+                      created: int, model: str) -> AsyncIterator[str]:
         yield _event(chat_chunk(id_, model, created, {"role": "assistant", "content": ""}))
         # The non-streamed answer is stripped: leading whitespace is dropped, trailing whitespace
         # is held back until more text follows, so the streamed text joins to the same string.

@@ -20,6 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers.generation.stopping_criteria import (
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 from transformers.generation.streamers import BaseStreamer
 
 from .metrics import ServerMetrics
@@ -46,6 +50,8 @@ class AsyncTextStreamer(BaseStreamer):
         self._tokens: list[int] = []
         self._sent = 0
         self._prompt_seen = False
+        # Set from the event loop when the client went away; read by the model thread between steps.
+        self.cancelled = False
 
     def put(self, value: torch.Tensor) -> None:
         if not self._prompt_seen:  # generate hands over the prompt first (empty for input embeddings)
@@ -71,6 +77,20 @@ class AsyncTextStreamer(BaseStreamer):
         if len(text) > self._sent:
             self.loop.call_soon_threadsafe(self.texts.put_nowait, text[self._sent:])
             self._sent = len(text)
+
+
+class StreamClosed(Exception):
+    """A streamed request whose client left before the model got to it."""
+
+
+class StopWhenCancelled(StoppingCriteria):
+    """Ends a streamed generation early once its client has gone (``streamer.cancelled``)."""
+
+    def __init__(self, streamer: AsyncTextStreamer) -> None:
+        self.streamer = streamer
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.streamer.cancelled, dtype=torch.bool, device=input_ids.device)
 
 
 @dataclass
@@ -186,7 +206,8 @@ class Batcher:
             results = self._call(jobs)
         except Exception as exc:
             if len(jobs) == 1:
-                logger.exception("%s failed", kind)
+                if not isinstance(exc, StreamClosed):
+                    logger.exception("%s failed", kind)
                 jobs[0].resolve(error=exc)
                 return
             logger.warning("%s batch of %d failed (%s); retrying one by one", kind, len(jobs), exc)
@@ -203,4 +224,9 @@ class Batcher:
         first = jobs[0]
         if first.sampling is None:
             return self.runner.score_and_decide(pixels, prompts)
-        return self.runner.generate(pixels, prompts, first.sampling, streamer=first.streamer)
+        if first.streamer is None:
+            return self.runner.generate(pixels, prompts, first.sampling)
+        if first.streamer.cancelled:  # the client left while the request waited
+            raise StreamClosed("the client closed the stream before it started")
+        return self.runner.generate(pixels, prompts, first.sampling, streamer=first.streamer,
+                                    stopping_criteria=StoppingCriteriaList([StopWhenCancelled(first.streamer)]))

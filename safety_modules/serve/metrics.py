@@ -28,6 +28,8 @@ class ServerMetrics:
                                  registry=self.registry)
         self.client_errors = Counter("safevlm_client_errors", "Requests answered with a 4xx, by status",
                                      ["status"], registry=self.registry)
+        self.cancelled = Counter("safevlm_streams_cancelled", "Streams whose client left before the end",
+                                 registry=self.registry)
         self.upstream = Counter("safevlm_upstream_requests", "Requests forwarded to the upstream server",
                                 ["outcome"], registry=self.registry)
 

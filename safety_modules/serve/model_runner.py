@@ -82,8 +82,9 @@ class ModelRunner:
         raise NotImplementedError
 
     def generate(self, pixels: torch.Tensor, prompts: Sequence[str], sampling: Sampling,
-                 streamer: Any = None) -> list[GatedAnswer]:
-        """Gated answers for (image, prompt) pairs that share ``sampling``."""
+                 streamer: Any = None, stopping_criteria: Any = None) -> list[GatedAnswer]:
+        """Gated answers for (image, prompt) pairs that share ``sampling`` (``stopping_criteria``: extra
+        transformers stopping criteria, e.g. a closed stream)."""
         raise NotImplementedError(f"{type(self).__name__} cannot generate (proxy mode: the upstream answers)")
 
     def hint_text(self, decision: SafetyDecision) -> str | None:
@@ -126,10 +127,12 @@ class LlavaRunner(ModelRunner):
         return self.policy.decide_batch(scores.level_probs, scores.type_probs)
 
     def generate(self, pixels: torch.Tensor, prompts: Sequence[str], sampling: Sampling,
-                 streamer: Any = None) -> list[GatedAnswer]:
+                 streamer: Any = None, stopping_criteria: Any = None) -> list[GatedAnswer]:
+        kwargs = sampling.generation_kwargs(self.tokenizer)
+        if stopping_criteria is not None:
+            kwargs["stopping_criteria"] = stopping_criteria
         # GATE: gate.generate(pixels, prompts, streamer=streamer, **kwargs)
-        return self.model.generate(pixels, list(prompts), self.policy, streamer=streamer,
-                                   **sampling.generation_kwargs(self.tokenizer))
+        return self.model.generate(pixels, list(prompts), self.policy, streamer=streamer, **kwargs)
 
 
 class VisionRunner(ModelRunner):

@@ -9,7 +9,7 @@ import torch
 from .conftest import require_serve_packages
 
 require_serve_packages()
-from safety_modules.serve.batching import Batcher
+from safety_modules.serve.batching import AsyncTextStreamer, Batcher
 from safety_modules.serve.metrics import ServerMetrics
 from safety_modules.serve.model_runner import LlavaRunner, Sampling
 
@@ -66,3 +66,27 @@ def test_groups_share_one_call_and_a_failing_row_fails_alone(runner, assets, dir
     # settings ran alone (1 call of 1), the two scoring jobs shared one call.
     assert sample(metrics, "generate") == (4.0, 4.0) and sample(metrics, "score") == (1.0, 2.0)
     assert torch.equal(pixels[0], runner.preprocess(assets.photos[0]))  # preprocessing is deterministic
+
+
+def test_a_cancelled_stream_stops_generating(runner, assets, direct):
+    model, policy = direct
+    pixels = runner.preprocess(assets.photos[1])
+    prompt, sampling = "Describe the picture in detail.", Sampling(max_tokens=120, temperature=0.0)
+    full = model.generate(pixels[None], [prompt], policy, do_sample=False, max_new_tokens=120)[0]
+    batcher = Batcher(runner, max_batch=4, max_wait_s=0.0, metrics=ServerMetrics())
+    batcher.start()
+
+    async def go():
+        streamer = AsyncTextStreamer(runner.tokenizer, asyncio.get_running_loop())
+        future = batcher.generate(pixels, prompt, sampling, streamer)
+        first = await streamer.texts.get()
+        streamer.cancelled = True  # what the app does when the client goes away
+        return first, await future
+
+    try:
+        first, answer = asyncio.run(go())
+    finally:
+        batcher.stop()
+    assert first and full.text.startswith(first.strip())
+    assert len(full.token_ids) > 20 and len(answer.token_ids) < len(full.token_ids) // 2
+    assert full.token_ids[:len(answer.token_ids)] == answer.token_ids

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
+import time
 import zlib
 
 import pytest
@@ -134,6 +135,23 @@ def test_stop_sequence_is_cut_from_the_answer(server, assets, direct):
                                                    max_tokens=MAX_TOKENS, temperature=0, stop=[stop])
     assert reply.choices[0].message.content == want[:want.find(stop)]
     assert reply.choices[0].finish_reason == "stop"
+
+
+def test_a_stream_closed_by_its_client_stops_generating(server, assets):
+    cancelled = metric(server, "safevlm_streams_cancelled_total")
+    body = {"model": "tiny", "messages": user("Describe the picture in detail.", assets.photos[1]),
+            "max_tokens": 2000, "temperature": 0, "stream": True}
+    with httpx.Client(base_url=server, headers=AUTH, timeout=60) as http:
+        with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("data:")
+        for _ in range(100):  # the server notices at its next write
+            if metric(server, "safevlm_streams_cancelled_total") > cancelled:
+                break
+            time.sleep(0.1)
+        assert metric(server, "safevlm_streams_cancelled_total") == cancelled + 1
+        ok = http.post("/v1/chat/completions", json={**body, "stream": False, "max_tokens": 4})
+        assert ok.status_code == 200
 
 
 def test_models_and_health(server):
