@@ -34,6 +34,15 @@ logger = logging.getLogger(__name__)
 BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
+def call_in_loop(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> None:
+    """Hand a callback to the request side's event loop; a loop already closed (shutdown) is skipped,
+    so the model thread never dies of it."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        logger.debug("event loop closed: a result was dropped")
+
+
 class AsyncTextStreamer(BaseStreamer):
     """A transformers streamer that hands decoded text to an asyncio queue (``None`` ends the stream).
 
@@ -68,14 +77,14 @@ class AsyncTextStreamer(BaseStreamer):
 
     def close(self) -> None:
         """Mark the end of the stream (also after a failure, so the reader never waits forever)."""
-        self.loop.call_soon_threadsafe(self.texts.put_nowait, None)
+        call_in_loop(self.loop, self.texts.put_nowait, None)
 
     def _decode(self, count: int | None = None) -> str:
         return self.tokenizer.decode(self._tokens[:count], skip_special_tokens=True)
 
     def _send(self, text: str) -> None:
         if len(text) > self._sent:
-            self.loop.call_soon_threadsafe(self.texts.put_nowait, text[self._sent:])
+            call_in_loop(self.loop, self.texts.put_nowait, text[self._sent:])
             self._sent = len(text)
 
 
@@ -121,9 +130,9 @@ class Job:
             else:
                 self.future.set_result(result)
 
-        self.loop.call_soon_threadsafe(settle)
-        if self.streamer is not None:
+        if self.streamer is not None:  # the end of the text first: the reader then awaits the future
             self.streamer.close()
+        call_in_loop(self.loop, settle)
 
 
 class Batcher:

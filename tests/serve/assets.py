@@ -2,9 +2,9 @@
 
 Fresh modules score every image almost alike, so no policy would tell them apart. The head's
 classifier weights are scaled up ("sharpened") so its probabilities differ per image, and the
-policy's thresholds are set from the scores the modules really give: the white (blank) image and
-the random-noise images are refused, the photos are allowed or hinted. The thresholds are
-computed, not hard-coded, and the split is checked before any test relies on it.
+policy's thresholds are set from the scores the modules really give: the white (blank) image is
+refused, the photos are allowed, and one of them is hinted. The thresholds are computed, not
+hard-coded, and the split is checked before any test relies on it.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from safety_modules.data.unsafe_concepts import blank_image
 SHARPEN = 10.0
 PROMPTS = ("What is shown in this image?", "Describe the picture in detail.", "")
 REFUSED_TYPE = "illegal_risk"
+HINTED_TYPE = "insults_bullying"
 
 
 @dataclass
@@ -72,8 +73,14 @@ def build_assets(base: Path, out: Path, photos: list[Image.Image]) -> Assets:
 
     low, high = max(severe(photos)), min(severe(refused))
     assert low < high, f"sharpened modules do not separate the test images ({low} >= {high})"
+    # Hint HINTED_TYPE for the photo with the highest image-only risk = q[type] * (1 - p[safe level]),
+    # so that proxy mode (image only) forwards one hinted request.
+    scores = model.assess(photos)
+    h = model.config.taxonomy.type_id(HINTED_TYPE)
+    risk = sorted((scores.type_probs[:, h] * (1 - scores.level_probs[:, 0])).tolist())
     policy = {"name": "serve_test", "defaults": {"hint": None, "refuse": None},
-              "types": {REFUSED_TYPE: {"refuse": math.sqrt(low * high)}, "insults_bullying": {"hint": 0.03}}}
+              "types": {REFUSED_TYPE: {"refuse": math.sqrt(low * high)},
+                        HINTED_TYPE: {"hint": math.sqrt(risk[-1] * risk[-2])}}}
     policy_path = out / "policy.yaml"
     policy_path.write_text(yaml.safe_dump(policy))
     SafetyPolicy.from_yaml(policy_path, model.config.taxonomy)  # valid

@@ -221,16 +221,22 @@ def test_every_bad_request_is_a_4xx_and_the_server_stays_healthy(server, assets)
         "remote url": (chat, user("hi", url="http://127.0.0.1:9/cat.png"), 400, "remote_images_disabled"),
         "empty messages": (chat, [], 400, None),
         "oversized body": (chat, user("x" * (3 * 1024 * 1024)), 413, "body_too_large"),
+        "too many strings": ("/v1/moderations", None, 400, "too_many_inputs"),
         "image placeholder": (chat, user("<image> what?"), 400, None),
     }
     with httpx.Client(base_url=server, headers=AUTH, timeout=60) as http:
         for name, (path, messages, status, code) in cases.items():
-            response = http.post(path, json={"model": "tiny", "messages": messages, "max_tokens": 4})
+            body = {"model": "tiny", "messages": messages, "max_tokens": 4} if messages is not None else \
+                {"input": ["a"] * 200}
+            response = http.post(path, json=body)
             assert response.status_code == status, (name, response.text)
             error = response.json()["error"]
             assert error["message"] and error["type"], name
             if code:
                 assert error["code"] == code, (name, error)
+        # A chunked body (no Content-Length) is cut off at the cap too.
+        chunked = http.post(chat, content=iter([b"x" * (1024 * 1024)] * 3), headers={"content-type": "application/json"})
+        assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "body_too_large"
         for bad in ({"input": 42}, {"nothing": 1}):
             assert http.post("/v1/moderations", json=bad).status_code == 400
         assert http.post(chat, content=b"{not json", headers={"content-type": "application/json"}).status_code == 400
