@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from safety_modules import SafeLlava, SafetyPolicy
 
@@ -24,9 +23,9 @@ def assets(tiny_dir, photos, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def direct(assets):
-    """The same model and policy in this process: what the server must agree with."""
-    model = SafeLlava.from_pretrained(assets.base, assets.safety, device="cpu", dtype=torch.float32)
+def direct(assets, device, dtype):
+    """The same model and policy in this process, on the device the server uses: what it must agree with."""
+    model = SafeLlava.from_pretrained(assets.base, assets.safety, device=device, dtype=dtype)
     return model, SafetyPolicy.from_yaml(assets.policy, model.config.taxonomy)
 
 

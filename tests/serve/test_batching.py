@@ -13,6 +13,8 @@ from safety_modules.serve.batching import AsyncTextStreamer, Batcher
 from safety_modules.serve.metrics import ServerMetrics
 from safety_modules.serve.model_runner import LlavaRunner, Sampling
 
+# Answers and scores are compared with the same model in this process.
+pytestmark = [pytest.mark.timeout(300), pytest.mark.device_sensitive]
 GREEDY = Sampling(max_tokens=6, temperature=0.0)
 
 

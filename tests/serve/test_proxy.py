@@ -16,7 +16,8 @@ from .assets import free_port, start_server, stop_server
 from .conftest import API_KEY
 from .test_server import AUTH, MAX_TOKENS, client, data_url, metric
 
-pytestmark = pytest.mark.timeout(300)
+# Answers and scores are compared with the same model in this process.
+pytestmark = [pytest.mark.timeout(300), pytest.mark.device_sensitive]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ import torch
 from .assets import png_bytes
 from .conftest import API_KEY
 
-pytestmark = pytest.mark.timeout(300)
+# Answers and scores are compared with the same model in this process.
+pytestmark = [pytest.mark.timeout(300), pytest.mark.device_sensitive]
 MAX_TOKENS = 8
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 

@@ -8,7 +8,8 @@ import pytest
 
 from .conftest import API_KEY
 
-pytestmark = pytest.mark.timeout(180)
+# Answers and scores are compared with the same model in this process.
+pytestmark = [pytest.mark.timeout(180), pytest.mark.device_sensitive]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
