@@ -203,6 +203,9 @@ class Batcher:
                     break
                 jobs.append(job)
             self.metrics.queue_depth.set(self._queue.qsize())
+            started = time.perf_counter()
+            for job in jobs:
+                self.metrics.queue_wait.observe(started - job.enqueued)
             groups: dict[tuple, list[Job]] = {}
             for job in jobs:
                 groups.setdefault(job.group_key(), []).append(job)

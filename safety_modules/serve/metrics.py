@@ -22,6 +22,8 @@ class ServerMetrics:
                                 ["endpoint", "action"], registry=self.registry)
         self.latency = Histogram("safevlm_request_latency_seconds", "Request latency by endpoint", ["endpoint"],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.queue_wait = Histogram("safevlm_queue_wait_seconds", "Time from queueing to the model call",
+                                    buckets=LATENCY_BUCKETS, registry=self.registry)
         self.batch_size = Histogram("safevlm_batch_size", "Rows per model call (score or generate)", ["kind"],
                                     buckets=BATCH_BUCKETS, registry=self.registry)
         self.queue_depth = Gauge("safevlm_queue_depth", "Requests waiting for the model loop",
