@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_VERSION := 2.13.0
 CONSTRAINTS := $(VENV)/constraints.txt
-EXTRAS ?= dev,scan,ray,eval,demo
+EXTRAS ?= dev,scan,ray,eval,demo,serve
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
 .PHONY: install demo lint test bench clean

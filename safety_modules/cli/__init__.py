@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "safety_modules.cli.training_commands",
     "safety_modules.cli.scan_commands",
     "safety_modules.cli.checkpoint_commands",
+    "safety_modules.cli.serve_commands",
 ]
 
 

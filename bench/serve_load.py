@@ -1,0 +1,186 @@
+"""Serving load: throughput of `safevlm serve` with dynamic batching vs one request at a time.
+
+Builds the tiny LLaVA (``safety_modules.tiny``) and fresh safety modules in a temporary folder and
+starts two real server subprocesses on 127.0.0.1:
+
+  (a) ``--max-batch 1``: the model loop takes one request at a time (no batching);
+  (b) ``--max-batch <concurrency> --max-wait-ms <wait>``: dynamic batching.
+
+The load: ``--concurrency`` clients (asyncio + httpx), each sending its share of ``--requests``
+greedy chat completions back to back (``max_tokens`` = ``--new-tokens``), each with one of 8
+different images (real photos from scikit-image when installed, else noise; JPEG data URLs) and a
+question. The two servers get the load in alternating rounds (the order rotates), so both see the
+same machine load; throughput is the median over rounds. Every answer must be equal between (a)
+and (b). Both servers run with ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it (see
+docs/serving.md, Deployment: spinning OpenMP threads starve the model loop on a shared CPU).
+Prints both modes and, last, ``serve_load speedup=<b/a> p50_ms=<n> p99_ms=<n> concurrency=<n>``
+(latencies of b).
+
+    python bench/serve_load.py   # defaults: --concurrency 16 --requests 64 --rounds 3 --new-tokens 64 --wait-ms 10
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ("What is shown in this image?", "Describe the picture in detail.", "Can you read the text?")
+
+
+def images() -> list[Image.Image]:
+    try:
+        from skimage import data
+
+        photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), data.camera()]
+        out = [Image.fromarray(p).convert("RGB") for p in photos]
+    except ImportError:
+        out = []
+    rng = np.random.default_rng(0)
+    while len(out) < 8:
+        out.append(Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)))
+    return out
+
+
+def data_url(image: Image.Image) -> str:
+    """A JPEG data URL, as clients usually send photos."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def start(base: Path, safety: Path, args: list[str], log: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "safety_modules.cli", "serve", "--base", str(base), "--safety",
+                             str(safety), "--port", str(port), *args], stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            env=env)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+async def load(url: str, bodies: list[dict], concurrency: int) -> tuple[float, list[float], list[str]]:
+    """Send every body with ``concurrency`` clients; return (wall seconds, latencies, answers in order)."""
+    answers: list[str] = [""] * len(bodies)
+    latencies: list[float] = []
+    next_index = iter(range(len(bodies)))
+
+    async def client(http: httpx.AsyncClient) -> None:
+        for i in next_index:
+            started = time.perf_counter()
+            response = await http.post("/v1/chat/completions", json=bodies[i])
+            response.raise_for_status()
+            latencies.append(time.perf_counter() - started)
+            answers[i] = response.json()["choices"][0]["message"]["content"]
+
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        await http.post("/v1/chat/completions", json=bodies[0])  # warm-up
+        started = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+        return time.perf_counter() - started, latencies, answers
+
+
+def run_rounds(urls: dict[str, str], bodies: list[dict], concurrency: int, rounds: int):
+    """Alternate the two servers round by round (the order rotates), so both see the same machine load."""
+    walls: dict[str, list[float]] = {name: [] for name in urls}
+    latencies: dict[str, list[float]] = {name: [] for name in urls}
+    answers: dict[str, list[str]] = {}
+    names = list(urls)
+    for r in range(rounds):
+        for name in names[r % 2:] + names[:r % 2]:
+            wall, lat, got = asyncio.run(load(urls[name], bodies, concurrency))
+            walls[name].append(wall)
+            latencies[name] += lat
+            answers[name] = got
+    return walls, latencies, answers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=64, help="requests per round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per mode, alternating")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--wait-ms", type=float, default=10.0)
+    args = parser.parse_args()
+
+    import torch
+
+    from safety_modules import SafeLlava
+    from safety_modules.tiny import make_tiny
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        base = make_tiny(folder / "tiny")
+        safety = SafeLlava.from_pretrained(base, seed=0, device="cpu", dtype=torch.float32).safety.save_pretrained(
+            folder / "safety")
+        urls = [data_url(image) for image in images()]
+        bodies = [{"model": "tiny", "max_tokens": args.new_tokens, "temperature": 0,
+                   "messages": [{"role": "user", "content": [
+                       {"type": "text", "text": PROMPTS[i % len(PROMPTS)]},
+                       {"type": "image_url", "image_url": {"url": urls[i % len(urls)]}}]}]}
+                  for i in range(args.requests)]
+        print(f"serve_load: {args.requests} requests x {args.rounds} rounds, {args.concurrency} clients, "
+              f"{args.new_tokens} new tokens, {os.cpu_count()} CPUs, "
+              f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')!r}")
+        modes = {"one-by-one": ["--max-batch", "1", "--max-wait-ms", "0"],
+                 "batched": ["--max-batch", str(args.concurrency), "--max-wait-ms", str(args.wait_ms)]}
+        servers = {name: start(base, safety, server_args, folder / f"{name}.log") for name, server_args in modes.items()}
+        try:
+            walls, latencies, answers = run_rounds({n: url for n, (_, url) in servers.items()}, bodies,
+                                                    args.concurrency, args.rounds)
+            per_call = {name: batch_rows(url) for name, (_, url) in servers.items()}
+        finally:
+            for proc, _ in servers.values():
+                proc.terminate()
+                proc.wait(timeout=30)
+        rate = {}
+        for name in modes:
+            rate[name] = len(bodies) / statistics.median(walls[name])
+            p50, p99 = np.percentile(latencies[name], [50, 99]) * 1000
+            print(f"{name:>10}: {rate[name]:7.2f} req/s (median of {args.rounds} rounds)  p50 {p50:7.0f} ms  "
+                  f"p99 {p99:7.0f} ms  {per_call[name]:.1f} requests per generate call")
+        if answers["batched"] != answers["one-by-one"]:
+            differ = sum(a != b for a, b in zip(answers["batched"], answers["one-by-one"]))
+            raise SystemExit(f"{differ} answers differ between batched and one-by-one serving")
+        p50, p99 = np.percentile(latencies["batched"], [50, 99]) * 1000
+        print(f"serve_load speedup={rate['batched'] / rate['one-by-one']:.2f} p50_ms={p50:.0f} p99_ms={p99:.0f} "
+              f"concurrency={args.concurrency}")
+
+
+def batch_rows(url: str) -> float:
+    """Mean requests per generate call, from the server's own metrics."""
+    values = {}
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith("safevlm_batch_size_") and 'kind="generate"' in line:
+            values[line.split("{")[0]] = float(line.split()[-1])
+    return values.get("safevlm_batch_size_sum", 0.0) / max(values.get("safevlm_batch_size_count", 0.0), 1.0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""The server's only door into the model: score + decide, and gated generation.
+
+Everything the server does with the model goes through a runner, and every runner
+call is made from the batching loop's single thread (see `batching.Batcher`).
+
+MERGE NOTE (for the lead): the calls marked ``GATE:`` below use today's API
+(`SafeLlava.assess` + `SafetyPolicy.decide_batch`, `SafeLlava.generate`). When the
+`Gate` class lands they become ``gate.decide(pixels, prompts)`` and
+``gate.generate(pixels, prompts, streamer=..., **kwargs)``; nothing else in the
+server calls the model. The vision-only runner (proxy mode) keeps
+`VisionScorer` + `SafetyPolicy.decide_batch`, since the gate needs the language model.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..generation import GatedAnswer
+from ..policy import SafetyDecision, SafetyPolicy
+from ..scan.scorer import VisionScorer, bound_aspect
+from ..taxonomy import Taxonomy
+from ..wrapper import SafeLlava
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Generation settings of one chat request; requests generated together share them (hashable)."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+
+    def generation_kwargs(self, tokenizer: Any) -> dict[str, Any]:
+        """Keyword arguments for transformers' ``generate`` (temperature 0 means greedy)."""
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_tokens}
+        if self.temperature > 0:
+            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
+        else:
+            kwargs["do_sample"] = False
+        if self.stop:
+            kwargs.update(stop_strings=list(self.stop), tokenizer=tokenizer)
+        return kwargs
+
+
+class ModelRunner:
+    """What the server needs from a model. Subclasses: `LlavaRunner` (full model), `VisionRunner` (proxy)."""
+
+    #: whether the safety head reads the prompt text (it needs the language model's embeddings)
+    scores_text: bool = False
+    #: whether `generate` can run here (False in proxy mode: the language model is not loaded)
+    can_generate: bool = False
+
+    def __init__(self, policy: SafetyPolicy, image_processor: Any, tokenizer: Any = None) -> None:
+        self.policy = policy
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer  # decodes streamed tokens; None where nothing is generated
+
+    @property
+    def taxonomy(self) -> Taxonomy:
+        return self.policy.taxonomy
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """One decoded image -> pixel values (3, H, W). Thread-safe: runs in request threads, not the loop.
+
+        Very long images are centre-cropped to the aspect ratio the processor can see
+        (`bound_aspect`), so a 1 x 20000 strip is not resized to gigapixels.
+        """
+        return self.image_processor(images=[bound_aspect(image)], return_tensors="pt")["pixel_values"][0]
+
+    def prompt_problem(self, prompt: str) -> str | None:
+        """Why this prompt cannot be answered here, or None."""
+        return None
+
+    def score_and_decide(self, pixels: torch.Tensor, prompts: Sequence[str]) -> list[SafetyDecision]:
+        """The policy's decision for each (image, prompt); ``""`` is no text."""
+        raise NotImplementedError
+
+    def generate(self, pixels: torch.Tensor, prompts: Sequence[str], sampling: Sampling,
+                 streamer: Any = None, stopping_criteria: Any = None) -> list[GatedAnswer]:
+        """Gated answers for (image, prompt) pairs that share ``sampling`` (``stopping_criteria``: extra
+        transformers stopping criteria, e.g. a closed stream)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot generate (proxy mode: the upstream answers)")
+
+    def hint_text(self, decision: SafetyDecision) -> str | None:
+        """The text the gate adds to the user's turn for this decision (None when it adds none).
+
+        GATE: mirrors `gated_generate` (policy hint prefix + hint, for ``hint`` decisions);
+        used only to place the hint in a request forwarded upstream.
+        """
+        if decision.action != "hint" or decision.hint is None:
+            return None
+        return self.policy.hint_prefix + decision.hint
+
+
+class LlavaRunner(ModelRunner):
+    """The full `SafeLlava`: the head reads image and prompt, and answers are generated here."""
+
+    scores_text = True
+    can_generate = True
+
+    def __init__(self, model: SafeLlava, policy: SafetyPolicy) -> None:
+        policy.check_taxonomy(model.config.taxonomy)
+        super().__init__(policy, model.processor.image_processor, model.processor.tokenizer)
+        self.model = model
+        self.image_token = model.processor.image_token
+
+    @classmethod
+    def load(cls, base: str | Path, safety: str | Path | None, policy_path: str | Path | None = None,
+             lora: str | Path | None = None, device: str | None = None, dtype: str = "auto") -> LlavaRunner:
+        model = SafeLlava.from_pretrained(base, safety, dtype=dtype, device=device, lora=lora)
+        return cls(model, _load_policy(policy_path, model.config.taxonomy))
+
+    def prompt_problem(self, prompt: str) -> str | None:
+        if self.image_token in prompt:
+            return f"the text contains the image placeholder {self.image_token!r}; send the image as an image_url part"
+        return None
+
+    @torch.no_grad()
+    def score_and_decide(self, pixels: torch.Tensor, prompts: Sequence[str]) -> list[SafetyDecision]:
+        scores = self.model.assess(pixel_values=pixels, prompts=list(prompts))  # GATE: gate.decide(...)
+        return self.policy.decide_batch(scores.level_probs, scores.type_probs)
+
+    def generate(self, pixels: torch.Tensor, prompts: Sequence[str], sampling: Sampling,
+                 streamer: Any = None, stopping_criteria: Any = None) -> list[GatedAnswer]:
+        kwargs = sampling.generation_kwargs(self.tokenizer)
+        if stopping_criteria is not None:
+            kwargs["stopping_criteria"] = stopping_criteria
+        # GATE: gate.generate(pixels, prompts, streamer=streamer, **kwargs)
+        return self.model.generate(pixels, list(prompts), self.policy, streamer=streamer, **kwargs)
+
+
+class VisionRunner(ModelRunner):
+    """Vision tower + safety modules only (proxy mode): the head scores the image, never the text."""
+
+    def __init__(self, scorer: VisionScorer, policy: SafetyPolicy) -> None:
+        policy.check_taxonomy(scorer.taxonomy)
+        super().__init__(policy, scorer.image_processor)
+        self.scorer = scorer
+
+    @classmethod
+    def load(cls, base: str | Path, safety: str | Path, policy_path: str | Path | None = None,
+             device: str | None = None, dtype: str = "auto") -> VisionRunner:
+        scorer = VisionScorer.from_pretrained(base, safety, device=device, dtype=dtype)
+        return cls(scorer, _load_policy(policy_path, scorer.taxonomy))
+
+    def score_and_decide(self, pixels: torch.Tensor, prompts: Sequence[str]) -> list[SafetyDecision]:
+        level_probs, type_probs = self.scorer.score(pixels)
+        return self.policy.decide_batch(level_probs, type_probs)
+
+
+def _load_policy(path: str | Path | None, taxonomy: Taxonomy) -> SafetyPolicy:
+    return SafetyPolicy.from_yaml(path, taxonomy) if path else SafetyPolicy.default(taxonomy)
