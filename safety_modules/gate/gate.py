@@ -122,8 +122,8 @@ class Gate:
         for i, decision in enumerate(decisions):
             if decision.action == "allow":
                 hints[i] = None
-            elif decision.hint is not None and (decision.action == "hint" or self.refusal == "generate"):
-                hints[i] = policies[i].hint_prefix + decision.hint
+            elif (hint := policies[i].prompt_hint(decision, self.refusal == "generate")) is not None:
+                hints[i] = hint
         outputs: dict[int, list[int]] = {}
         if hints:
             rows = sorted(hints)

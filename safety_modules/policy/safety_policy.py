@@ -149,6 +149,14 @@ class SafetyPolicy:
         flags = self._rule.evaluate(lp, tp)[0] != ALLOW
         return flags.numpy() if isinstance(level_probs, np.ndarray) else flags
 
+    def prompt_hint(self, decision: SafetyDecision, generate_refused: bool = False) -> str | None:
+        """The text added to the user's turn for ``decision``: the hint prefix + hint for ``hint``
+        decisions (and for ``refuse`` ones when refused requests are generated, the reference's
+        behaviour); ``None`` when nothing is added. The gate and the server's proxy mode both use it."""
+        if decision.hint is None or not (decision.action == "hint" or (generate_refused and decision.action == "refuse")):
+            return None
+        return self.hint_prefix + decision.hint
+
     def on_scoring_error(self, error: str) -> SafetyDecision:
         """The decision when scoring raised instead of returning probabilities."""
         return self._texts.failed({}, {}, REFUSE if self.fail_closed else ALLOW, error)

@@ -3,12 +3,9 @@
 Everything the server does with the model goes through a runner, and every runner
 call is made from the batching loop's single thread (see `batching.Batcher`).
 
-MERGE NOTE (for the lead): the calls marked ``GATE:`` below use today's API
-(`SafeLlava.assess` + `SafetyPolicy.decide_batch`, `SafeLlava.generate`). When the
-`Gate` class lands they become ``gate.decide(pixels, prompts)`` and
-``gate.generate(pixels, prompts, streamer=..., **kwargs)``; nothing else in the
-server calls the model. The vision-only runner (proxy mode) keeps
-`VisionScorer` + `SafetyPolicy.decide_batch`, since the gate needs the language model.
+The full model is driven through the `Gate` (score, decide, generate live there, not
+here); the vision-only runner (proxy mode) uses `VisionScorer` + `SafetyPolicy.decide_batch`,
+since the gate needs the language model.
 """
 from __future__ import annotations
 
@@ -20,7 +17,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..generation import GatedAnswer
+from ..gate import Gate, GatedAnswer
 from ..policy import SafetyDecision, SafetyPolicy
 from ..scan.scorer import VisionScorer, bound_aspect
 from ..taxonomy import Taxonomy
@@ -88,14 +85,9 @@ class ModelRunner:
         raise NotImplementedError(f"{type(self).__name__} cannot generate (proxy mode: the upstream answers)")
 
     def hint_text(self, decision: SafetyDecision) -> str | None:
-        """The text the gate adds to the user's turn for this decision (None when it adds none).
-
-        GATE: mirrors `gated_generate` (policy hint prefix + hint, for ``hint`` decisions);
-        used only to place the hint in a request forwarded upstream.
-        """
-        if decision.action != "hint" or decision.hint is None:
-            return None
-        return self.policy.hint_prefix + decision.hint
+        """The text the gate adds to the user's turn for this decision (None when it adds none);
+        used to place the hint in a request forwarded upstream."""
+        return self.policy.prompt_hint(decision)
 
 
 class LlavaRunner(ModelRunner):
@@ -108,6 +100,7 @@ class LlavaRunner(ModelRunner):
         policy.check_taxonomy(model.config.taxonomy)
         super().__init__(policy, model.processor.image_processor, model.processor.tokenizer)
         self.model = model
+        self.gate = Gate(model, policy)
         self.image_token = model.processor.image_token
 
     @classmethod
@@ -123,16 +116,14 @@ class LlavaRunner(ModelRunner):
 
     @torch.no_grad()
     def score_and_decide(self, pixels: torch.Tensor, prompts: Sequence[str]) -> list[SafetyDecision]:
-        scores = self.model.assess(pixel_values=pixels, prompts=list(prompts))  # GATE: gate.decide(...)
-        return self.policy.decide_batch(scores.level_probs, scores.type_probs)
+        return self.gate.decide(pixels, list(prompts))
 
     def generate(self, pixels: torch.Tensor, prompts: Sequence[str], sampling: Sampling,
                  streamer: Any = None, stopping_criteria: Any = None) -> list[GatedAnswer]:
         kwargs = sampling.generation_kwargs(self.tokenizer)
         if stopping_criteria is not None:
             kwargs["stopping_criteria"] = stopping_criteria
-        # GATE: gate.generate(pixels, prompts, streamer=streamer, **kwargs)
-        return self.model.generate(pixels, list(prompts), self.policy, streamer=streamer, **kwargs)
+        return self.gate.generate(pixels, list(prompts), streamer=streamer, **kwargs)
 
 
 class VisionRunner(ModelRunner):

@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ..generation import GatedAnswer
+from ..gate import GatedAnswer
 from ..policy import SafetyDecision
 from ..taxonomy import Taxonomy
 from .model_runner import Sampling

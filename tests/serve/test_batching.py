@@ -6,6 +6,7 @@ import asyncio
 import pytest
 import torch
 
+from safety_modules.gate import Gate
 from .conftest import require_serve_packages
 
 require_serve_packages()
@@ -61,7 +62,7 @@ def test_groups_share_one_call_and_a_failing_row_fails_alone(runner, assets, dir
             scores = model.assess(pixel_values=px[None], prompts=[text])
             assert result.action == policy.decide_batch(scores.level_probs, scores.type_probs)[0].action
         elif not text.startswith("<image>"):
-            want = model.generate(px[None], [text], policy, do_sample=False, max_new_tokens=sampling.max_tokens)[0]
+            want = Gate(model, policy).generate(px[None], [text], do_sample=False, max_new_tokens=sampling.max_tokens)[0]
             assert (result.text, result.decision.action) == (want.text, want.decision.action)
     assert results[1].decision.action == "refuse" and results[1].token_ids is None
     # The greedy batch of 4 failed and was retried row by row (3 calls of 1 that succeed), the other
@@ -74,7 +75,7 @@ def test_a_cancelled_stream_stops_generating(runner, assets, direct):
     model, policy = direct
     pixels = runner.preprocess(assets.photos[1])
     prompt, sampling = "Describe the picture in detail.", Sampling(max_tokens=120, temperature=0.0)
-    full = model.generate(pixels[None], [prompt], policy, do_sample=False, max_new_tokens=120)[0]
+    full = Gate(model, policy).generate(pixels[None], [prompt], do_sample=False, max_new_tokens=120)[0]
     batcher = Batcher(runner, max_batch=4, max_wait_s=0.0, metrics=ServerMetrics())
     batcher.start()
 

@@ -9,6 +9,7 @@ import zlib
 
 import pytest
 
+from safety_modules.gate import Gate
 from .conftest import require_serve_packages
 
 require_serve_packages()
@@ -48,7 +49,7 @@ def direct_decision(direct, image, prompt: str):
 
 def direct_answer(direct, image, prompt: str):
     model, policy = direct
-    return model.generate([image], [prompt], policy, do_sample=False, max_new_tokens=MAX_TOKENS)[0]
+    return Gate(model, policy).generate([image], [prompt], do_sample=False, max_new_tokens=MAX_TOKENS)[0]
 
 
 def metric(url: str, name: str, **labels) -> float:

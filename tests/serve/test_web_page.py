@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+from safety_modules.gate import Gate
 from .conftest import API_KEY
 
 # Answers and scores are compared with the same model in this process.
@@ -40,7 +41,7 @@ def test_upload_ask_and_see_the_decision_and_the_answer(browser, server, assets,
     assets.photos[0].save(image_file)
     prompt = "What is shown in this image?"
     model, policy = direct
-    want = model.generate([assets.photos[0]], [prompt], policy, do_sample=False, max_new_tokens=12)[0]
+    want = Gate(model, policy).generate([assets.photos[0]], [prompt], do_sample=False, max_new_tokens=12)[0]
 
     browser.get(server + "/")
     browser.find_element(By.ID, "apikey").send_keys(API_KEY)
