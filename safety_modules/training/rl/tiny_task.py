@@ -81,8 +81,9 @@ def make_yes_no_base(tiny_dir: Path, records_file: Path, out: Path, steps: int =
     head.weight.requires_grad_(True)
     optimizer = torch.optim.Adam([head.weight], lr=0.05)
     for _ in range(steps):
-        loss = sum(weight * torch.nn.functional.cross_entropy(head(x), y)
-                   for weight, x, y in zip((yes_odds, 1 - yes_odds), features, targets))
+        (yes_x, no_x), (yes_y, no_y) = features, targets
+        loss = (yes_odds * torch.nn.functional.cross_entropy(head(yes_x), yes_y)
+                + (1 - yes_odds) * torch.nn.functional.cross_entropy(head(no_x), no_y))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
