@@ -112,3 +112,14 @@ def test_published_classifier_layout(tmp_path, classifier_dir):
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "headless.safetensors"))
     with pytest.raises(ValueError, match="missing"):
         make_judge("classifier", str(classifier_dir), classifier_weights=str(tmp_path / "headless.safetensors"))
+
+
+def test_alignment_accuracy_strict_and_balanced():
+    from safety_modules.training.rl.evaluate import alignment_accuracy
+
+    labels = ["Safe", "Unsafe", "Unsafe", "Unsafe"]
+    always_safe = alignment_accuracy(labels, ["Safe"] * 4)  # ignores the image: balanced 0.5 whatever the mix
+    assert (always_safe["strict_accuracy"], always_safe["balanced_accuracy"]) == (0.25, 0.5)
+    mixed = alignment_accuracy(labels, ["Safe", "Unsafe", "NA", "Safe"])  # NA counts wrong in both
+    assert mixed["na"] == 1 and mixed["accuracy"] == pytest.approx(2 / 3)
+    assert mixed["strict_accuracy"] == 0.5 and mixed["balanced_accuracy"] == pytest.approx((1 + 1 / 3) / 2)

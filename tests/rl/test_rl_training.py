@@ -13,7 +13,7 @@ from safety_modules.training.config import DataFile
 from safety_modules.training.rl.config import RLConfig
 from safety_modules.training.rl.data import load_samples
 from safety_modules.training.rl.evaluate import evaluate_alignment, greedy_answers
-from safety_modules.training.rl.tiny_task import make_rl_corpus, make_yes_no_base
+from safety_modules.training.rl.tiny_task import answer_odds, make_rl_corpus, make_yes_no_base
 from safety_modules.training.rl.trainer import train_rl
 from safety_modules.wrapper import SafeLlava
 
@@ -55,26 +55,60 @@ def rl_config(task, out, **overrides) -> RLConfig:
     return RLConfig(**values)
 
 
+def test_the_warm_start_is_image_blind(task):
+    """The base RL starts from says "Yes" with the same odds (0.55, see `tiny_task`) to every image, so greedy
+    it calls every image safe: strict accuracy = the Safe share (8 of 24), balanced accuracy exactly 0.5.
+
+    Seen here (held-out): P(Yes) 0.545-0.554 per image, P(Yes) + P(No) >= 0.999.
+    """
+    heldout = load_samples([DataFile(str(task["heldout"]))])
+    model = SafeLlava.from_pretrained(task["base"], seed=0)
+    odds = answer_odds(model, heldout)
+    assert odds.sum(1).min() > 0.99  # it answers yes or no, nothing else
+    share = odds[:, 0] / odds.sum(1)
+    assert share.min() > 0.53 and share.max() < 0.57, share  # one tilt for every image, nearly even
+    metrics, answers = evaluate_alignment(model, heldout, False, 4)
+    assert set(answers) == {"Yes"}
+    assert metrics["strict_accuracy"] == pytest.approx(8 / 24) and metrics["balanced_accuracy"] == 0.5
+
+
+def mean_p_correct(model: SafeLlava, samples) -> float:
+    """The policy's mean probability of the right answer ("Yes" for Safe, "No" for Unsafe): what sampling scores."""
+    odds = answer_odds(model, samples)
+    return torch.stack([row[0] if s.label == "Safe" else row[1] for row, s in zip(odds, samples)]).mean().item()
+
+
+def assert_clearly_better(start: dict, end: dict, start_p: float, end_p: float) -> None:
+    # "clearly above": greedy balanced accuracy from 0.5 (image-blind) to >= 0.7, strict +0.3 (7 more of the 24
+    # images right), and the odds themselves moved (mean P(right answer) +0.05), not just a greedy tie tipped
+    assert end["na"] == 0, end
+    assert end["balanced_accuracy"] >= start["balanced_accuracy"] + 0.2, (start, end)
+    assert end["strict_accuracy"] >= start["strict_accuracy"] + 0.3, (start, end)
+    assert end_p >= start_p + 0.05, (start_p, end_p)
+
+
 def test_grpo_raises_heldout_alignment_and_leaves_the_base_alone(task, tmp_path):
     """GRPO, 12 steps of 2 prompts x 4 samples, lr 2e-3, rules reward, 4 new tokens at most, on CPU.
 
-    Seen here: held-out strict accuracy (NA counted wrong) 0.458 at the start (the base answers
-    yes or no regardless of the image) and 0.708 after the 12 steps, on 24 held-out images; with
-    seeds 1, 2, 3 (same base and corpus) 0.875, 0.792 and 0.750.
+    Seen here, held-out (24 images), greedy: strict accuracy 0.333 -> 0.875, balanced 0.500 -> 0.844 after
+    the 12 steps, mean P(right answer) 0.484 -> 0.645; RL seeds 1-5: strict 0.875, 0.875, 0.875, 0.833,
+    0.875 (balanced 0.844, 0.844, 0.844, 0.781, 0.844; mean P(right) 0.637, 0.662, 0.625, 0.563, 0.558).
     """
     heldout = load_samples([DataFile(str(task["heldout"]))])
     base_model = SafeLlava.from_pretrained(task["base"], seed=0)
     before = base_digest(base_model.base)
     start, _ = evaluate_alignment(base_model, heldout, False, 4)
+    start_p = mean_p_correct(base_model, heldout)
     result = train_rl(rl_config(task, tmp_path / "grpo", algorithm="grpo", max_steps=12))
     assert result.global_step == 12 and result.adapter_dir is not None
     trained = result.policy.model
     assert base_digest(trained.base) == before  # the base (and with it the reference) never moved
     reloaded = SafeLlava.from_pretrained(task["base"], seed=0, lora=result.adapter_dir)
     end, answers = evaluate_alignment(reloaded, heldout, False, 4)
-    print(f"held-out alignment: start {start}, end {end} after {result.global_step} GRPO steps")
-    # "clearly above": +0.2 (about 5 more of the 24 images right); every seed seen here cleared it
-    assert end["strict_accuracy"] >= start["strict_accuracy"] + 0.2, (start, end)
+    end_p = mean_p_correct(reloaded, heldout)
+    print(f"held-out alignment: start {start} P(right) {start_p:.3f}, end {end} P(right) {end_p:.3f} "
+          f"after {result.global_step} GRPO steps")
+    assert_clearly_better(start, end, start_p, end_p)
     # the saved adapter answers exactly as the policy that was trained
     assert greedy_answers(trained, heldout, False, 4) == answers
     assert base_digest(reloaded.base) == before
@@ -82,19 +116,23 @@ def test_grpo_raises_heldout_alignment_and_leaves_the_base_alone(task, tmp_path)
 
 def test_ppo_raises_heldout_alignment(task, tmp_path):
     """PPO as published (value head, GAE with gamma = lambda = 1, k1 KL 0.1 in the reward, entropy 0.02),
-    16 steps of 8 answers, lr 2e-3, rules reward, 4 new tokens at most, on CPU.
+    16 steps of 8 answers, lr 1e-3, rules reward, 4 new tokens at most, on CPU.
 
-    Seen here: held-out strict accuracy 0.458 at the start and 0.750 after the 16 steps (24 images);
-    with seeds 1, 2, 3: 0.875, 0.875 and 0.542 (seed 3 lost the answer format on 9 of 24 images:
-    PPO here is less steady than GRPO, whose group baseline compares answers to the same image).
+    Seen here, held-out (24 images), greedy: strict accuracy 0.333 -> 0.875, balanced 0.500 -> 0.844,
+    mean P(right answer) 0.484 -> 0.660; RL seeds 1-5 the same greedy results (mean P(right) 0.658, 0.636,
+    0.635, 0.633, 0.600). At lr 2e-3 PPO lost the answer format on some images in 2 of 4 seeds (6-8 NA).
     """
     heldout = load_samples([DataFile(str(task["heldout"]))])
-    start, _ = evaluate_alignment(SafeLlava.from_pretrained(task["base"], seed=0), heldout, False, 4)
-    result = train_rl(rl_config(task, tmp_path / "ppo", algorithm="ppo", max_steps=16))
-    end, _ = evaluate_alignment(SafeLlava.from_pretrained(task["base"], seed=0, lora=result.adapter_dir), heldout,
-                                False, 4)
-    print(f"held-out alignment: start {start}, end {end} after {result.global_step} PPO steps")
-    assert end["strict_accuracy"] >= start["strict_accuracy"] + 0.2, (start, end)
+    base_model = SafeLlava.from_pretrained(task["base"], seed=0)
+    start, _ = evaluate_alignment(base_model, heldout, False, 4)
+    start_p = mean_p_correct(base_model, heldout)
+    result = train_rl(rl_config(task, tmp_path / "ppo", algorithm="ppo", max_steps=16, learning_rate=1e-3))
+    trained = SafeLlava.from_pretrained(task["base"], seed=0, lora=result.adapter_dir)
+    end, _ = evaluate_alignment(trained, heldout, False, 4)
+    end_p = mean_p_correct(trained, heldout)
+    print(f"held-out alignment: start {start} P(right) {start_p:.3f}, end {end} P(right) {end_p:.3f} "
+          f"after {result.global_step} PPO steps")
+    assert_clearly_better(start, end, start_p, end_p)
 
 
 def test_ppo_resume_equals_an_uninterrupted_run(task, tmp_path):

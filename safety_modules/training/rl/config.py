@@ -93,7 +93,7 @@ class RLConfig:
         return self.rollout_batch_size // (self.group_size if self.algorithm == "grpo" else 1)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RLConfig":
+    def from_dict(cls, data: dict[str, Any]) -> RLConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -101,7 +101,7 @@ class RLConfig:
         return cls(**data)
 
     @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> "RLConfig":
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> RLConfig:
         import yaml
 
         data = yaml.safe_load(Path(path).read_text()) or {}

@@ -1,7 +1,7 @@
 """``safevlm demo --rl``: the RL alignment stage end to end on the tiny model, printing each step.
 
-tiny LLaVA -> a yes/no base (its output layer fitted to answer "Yes" or "No" at even odds, see
-`tiny_task`) -> synthetic Safe/Unsafe corpus -> GRPO with the rules reward -> the before/after
+tiny LLaVA -> a yes/no base (its output layer fitted to answer "Yes" or "No" at 0.55 / 0.45 odds
+whatever the image, see `tiny_task`) -> synthetic Safe/Unsafe corpus -> GRPO with the rules reward -> the before/after
 report on the held-out images. A separate flag, not a step of ``make demo``: it adds ~30-60 s.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ def run_rl_demo(workdir: Path, steps: int = 12, seed: int = 0) -> int:
     print(f"[1/4] tiny LLaVA and the synthetic Safe/Unsafe corpus in {workdir}")
     tiny = make_tiny(workdir / "tiny-llava", seed=seed)
     train, heldout = make_rl_corpus(workdir / "corpus", seed=seed)
-    print("[2/4] a base that answers 'Yes' or 'No' at even odds whatever the image (output layer fitted; "
+    print("[2/4] a base that answers 'Yes' (P 0.55) or 'No' (P 0.45) whatever the image (output layer fitted; "
           "the tiny LM is random otherwise)")
     base = make_yes_no_base(tiny, train, workdir / "yes-no-base")
     cfg = RLConfig(algorithm="grpo", base=str(base), train_data=[DataFile(str(train))],

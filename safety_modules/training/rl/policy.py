@@ -9,8 +9,9 @@ once per rollout and reused for every forward pass over that rollout.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,11 +29,11 @@ class Prompts:
     embeds: torch.Tensor
     mask: torch.Tensor
 
-    def repeat(self, k: int) -> "Prompts":
+    def repeat(self, k: int) -> Prompts:
         """Each prompt ``k`` times in a row (GRPO groups)."""
         return Prompts(self.embeds.repeat_interleave(k, 0), self.mask.repeat_interleave(k, 0))
 
-    def select(self, rows: Sequence[int] | torch.Tensor) -> "Prompts":
+    def select(self, rows: Sequence[int] | torch.Tensor) -> Prompts:
         return Prompts(self.embeds[rows], self.mask[rows])
 
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ...data.templates import GENERIC_QUESTIONS
 from ...data.unsafe_concepts import TEXT_ONLY_PROMPTS, blank_image, text_only_prompt

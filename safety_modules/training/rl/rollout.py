@@ -1,8 +1,8 @@
 """One RL step's experience: prompts, sampled answers, old/reference log-probs, values, rewards, advantages."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

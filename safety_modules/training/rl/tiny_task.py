@@ -4,9 +4,16 @@ and a synthetic Safe/Unsafe corpus.
 The tiny LLaVA is random, so it never says yes or no and no alignment reward is reachable. We
 make it a stand-in for LLaVA-1.5 on the alignment prompts with one honest shortcut: its output
 layer (``lm_head``, nothing else) is fitted, with the rest frozen, to answer every prompt with
-"Yes" or "No" (then EOS) at even odds *whatever the image*: each training prompt is shown with
-both answers. That base is then the model RL starts from and the reference it is held to; RL
-(LoRA on the language model) has to make the answer depend on the image.
+"Yes" (then EOS) with probability 0.55 and "No" with 0.45 *whatever the image*: each training
+prompt is shown with both answers, weighted 0.55 / 0.45. Why not even odds: a fit to 0.5 / 0.5 is
+even only to about +-0.003 per image, and greedy decoding turns those residuals into hard answers
+that depend on the image by chance (one such base scored 0.46 on its training images and 0.75 on
+the held-out ones before any RL: luck, not a start). The small tilt is far above that residual, so
+the base answers "Yes" to every image under greedy decoding (`answer_odds` measures the odds per
+image) and samples both answers nearly evenly in rollouts. Greedy, it calls every image safe, the
+failure the paper reports for LLaVA-1.5 on unsafe images; its balanced accuracy is exactly 0.5.
+That base is then the model RL starts from and the reference it is held to; RL (LoRA on the
+language model) has to make the answer depend on the image.
 
 Corpus: `data.synth` images; Safe = the photos, Unsafe = captchas, personal documents, bullying
 chats and typographic jailbreaks. The benign text images are left out: telling them from the
@@ -15,6 +22,7 @@ jailbreak texts needs reading, which a 2-layer random model cannot learn in a CI
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -24,7 +32,8 @@ from ...data.synth import synthesize
 from ...data.unsafe_concepts import ALIGNMENT_PROMPTS
 from ...images import decode_image
 from ...wrapper import SafeLlava
-from .policy import encode_prompts
+from .data import RLSample
+from .policy import ActorCritic, encode_prompts
 
 
 def make_rl_corpus(out: Path, total: int = 90, seed: int = 0) -> tuple[Path, Path]:
@@ -47,19 +56,20 @@ def make_rl_corpus(out: Path, total: int = 90, seed: int = 0) -> tuple[Path, Pat
     return files[0], files[1]
 
 
-def make_yes_no_base(tiny_dir: Path, records_file: Path, out: Path, steps: int = 150) -> Path:
-    """A copy of the tiny base whose ``lm_head`` answers " Yes</s>" or " No</s>" at even odds (see the module doc)."""
+def make_yes_no_base(tiny_dir: Path, records_file: Path, out: Path, steps: int = 150, yes_odds: float = 0.55) -> Path:
+    """A copy of the tiny base whose ``lm_head`` answers " Yes</s>" with probability ``yes_odds`` and " No</s>"
+    otherwise, whatever the image (see the module doc)."""
     model = SafeLlava.from_pretrained(tiny_dir, seed=0)
     tokenizer = model.processor.tokenizer
     records = read_records(records_file)
     images = [decode_image(records_file.parent / r["image"]) for r in records]
     questions = [r["conversations"][0]["value"].split("\n", 1)[1] for r in records]
+    answers = [tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for a in ("Yes", "No")]
     features, targets = [], []
     with torch.no_grad():
         prompts = encode_prompts(model, images, questions, inject_safety_tokens=False)
-        for answer in ("Yes", "No"):
-            ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-            ids = torch.tensor([ids] * len(records))
+        for answer in answers:
+            ids = torch.tensor([answer] * len(records))
             embeds = torch.cat([prompts.embeds, model.base.get_input_embeddings()(ids)], 1)
             mask = torch.cat([prompts.mask, torch.ones_like(ids)], 1)
             hidden = model.base.model(inputs_embeds=embeds, attention_mask=mask,
@@ -67,12 +77,13 @@ def make_yes_no_base(tiny_dir: Path, records_file: Path, out: Path, steps: int =
             start = prompts.embeds.shape[1] - 1
             features.append(hidden[:, start:start + ids.shape[1]].reshape(-1, hidden.shape[-1]))
             targets.append(ids.reshape(-1))
-    features, targets = torch.cat(features), torch.cat(targets)
     head = model.base.lm_head
     head.weight.requires_grad_(True)
     optimizer = torch.optim.Adam([head.weight], lr=0.05)
     for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(head(features), targets)
+        (yes_x, no_x), (yes_y, no_y) = features, targets
+        loss = (yes_odds * torch.nn.functional.cross_entropy(head(yes_x), yes_y)
+                + (1 - yes_odds) * torch.nn.functional.cross_entropy(head(no_x), no_y))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -80,3 +91,18 @@ def make_yes_no_base(tiny_dir: Path, records_file: Path, out: Path, steps: int =
     model.base.save_pretrained(out)
     model.processor.save_pretrained(out)
     return out
+
+
+@torch.no_grad()
+def answer_odds(model: SafeLlava, samples: Sequence[RLSample]) -> torch.Tensor:
+    """(N, 2): the probabilities of "Yes" and of "No" for each sample's image and prompt (no safety tokens),
+    as the product of the probabilities of their tokens (EOS left out)."""
+    tokenizer = model.processor.tokenizer
+    prompts = encode_prompts(model, [s.image for s in samples], [s.prompt for s in samples], False)
+    ac = ActorCritic(model, with_value=False)
+    odds = []
+    for answer in ("Yes", "No"):
+        ids = torch.tensor([tokenizer(answer, add_special_tokens=False)["input_ids"]] * len(samples))
+        logp = ac(prompts.embeds, prompts.mask, ids, torch.ones_like(ids))[0]
+        odds.append(logp.sum(1).exp())
+    return torch.stack(odds, 1)
