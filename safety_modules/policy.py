@@ -294,8 +294,7 @@ class SafetyPolicy:
             rule[safe_level] = _RULE["argmax_safe_level"]
             action[rule == _RULE["argmax_hint"]] = _HINT
         else:
-            risk = tp * (1.0 - lp[:, :1])
-            severe = tp * lp[:, -1:]
+            risk, severe = threshold_scores(lp, tp)
             refuse_hit = severe >= self._refuse_at
             hint_hit = risk >= self._hint_at
             fire_refuse = refuse_hit & self._enabled
@@ -351,6 +350,13 @@ class SafetyPolicy:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def threshold_scores(level_probs: torch.Tensor, type_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-type scores that ``mode: thresholds`` compares with its thresholds, (B, T) each:
+    ``risk[t] = q[t] * (1 - p[0])`` (hint) and ``severe[t] = q[t] * p[L-1]`` (refuse).
+    `safevlm calibrate` chooses thresholds on exactly these scores."""
+    return type_probs * (1.0 - level_probs[:, :1]), type_probs * level_probs[:, -1:]
 
 
 def _threshold(value: float | None) -> float:

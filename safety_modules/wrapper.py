@@ -17,26 +17,10 @@ from torch import nn
 from .backbone import load_base, select_vision_features
 from .config import SafetyConfig
 from .generation import GatedAnswer, gated_generate
-from .modeling import SafetyModules, base_fingerprint
+from .modeling import SafetyModules, SafetyScores, base_fingerprint
 from .policy import SafetyPolicy
 
 IGNORE_INDEX = -100
-
-
-@dataclass
-class SafetyScores:
-    """The safety head's output for a batch: logits and their probabilities (float32)."""
-
-    level_logits: torch.Tensor
-    type_logits: torch.Tensor
-
-    @property
-    def level_probs(self) -> torch.Tensor:
-        return self.level_logits.float().softmax(-1)
-
-    @property
-    def type_probs(self) -> torch.Tensor:
-        return self.type_logits.float().softmax(-1)
 
 
 @dataclass
@@ -175,15 +159,14 @@ class SafeLlava(nn.Module):
         head_input_ids: torch.Tensor | None = None,
         head_attention_mask: torch.Tensor | None = None,
     ) -> SafetyScores:
-        """Safety-head logits from vision features and (optionally) the prompt token ids."""
+        """Safety-head scores (raw logits, calibrated probabilities) from vision features and optional prompt ids."""
         prompt_embeds = None
         if head_input_ids is not None:
             head_input_ids = head_input_ids.to(self.device)
             prompt_embeds = self.base.get_input_embeddings()(head_input_ids)
             if head_attention_mask is not None:
                 head_attention_mask = head_attention_mask.to(self.device)
-        level, type_ = self.safety.classify(features, prompt_embeds, head_attention_mask)
-        return SafetyScores(level, type_)
+        return self.safety.score(features, prompt_embeds, head_attention_mask)
 
     def build_inputs_embeds(
         self,

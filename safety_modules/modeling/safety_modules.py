@@ -12,6 +12,7 @@ from ..config import SafetyConfig
 from .fingerprint import describe
 from .head import SafetyHead
 from .projector import SafetyProjector
+from .scores import SafetyScores
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -71,6 +72,16 @@ class SafetyModules(nn.Module):
         if not self.config.head_uses_prompt:
             prompt_embeds = prompt_mask = None
         return self.head(head_tokens, safety_features, prompt_embeds, prompt_mask)
+
+    def score(
+        self,
+        vision_features: torch.Tensor,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_mask: torch.Tensor | None = None,
+    ) -> SafetyScores:
+        """`classify` as `SafetyScores`: the raw logits with this head's temperatures (calibrated probabilities)."""
+        level, type_ = self.classify(vision_features, prompt_embeds, prompt_mask)
+        return SafetyScores(level, type_, self.config.level_temperature, self.config.type_temperature)
 
     def check_base(self, fingerprint: dict[str, Any]) -> None:
         """Raise `IncompatibleBaseError` unless ``fingerprint`` is the base these modules were made for."""
