@@ -112,7 +112,7 @@ class SafetyModules(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> "SafetyModules":
         """Load from a local folder or a Hugging Face hub id (``config.json`` + ``model.safetensors``)."""
-        config_file, weights_file = _resolve_files(name_or_path)
+        config_file, weights_file = checkpoint_files(name_or_path)
         config = SafetyConfig.load(config_file)
         with torch.device("meta"):
             modules = cls(config)
@@ -138,7 +138,8 @@ class SafetyModules(nn.Module):
         return modules.to(device=device, dtype=dtype)
 
 
-def _resolve_files(name_or_path: str | Path) -> tuple[Path, Path]:
+def checkpoint_files(name_or_path: str | Path) -> tuple[Path, Path]:
+    """The (config.json, model.safetensors) of a safety-modules folder or hub id; a clear error if either is missing."""
     path = Path(name_or_path)
     if path.is_dir():
         files = path / CONFIG_NAME, path / WEIGHTS_NAME
