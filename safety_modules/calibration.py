@@ -48,24 +48,37 @@ def nll_at(logits: np.ndarray, labels: Sequence[int], temperature: float | Seque
 
 
 def fit_temperature(logits: np.ndarray, labels: Sequence[int], per_class: bool = False) -> float | list[float]:
-    """The temperature(s) minimising the NLL of ``softmax(logits / T)``: one number, or one per class."""
+    """The temperature(s) minimising the NLL of ``softmax(logits / T)``: one number, or one per class.
+
+    Per class, a class with no item among ``labels`` keeps the single temperature: nothing in the
+    data pins its own, and a free one runs to a bound (a tiny T would let that class win whenever
+    its logit turns positive).
+    """
     z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if z.ndim != 2 or len(z) != len(y) or len(y) == 0:
         raise ValueError(f"expected (N, C) logits and N labels (N > 0), got {tuple(z.shape)} and {len(y)}")
     low, high = LOG_T_BOUNDS
-    log_t = torch.zeros(z.shape[1] if per_class else 1, dtype=torch.float64, requires_grad=True)
+    fixed = torch.zeros(1, dtype=torch.float64)
+    free = torch.ones(1, dtype=torch.bool)
+    if per_class:
+        fixed = torch.full((z.shape[1],), math.log(fit_temperature(logits, labels)), dtype=torch.float64)
+        free = torch.bincount(y, minlength=z.shape[1]) > 0
+    log_t = fixed.clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=200, tolerance_grad=1e-10, tolerance_change=1e-12,
                                   line_search_fn="strong_wolfe")
 
+    def current() -> torch.Tensor:
+        return torch.where(free, log_t, fixed).clamp(low, high)
+
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = F.cross_entropy(z / log_t.clamp(low, high).exp(), y)
+        loss = F.cross_entropy(z / current().exp(), y)
         loss.backward()
         return loss
 
     optimizer.step(closure)
-    temperature = log_t.detach().clamp(low, high).exp()
+    temperature = current().detach().exp()
     return temperature.tolist() if per_class else float(temperature[0])
 
 
@@ -102,8 +115,8 @@ def fit_head_temperature(logits: np.ndarray, labels: Sequence[int]) -> Temperatu
     """A single temperature, replaced by one per class only when that wins under cross-validation."""
     labels = np.asarray(labels)
     scalar = fit_temperature(logits, labels)
-    at_bound = not (math.exp(LOG_T_BOUNDS[0]) * 1.001 < scalar < math.exp(LOG_T_BOUNDS[1]) * 0.999)
-    note = "the temperature is at its bound (the validation set may be separable or degenerate)" if at_bound else ""
+    note = "the temperature is at its bound (the validation set may be separable or degenerate)" \
+        if _at_bound([scalar]) else ""
     if len(labels) < MIN_ITEMS_FOR_VECTOR:
         return TemperatureFit(scalar, "scalar", scalar,
                               note=note or f"vector scaling not tried: {len(labels)} validation items")
@@ -111,8 +124,14 @@ def fit_head_temperature(logits: np.ndarray, labels: Sequence[int]) -> Temperatu
     cv_vector = cross_validated_nll(logits, labels, per_class=True)
     vector = fit_temperature(logits, labels, per_class=True)
     if cv_vector < cv_scalar:
+        note = note or ("a per-class temperature is at its bound" if _at_bound(vector) else "")
         return TemperatureFit(vector, "vector", scalar, vector, cv_scalar, cv_vector, note)
     return TemperatureFit(scalar, "scalar", scalar, vector, cv_scalar, cv_vector, note)
+
+
+def _at_bound(temperatures: Sequence[float]) -> bool:
+    low, high = (math.exp(b) for b in LOG_T_BOUNDS)
+    return any(not low * 1.001 < t < high * 0.999 for t in temperatures)
 
 
 # ---------------------------------------------------------------------- thresholds
