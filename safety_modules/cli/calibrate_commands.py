@@ -17,12 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lora", help="stage-2 LoRA adapter folder (loaded as for serving; the head does not read it)")
     p.add_argument("--out", type=Path, required=True,
                    help="output folder: calibrated modules, policy.yaml, calibration.md/.json, PNGs")
-    target = p.add_mutually_exclusive_group()
-    target.add_argument("--target", default="recall=0.95",
-                        help="recall=R: act on >= R of risky items, refuse >= R of top-level ones "
-                             "(default recall=0.95)")
-    target.add_argument("--max-over-refusal", type=float, metavar="B",
-                        help="refuse at most B of the safe items (hint thresholds keep recall=0.95)")
+    p.add_argument("--target", default="recall=0.95",
+                   help="recall=R: act (hint or refuse) on >= R of the risky items and refuse >= R of the top-level "
+                        "ones (default recall=0.95)")
+    p.add_argument("--max-over-refusal", type=float, metavar="B",
+                   help="instead of the refuse recall: refuse at most B of the safe items (hints still follow "
+                        "--target)")
     p.add_argument("--per-type", action="store_true", help="one hint/refuse pair per risk type (default: shared)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="auto")
@@ -36,12 +36,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..evaluation.head import load_labelled
     from ..wrapper import SafeLlava
 
-    if args.max_over_refusal is not None:
-        if not 0.0 <= args.max_over_refusal < 1.0:
-            raise ValueError(f"--max-over-refusal must be in [0, 1), got {args.max_over_refusal}")
-        target = Target(max_over_refusal=args.max_over_refusal)
-    else:
-        target = Target(recall=parse_target(args.target))
+    if args.max_over_refusal is not None and not 0.0 <= args.max_over_refusal < 1.0:
+        raise ValueError(f"--max-over-refusal must be in [0, 1), got {args.max_over_refusal}")
+    target = Target(recall=parse_target(args.target), max_over_refusal=args.max_over_refusal)
     val_items = [item for path in args.data for item in load_labelled(path)]
     test_items = [item for path in args.test for item in load_labelled(path)] if args.test else None
     model = SafeLlava.from_pretrained(args.base, args.safety, dtype=args.dtype, device=args.device, lora=args.lora)
