@@ -78,3 +78,19 @@ def test_the_gate_and_assess_read_the_modules_temperatures(tmp_path, tiny_dir, t
     torch.testing.assert_close(scores.level_logits, plain.level_logits, **tol)  # same raw head
     torch.testing.assert_close(scores.level_probs, (plain.level_logits.float() / 3.0).softmax(-1), **tol)
     torch.testing.assert_close(scores.type_probs, (plain.type_logits.float() / 0.5).softmax(-1), **tol)
+
+
+@pytest.mark.parametrize("train_modules", [True, False])
+def test_training_calibrated_modules_drops_their_temperatures(tmp_path, tiny_dir, tiny_model, train_modules):
+    from safety_modules.training import TrainConfig
+    from safety_modules.training.trainer import build_model
+
+    config = dataclasses.replace(tiny_model.config, level_temperature=2.0, type_temperature=0.5)
+    modules = SafetyModules(config)
+    modules.load_state_dict(tiny_model.safety.state_dict())
+    modules.save_pretrained(tmp_path / "calibrated")
+    cfg = TrainConfig(stage=2, base=str(tiny_dir), safety=str(tmp_path / "calibrated"), train_data=["x.jsonl"],
+                      output_dir=str(tmp_path / "run"), train_safety_modules=train_modules)
+    model = build_model(cfg, torch.device("cpu"))
+    kept = (model.config.level_temperature, model.config.type_temperature)
+    assert kept == ((None, None) if train_modules else (2.0, 0.5))
