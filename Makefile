@@ -9,7 +9,7 @@ CONSTRAINTS := $(VENV)/constraints.txt
 EXTRAS ?= dev,scan,ray,eval,demo
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: install demo test bench clean
+.PHONY: install demo lint test bench clean
 
 install: $(STAMP)
 
@@ -26,7 +26,13 @@ $(STAMP): setup.cfg pyproject.toml
 demo: install
 	$(VENV)/bin/safevlm demo
 
-test: install
+# ruff (lint + format check) and mypy on the modules listed in pyproject.toml ([tool.mypy] files).
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+test: install lint
 	$(PY) -m pytest -q
 
 bench: install

@@ -1,6 +1,6 @@
 """Safety modules for a frozen LLaVA-v1.5: projector, safety tokens, safety head, gate, training, scanning."""
 from .config import SafetyConfig
-from .generation import GatedAnswer
+from .gate import Gate, GatedAnswer
 from .modeling import CheckpointError, IncompatibleBaseError, SafetyModules
 from .policy import PolicyError, SafetyDecision, SafetyPolicy
 from .taxonomy import Taxonomy
@@ -8,6 +8,7 @@ from .wrapper import SafeLlava, SafeLlavaOutput, SafetyScores
 
 __all__ = [
     "CheckpointError",
+    "Gate",
     "GatedAnswer",
     "IncompatibleBaseError",
     "PolicyError",

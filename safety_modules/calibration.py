@@ -7,7 +7,7 @@ kept only when its cross-validated NLL on the validation set beats the single te
 since on the data it was fitted on more parameters always look better.
 
 Thresholds. The policy (``mode: thresholds``) compares per-type scores with per-type
-thresholds; the scores are `safety_modules.policy.threshold_scores` (``risk`` for hint,
+thresholds; the scores are `safety_modules.policy.rule.threshold_scores` (``risk`` for hint,
 ``severe`` for refuse), used here as they are. For a target the thresholds are the least
 strict that meet it on the validation items:
 
@@ -29,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .policy import SafetyPolicy, threshold_scores
+from .policy import SafetyPolicy
+from .policy.rule import threshold_scores
 from .taxonomy import Taxonomy
 
 LOG_T_BOUNDS = (math.log(1e-2), math.log(1e2))  # temperatures are kept in [0.01, 100]

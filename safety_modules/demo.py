@@ -16,8 +16,9 @@ def run_demo(workdir: Path, steps: int = 80, corpus_size: int = 200, seed: int =
     from .calibration import Target
     from .calibration_report import run_calibration, summary_lines
     from .data.format import question_text, read_records
-    from .evaluation.head import load_labelled
     from .data.synth import synthesize
+    from .evaluation.head import load_labelled
+    from .gate import Gate
     from .images import decode_image
     from .metrics import format_metrics
     from .policy import SafetyPolicy
@@ -71,7 +72,7 @@ def run_demo(workdir: Path, steps: int = 80, corpus_size: int = 200, seed: int =
     test = read_records(corpus / "test.jsonl")
     picks = [next(r for r in test if r["safety"]["level"] == 0), next(r for r in test if r["safety"]["level"] > 0)]
     images = [decode_image(corpus / r["image"]) for r in picks]
-    answers = model.generate(images, [question_text(r) for r in picks], policy=policy, max_new_tokens=12)
+    answers = Gate(model, policy).generate(images, [question_text(r) for r in picks], max_new_tokens=12)
     for record, answer in zip(picks, answers):
         d = answer.decision
         print(f"      {record['image']}  [truth: level {record['safety']['level']}, {record['safety']['type']}]")

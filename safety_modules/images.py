@@ -1,4 +1,5 @@
-"""Decoding images from untrusted sources: one function, clear error kinds, unusual formats normalised.
+"""Decoding images from untrusted sources: one function, clear error kinds, unusual formats normalised;
+and grouping identical images of a batch by their content (so each distinct image is processed once).
 
 Valid but unusual inputs are decoded, not rejected: CMYK, 16-bit, palette with
 transparency, RGBA/LA (composited on white), animated files (first frame), and
@@ -8,9 +9,13 @@ files whose extension lies (the content decides). Broken inputs raise
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
+from collections import Counter
+from collections.abc import Hashable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -78,3 +83,60 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def load_images(images: Any) -> list[Any]:
+    """One image or a list of them as a list; file paths are decoded (`decode_image`), other items kept."""
+    items = images if isinstance(images, (list, tuple)) else [images]
+    return [decode_image(x) if isinstance(x, (str, Path)) else x for x in items]
+
+
+def group_identical(images: Sequence[Any]) -> tuple[list[int], list[int]]:
+    """Group identical images of a batch by content: (``firsts``, ``inverse``) as `group_labels` gives them.
+
+    PIL images and numpy arrays are compared by a BLAKE2b digest of their decoded bytes with
+    their mode/dtype and size/shape, computed on the CPU before any preprocessing; other items
+    are never merged. Only images that could be equal are hashed: in a batch of one, or for an
+    image whose mode and size no other image shares, nothing is hashed; the same object given
+    twice is hashed once.
+    """
+    keys: list[Any] = [_cheap_key(img, i) for i, img in enumerate(images)]
+    counts = Counter(keys)
+    digests: dict[int, bytes] = {}  # by object id
+    for i, img in enumerate(images):
+        if counts[keys[i]] > 1:
+            if id(img) not in digests:
+                digests[id(img)] = _content_digest(img)
+            keys[i] = (keys[i], digests[id(img)])
+    return group_labels(keys)
+
+
+def group_labels(labels: Sequence[Hashable]) -> tuple[list[int], list[int]]:
+    """(``firsts``, ``inverse``) for per-sample group labels (equal labels = identical images).
+
+    ``firsts``: the index of each group's first sample, in batch order; ``inverse[i]``: the
+    position in ``firsts`` of sample ``i``'s group. A pass over the labels, no sorting.
+    """
+    firsts: list[int] = []
+    slot: dict[Hashable, int] = {}
+    inverse = []
+    for i, label in enumerate(labels):
+        if label not in slot:
+            slot[label] = len(firsts)
+            firsts.append(i)
+        inverse.append(slot[label])
+    return firsts, inverse
+
+
+def _cheap_key(img: Any, index: int) -> tuple:
+    """What two equal images must share (mode and size, dtype and shape); unknown kinds stay apart."""
+    if isinstance(img, Image.Image):
+        return ("pil", img.mode, img.size)
+    if isinstance(img, np.ndarray):
+        return ("array", str(img.dtype), img.shape)
+    return ("other", index)
+
+
+def _content_digest(img: Image.Image | np.ndarray) -> bytes:
+    data = img.tobytes() if isinstance(img, Image.Image) else np.ascontiguousarray(img).tobytes()
+    return hashlib.blake2b(data, digest_size=16).digest()

@@ -6,9 +6,10 @@ safety head). In the LLM input the image block becomes [safety tokens B; image t
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +17,8 @@ from torch import nn
 
 from .backbone import load_base, select_vision_features
 from .config import SafetyConfig
-from .generation import GatedAnswer, gated_generate
+from .images import group_identical, group_labels, load_images
 from .modeling import SafetyModules, SafetyScores, base_fingerprint
-from .policy import SafetyPolicy
 
 IGNORE_INDEX = -100
 
@@ -65,7 +65,7 @@ class SafeLlava(nn.Module):
         seed: int | None = None,
         lora: str | Path | None = None,
         **config_overrides: Any,
-    ) -> "SafeLlava":
+    ) -> SafeLlava:
         """Load the base (folder, hub id or an already loaded model) and attach modules.
 
         ``safety=None`` builds fresh modules sized from the base config (``config_overrides``
@@ -113,7 +113,7 @@ class SafeLlava(nn.Module):
     def image_token_id(self) -> int:
         return self.base.config.image_token_id
 
-    def train(self, mode: bool = True) -> "SafeLlava":
+    def train(self, mode: bool = True) -> SafeLlava:
         """Only the safety modules change mode: the frozen base always stays in eval (no dropout)."""
         self.training = mode
         self.safety.train(mode)
@@ -122,27 +122,55 @@ class SafeLlava(nn.Module):
 
     # ------------------------------------------------------------------ building blocks
 
-    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def vision_features(self, pixel_values: torch.Tensor,
+                        groups: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
         """Run the vision tower once; return the selected layer's patch features (B, N, V).
 
-        Identical images in the batch go through the tower once: benchmarks ask several
-        questions of one image (UnsafeConcepts: five prompts per image, and one blank image
-        for every text-only prompt), and the check costs far less than a vision pass.
+        ``groups``: optional per-sample group labels (equal labels = identical images); the
+        tower then sees one row per group and the features are copied back to every member.
+        Without them every row goes through the tower (pixels are never compared here: see
+        `encode_images`, which groups images by content before preprocessing).
         """
+        if groups is not None:
+            firsts, inverse = _grouping(groups, len(pixel_values))
+            if len(firsts) < len(pixel_values):
+                return self.vision_features(pixel_values[firsts])[inverse]
         cfg = self.base.config
-        pixel_values = pixel_values.to(self.device, self.dtype)
-        unique, inverse = torch.unique(pixel_values.flatten(1), dim=0, return_inverse=True)
-        if len(unique) < len(pixel_values):
-            return self.vision_features(unique.view(-1, *pixel_values.shape[1:]))[inverse]
-        return select_vision_features(self.base.model.vision_tower, pixel_values,
+        return select_vision_features(self.base.model.vision_tower, pixel_values.to(self.device, self.dtype),
                                       cfg.vision_feature_layer, cfg.vision_feature_select_strategy)
 
-    def pixel_values(self, images: Any) -> torch.Tensor:
-        """Images (PIL, arrays, or a list of them) -> pixel values via the base's image processor."""
+    def encode_images(self, images: Any, groups: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+        """Images -> vision features (B, N, V), one preprocessing and one tower pass per distinct image.
+
+        ``images``: PIL images, arrays, file paths (decoded with `decode_image`), or a tensor
+        (float: pixel values as the processor makes them; uint8: raw images to preprocess).
+        PIL images and arrays are grouped by content on the CPU (`group_identical`); for a
+        tensor pass ``groups`` (per-sample labels) to share passes, or every row runs.
+        """
+        if isinstance(images, torch.Tensor) and images.is_floating_point():
+            return self.vision_features(images, groups)
         if isinstance(images, torch.Tensor):
+            everyone = list(range(len(images)))
+            firsts, inverse = (everyone, everyone) if groups is None else _grouping(groups, len(images))
+            distinct = images[firsts]
+        else:
+            images = load_images(images)
+            firsts, inverse = group_identical(images) if groups is None else _grouping(groups, len(images))
+            distinct = [images[i] for i in firsts]
+        features = self.vision_features(self.pixel_values(distinct))  # preprocessing only for distinct images
+        return features if len(firsts) == len(images) else features[inverse]
+
+    def pixel_values(self, images: Any) -> torch.Tensor:
+        """Images (PIL, arrays, a uint8 image tensor, or a list of them) -> pixel values via the image processor.
+
+        A float tensor is taken as pixel values already and returned as it is.
+        """
+        if isinstance(images, torch.Tensor) and images.is_floating_point():
             return images
         if self.processor is None:
             raise ValueError("this SafeLlava has no processor: pass pixel_values instead of images")
+        if isinstance(images, torch.Tensor):
+            images = list(images.cpu().numpy())  # uint8 rows, channels first or last
         if not isinstance(images, (list, tuple)):
             images = [images]
         return self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
@@ -188,7 +216,7 @@ class SafeLlava(nn.Module):
         attention_mask = attention_mask.to(self.device)
         embeds = self.base.get_input_embeddings()(input_ids)
         image_features = image_features.to(embeds.dtype)
-        batch, n_image = image_features.shape[:2]
+        n_image = image_features.shape[1]
         is_image = input_ids == self.image_token_id
         counts = is_image.sum(1)
         if not torch.all(counts == n_image):
@@ -252,44 +280,23 @@ class SafeLlava(nn.Module):
         images: Any = None,
         prompts: Sequence[str] | None = None,
         pixel_values: torch.Tensor | None = None,
+        groups: Sequence[int] | torch.Tensor | None = None,
     ) -> SafetyScores:
-        """Level and type scores for images (and optionally their prompts), without the language model."""
+        """Level and type scores for images (and optionally their prompts), without the language model.
+
+        Identical images take one vision pass (see `encode_images`; ``groups`` as there).
+        """
         if pixel_values is None:
             if images is None:
                 raise ValueError("assess needs images or pixel_values")
-            pixel_values = self.pixel_values(images)
-        features = self.vision_features(pixel_values)
+            pixel_values = images
+        features = self.encode_images(pixel_values, groups)
         ids = mask = None
         if prompts is not None:
             if len(prompts) != features.shape[0]:
                 raise ValueError(f"{len(prompts)} prompts for {features.shape[0]} images")
             ids, mask = self.head_prompt_inputs(prompts)
         return self.classify(features, ids, mask)
-
-    def generate(
-        self,
-        images: Any,
-        prompts: str | Sequence[str],
-        policy: SafetyPolicy | Sequence[SafetyPolicy] | None = None,
-        *,
-        refusal: str = "short_circuit",
-        inject_safety_tokens: bool = True,
-        streamer: Any = None,
-        **generation_kwargs: Any,
-    ) -> list[GatedAnswer]:
-        """Answer each (image, prompt) behind the safety gate; one `GatedAnswer` (text + decision) per sample.
-
-        ``images``: PIL images, arrays, file paths or pixel values; ``prompts``: the users' questions
-        (plain text, the chat template is applied here). ``policy``: a `SafetyPolicy` for all samples,
-        one per sample, or ``None`` for `SafetyPolicy.default()`. ``refusal="short_circuit"`` answers
-        refused samples with the policy's refusal text without running the language model;
-        ``"generate"`` generates them with the top-level hint (the reference's behaviour).
-        ``inject_safety_tokens=False`` leaves safety tokens B out of the LLM input (with an allow-all
-        policy this is exactly the base model's own output). ``streamer``: a transformers streamer,
-        single requests only. Other keyword arguments go to the base model's ``generate``.
-        """
-        return gated_generate(self, images, prompts, policy, refusal=refusal,
-                              inject_safety_tokens=inject_safety_tokens, streamer=streamer, **generation_kwargs)
 
 
 def head_prompt_inputs(tokenizer: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -307,6 +314,14 @@ def head_prompt_inputs(tokenizer: Any, prompts: Sequence[str]) -> tuple[torch.Te
         ids = torch.full((len(prompts), 1), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
     return ids, mask
+
+
+def _grouping(groups: Sequence[int] | torch.Tensor, batch: int) -> tuple[list[int], list[int]]:
+    """(firsts, inverse) from caller-given group labels, checked against the batch size."""
+    labels = groups.tolist() if isinstance(groups, torch.Tensor) else list(groups)
+    if len(labels) != batch:
+        raise ValueError(f"{len(labels)} group labels for {batch} images")
+    return group_labels(labels)
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

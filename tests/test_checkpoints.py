@@ -19,7 +19,7 @@ def test_save_load_round_trip_gives_identical_outputs(tiny_model, tiny_dir, tmp_
     images = [random_image(20), random_image(21)]
     expected = tiny_model.assess(images, prompts=["what is this?", "tell me"])
     tiny_model.safety.save_pretrained(tmp_path / "mods")
-    assert sorted(p.name for p in (tmp_path / "mods").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "mods").iterdir()) == ["README.md", "config.json", "model.safetensors"]
     reloaded = SafeLlava.from_pretrained(tiny_dir, tmp_path / "mods")
     got = reloaded.assess(images, prompts=["what is this?", "tell me"])
     assert torch.equal(expected.level_logits, got.level_logits)

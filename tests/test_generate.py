@@ -1,4 +1,4 @@
-"""SafeLlava.generate: one vision pass, mixed batches, refusal short-circuit, base equivalence, streaming, CLI."""
+"""Gate.generate: one vision pass, mixed batches, refusal short-circuit, base equivalence, streaming, CLI."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ import torch
 import yaml
 from transformers import TextStreamer
 
-from safety_modules import SafetyPolicy
+from safety_modules import Gate, SafetyPolicy
 from safety_modules.cli import main
-from safety_modules.generation import chat_text
+from safety_modules.conversation import chat_text
 from safety_modules.policy import PolicyError
 from safety_modules.taxonomy import Taxonomy
 
@@ -60,14 +60,15 @@ def test_hint_sits_after_the_question_before_the_assistant_turn(tiny_model):
     assert text == "USER: <image>\nWhat is this? Safe Hint: be careful. ASSISTANT:"
 
 
+@pytest.mark.device_sensitive
 def test_allow_all_without_safety_tokens_is_the_base_model_token_for_token(tiny_model, photos):
     questions = ["What is shown in this image?", "Describe the picture in detail, please."]
-    answers = tiny_model.generate(photos[:2], questions, SafetyPolicy.allow_all(), inject_safety_tokens=False,
-                                  **GREEDY)
+    no_tokens = Gate(tiny_model, inject_safety_tokens=False)
+    answers = no_tokens.generate(photos[:2], questions, SafetyPolicy.allow_all(), **GREEDY)
     expected = base_greedy(tiny_model, photos[:2], [template(tiny_model, q) for q in questions], **GREEDY)
     assert [a.token_ids for a in answers] == expected  # batched, left-padded, on both sides
     for photo, question, want in zip(photos, questions, expected):
-        alone = tiny_model.generate(photo, question, SafetyPolicy.allow_all(), inject_safety_tokens=False, **GREEDY)
+        alone = no_tokens.generate(photo, question, SafetyPolicy.allow_all(), **GREEDY)
         assert alone[0].token_ids == want == base_greedy(tiny_model, [photo], [template(tiny_model, question)],
                                                          **GREEDY)[0]
         assert alone[0].text == tiny_model.processor.tokenizer.decode(want, skip_special_tokens=True).strip()
@@ -78,21 +79,22 @@ def test_safety_tokens_b_are_in_the_language_model_input(tiny_model, photos):
     lengths = []
     hook = tiny_model.base.model.language_model.register_forward_hook(
         lambda module, args, kwargs, out: lengths.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True)
-    tiny_model.generate(photos[0], "What is this?", SafetyPolicy.allow_all(), max_new_tokens=1)
-    tiny_model.generate(photos[0], "What is this?", SafetyPolicy.allow_all(), max_new_tokens=1,
-                        inject_safety_tokens=False)
+    Gate(tiny_model).generate(photos[0], "What is this?", SafetyPolicy.allow_all(), max_new_tokens=1)
+    Gate(tiny_model, inject_safety_tokens=False).generate(photos[0], "What is this?", SafetyPolicy.allow_all(),
+                                                          max_new_tokens=1)
     hook.remove()
     # one prefill call each; they differ by exactly the number of safety tokens B
     assert len(lengths) == 2
     assert lengths[0] - lengths[1] == tiny_model.config.num_llm_tokens
 
 
+@pytest.mark.device_sensitive
 def test_mixed_batch_refused_sample_skips_the_language_model(tiny_model, photos):
     policies = [SafetyPolicy.allow_all(), SafetyPolicy.from_dict(HINT_ALL), SafetyPolicy.from_dict(REFUSE_ALL)]
     questions = ["What is this?", "Describe the image in detail.", "Read the text in the image."]
     lm = CallCounter(tiny_model.base.model.language_model)
     vision = CallCounter(tiny_model.base.model.vision_tower)
-    answers = tiny_model.generate(photos, questions, policies, **GREEDY)
+    answers = Gate(tiny_model).generate(photos, questions, policies, **GREEDY)
 
     assert [a.decision.action for a in answers] == ["allow", "hint", "refuse"]
     assert [a.decision.rule for a in answers] == ["allow_all", "hint_threshold", "refuse_threshold"]
@@ -106,30 +108,33 @@ def test_mixed_batch_refused_sample_skips_the_language_model(tiny_model, photos)
 
     # Each answer equals the one that sample gets alone.
     for i in (0, 1):
-        alone = tiny_model.generate(photos[i], questions[i], policies[i], **GREEDY)[0]
+        alone = Gate(tiny_model).generate(photos[i], questions[i], policies[i], **GREEDY)[0]
         assert alone.token_ids == answers[i].token_ids
         assert alone.text == answers[i].text
 
     # With everything refused the language model is never called.
     lm.reset()
-    all_refused = tiny_model.generate(photos, questions, policies[2], **GREEDY)
+    all_refused = Gate(tiny_model).generate(photos, questions, policies[2], **GREEDY)
     assert lm.batches == []
     assert all(a.decision.action == "refuse" for a in all_refused)
 
 
+@pytest.mark.device_sensitive
 def test_hint_goes_into_the_prompt_through_the_chat_template(tiny_model, photos):
     policy = SafetyPolicy.from_dict(HINT_ALL)
-    answer = tiny_model.generate(photos[1], "Describe the image.", policy, inject_safety_tokens=False, **GREEDY)[0]
+    answer = Gate(tiny_model, policy, inject_safety_tokens=False).generate(photos[1], "Describe the image.",
+                                                                           **GREEDY)[0]
     assert answer.decision.action == "hint"
     text = template(tiny_model, "Describe the image.", "Safe Hint: " + answer.decision.hint)
     assert answer.token_ids == base_greedy(tiny_model, [photos[1]], [text], **GREEDY)[0]
 
 
+@pytest.mark.device_sensitive
 def test_refusal_generate_keeps_the_reference_behaviour(tiny_model, photos):
     policy = SafetyPolicy.from_dict(REFUSE_ALL)
     lm = CallCounter(tiny_model.base.model.language_model)
-    answer = tiny_model.generate(photos[0], "What is this?", policy, refusal="generate",
-                                 inject_safety_tokens=False, **GREEDY)[0]
+    gate = Gate(tiny_model, policy, refusal="generate", inject_safety_tokens=False)
+    answer = gate.generate(photos[0], "What is this?", **GREEDY)[0]
     assert lm.batches and answer.token_ids is not None
     decision = answer.decision
     assert decision.action == "refuse" and decision.level == "reject"
@@ -139,17 +144,18 @@ def test_refusal_generate_keeps_the_reference_behaviour(tiny_model, photos):
 
 
 def test_default_policy_is_used_when_none_is_given(tiny_model, photos):
-    answers = tiny_model.generate(photos[:2], ["What is this?"] * 2, max_new_tokens=2)
+    answers = Gate(tiny_model).generate(photos[:2], ["What is this?"] * 2, max_new_tokens=2)
     assert [a.decision.policy for a in answers] == ["default", "default"]
     assert all(sum(a.decision.type_probs.values()) == pytest.approx(1.0, abs=1e-5) for a in answers)
 
 
+@pytest.mark.device_sensitive
 def test_image_paths_are_decoded_like_pil_images(tiny_model, photos, tmp_path):
     path = tmp_path / "photo.png"
     photos[2].save(path)
     policy = SafetyPolicy.allow_all()
-    from_path = tiny_model.generate([path], ["What is this?"], policy, do_sample=False, max_new_tokens=3)[0]
-    from_pil = tiny_model.generate([photos[2]], ["What is this?"], policy, do_sample=False, max_new_tokens=3)[0]
+    from_path = Gate(tiny_model).generate([path], ["What is this?"], policy, do_sample=False, max_new_tokens=3)[0]
+    from_pil = Gate(tiny_model).generate([photos[2]], ["What is this?"], policy, do_sample=False, max_new_tokens=3)[0]
     assert from_path.token_ids == from_pil.token_ids
     assert from_path.decision.type_probs == from_pil.decision.type_probs
 
@@ -170,7 +176,7 @@ def test_scoring_failure_fail_closed_both_ways(tiny_model, photos, breaker, fail
     breaker(tiny_model)
     policy = SafetyPolicy.from_dict({"fail_closed": fail_closed})
     lm = CallCounter(tiny_model.base.model.language_model)
-    answer = tiny_model.generate(photos[0], "What is this?", policy, max_new_tokens=3)[0]
+    answer = Gate(tiny_model).generate(photos[0], "What is this?", policy, max_new_tokens=3)[0]
     decision = answer.decision
     assert decision.scoring_failed and decision.rule == "scoring_failed" and decision.error
     if fail_closed:
@@ -182,12 +188,20 @@ def test_scoring_failure_fail_closed_both_ways(tiny_model, photos, breaker, fail
 
 
 class CollectingStreamer(TextStreamer):
-    """A transformers text streamer that keeps the streamed text instead of printing it."""
+    """A transformers text streamer that keeps the streamed text and token ids instead of printing them."""
 
     def __init__(self, tokenizer) -> None:
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
         self.chunks: list[str] = []
+        self.token_ids: list[int] = []
+        self.puts = 0
         self.ended = False
+
+    def put(self, value) -> None:
+        if self.puts:  # the first put is the prompt
+            self.token_ids += value.reshape(-1).tolist()
+        self.puts += 1
+        super().put(value)
 
     def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
         self.chunks.append(text)
@@ -198,23 +212,32 @@ class CollectingStreamer(TextStreamer):
                          ids=["allowed", "refused"])
 def test_streaming_a_single_request(tiny_model, photos, policy):
     streamer = CollectingStreamer(tiny_model.processor.tokenizer)
-    answer = tiny_model.generate(photos[0], "What is this?", policy, streamer=streamer, **GREEDY)[0]
-    assert streamer.ended
-    assert "".join(streamer.chunks).strip() == answer.text
+    answer = Gate(tiny_model).generate(photos[0], "What is this?", policy, streamer=streamer, **GREEDY)[0]
+    assert streamer.ended and streamer.token_ids
+    tokenizer = tiny_model.processor.tokenizer
+    if answer.token_ids is not None:
+        assert streamer.token_ids == answer.token_ids
+    # Compared on the ids: the random tiny model emits byte-fallback pieces, which a streamer
+    # decoding chunk by chunk may render as different replacement characters.
+    assert tokenizer.decode(streamer.token_ids, skip_special_tokens=True).strip() == answer.text
+    if answer.token_ids is None:  # the refusal is plain text: the streamed text is exactly it
+        assert "".join(streamer.chunks).strip() == answer.text
 
 
 def test_bad_requests_get_clear_errors(tiny_model, photos):
     with pytest.raises(ValueError, match="single request"):
-        tiny_model.generate(photos[:2], ["a", "b"], streamer=CollectingStreamer(tiny_model.processor.tokenizer))
+        Gate(tiny_model).generate(photos[:2], ["a", "b"], streamer=CollectingStreamer(tiny_model.processor.tokenizer))
     with pytest.raises(ValueError, match="2 images for 3 prompts"):
-        tiny_model.generate(photos[:2], ["a", "b", "c"])
+        Gate(tiny_model).generate(photos[:2], ["a", "b", "c"])
     with pytest.raises(ValueError, match="image placeholder"):
-        tiny_model.generate(photos[0], "look <image> here")
+        Gate(tiny_model).generate(photos[0], "look <image> here")
     with pytest.raises(ValueError, match="refusal must be one of"):
-        tiny_model.generate(photos[0], "a", refusal="silent")
+        Gate(tiny_model, refusal="silent")
     with pytest.raises(PolicyError, match="was built for"):
         other = Taxonomy(types=("hate", "safe"))
-        tiny_model.generate(photos[0], "a", SafetyPolicy.default(other))
+        Gate(tiny_model).generate(photos[0], "a", SafetyPolicy.default(other))
+    with pytest.raises(PolicyError, match="was built for"):
+        Gate(tiny_model, SafetyPolicy.default(other))
 
 
 # ---------------------------------------------------------------- CLI

@@ -6,7 +6,7 @@ import hashlib
 import pytest
 import torch
 
-from safety_modules import SafeLlava, SafetyModules, SafetyPolicy
+from safety_modules import Gate, SafeLlava, SafetyModules, SafetyPolicy
 from safety_modules.data.format import make_record, read_records, write_records
 from safety_modules.data.synth import synthesize
 from safety_modules.training import TrainConfig, train
@@ -109,8 +109,8 @@ def test_stage2_lora_saves_reloads_and_changes_output(tiny_dir, corpus, tmp_path
         again = SafeLlava.from_pretrained(tiny_dir, stage1, lora=result.adapter_dir)
         reloaded = again(**inputs).logits
     # The gate generates through the adapted language model too.
-    [answer] = again.generate(corpus / records[0]["image"], "What is shown?",
-                              SafetyPolicy.allow_all(), max_new_tokens=3, do_sample=False)
+    [answer] = Gate(again, SafetyPolicy.allow_all()).generate(corpus / records[0]["image"], "What is shown?",
+                                                              max_new_tokens=3, do_sample=False)
     assert answer.decision.action == "allow" and answer.token_ids
     assert (adapted - reference).abs().max() > 1e-3  # the adapter changes the output
     assert torch.allclose(adapted, reloaded)  # and reloads to the same model

@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from ..gate import Gate
     from ..images import decode_image
     from ..policy import SafetyPolicy
     from ..wrapper import SafeLlava
@@ -40,8 +41,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from transformers import TextStreamer
 
         streamer = TextStreamer(model.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    answer = model.generate([image], [args.prompt], policy, refusal=args.refusal, streamer=streamer,
-                            do_sample=False, max_new_tokens=args.max_new_tokens)[0]
+    gate = Gate(model, policy, refusal=args.refusal)
+    answer = gate.generate([image], [args.prompt], streamer=streamer, do_sample=False,
+                           max_new_tokens=args.max_new_tokens)[0]
     if args.json:
         print(json.dumps(answer.to_dict()))
         return 0

@@ -1,7 +1,7 @@
 """The one place where evaluation talks to the model: answers (batched, cached, resumable) and gate decisions.
 
 Everything else in ``evaluation`` calls `generate_answers`, `gate_actions` and `load_policy`,
-so the interface to ``SafeLlava.generate`` / ``SafetyPolicy`` lives here only.
+so the interface to the `Gate` / ``SafetyPolicy`` lives here only.
 """
 from __future__ import annotations
 
@@ -101,16 +101,20 @@ def decide_all(scores, policy) -> list[dict]:
 
 
 def gate_actions(model, images: Sequence[Image.Image], prompts: Sequence[str], policy) -> list[dict]:
-    """The gate's decision per (image, prompt) without the language model: ``model.assess`` + ``policy.decide``."""
-    return decide_all(model.assess(list(images), list(prompts)), policy)
+    """The gate's decision per (image, prompt) without the language model (`Gate.decide`), as plain dicts."""
+    from ..gate import Gate
+
+    return [d.to_dict() for d in Gate(model, policy).decide(list(images), list(prompts))]
 
 
 # ---------------------------------------------------------------- generation
 
 def _generate_batch(model, images, prompts, policy, inject_safety_tokens: bool,
                     generation_kwargs: dict) -> list[Answer]:
-    answers = model.generate(list(images), list(prompts), policy=policy, inject_safety_tokens=inject_safety_tokens,
-                             **generation_kwargs)
+    from ..gate import Gate
+
+    gate = Gate(model, policy, inject_safety_tokens=inject_safety_tokens)
+    answers = gate.generate(list(images), list(prompts), **generation_kwargs)
     return [Answer(a.text, a.decision.to_dict() if a.decision is not None else None) for a in answers]
 
 

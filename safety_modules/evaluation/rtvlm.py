@@ -9,14 +9,15 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from ..data.rtvlm import SUBTASKS, RTVLMItem, load_item_image
 from ..images import ImageDecodeError
 from .generation import generate_answers
-from .judge import SUBTASK_RUBRIC, JudgeRequest
+from .judge import JudgeRequest
+from .judge_prompts import DEFAULT_RUBRICS, Rubrics
 from .report import fmt, markdown_table, mean, write_csv, write_markdown
 
 logger = logging.getLogger(__name__)
@@ -76,8 +77,15 @@ def evaluate_rtvlm(
     inject_safety_tokens: bool = True,
     batch_size: int = 8,
     generation_kwargs: dict | None = None,
+    rubrics: Rubrics = DEFAULT_RUBRICS,
 ) -> RTVLMResult:
-    """Answer every item (cached in ``out_dir/answers.jsonl``), judge, and write the report into ``out_dir``."""
+    """Answer every item (cached in ``out_dir/answers.jsonl``), judge, and write the report into ``out_dir``.
+
+    ``rubrics`` says which rubric judges each subtask (give the judge the same `Rubrics` for its prompts).
+    """
+    unmapped = sorted({it.subtask for it in items} - set(rubrics.subtask_rubric))
+    if unmapped:
+        raise ValueError(f"the rubric file {rubrics.path} maps no rubric to the subtasks {unmapped}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     answers = generate_answers(
@@ -97,8 +105,8 @@ def evaluate_rtvlm(
                 logger.warning("RTVLM judge: %s skipped, image does not decode (%s)", it.id, exc)
                 continue
             chunk.append(it)
-            requests.append(JudgeRequest(it.id, SUBTASK_RUBRIC[it.subtask], it.question, answers[it.id].text, image,
-                                         it.reference, it.label))
+            requests.append(JudgeRequest(it.id, rubrics.subtask_rubric[it.subtask], it.question,
+                                         answers[it.id].text, image, it.reference, it.label))
         for it, req, judgment in zip(chunk, requests, judge.judge(requests)):
             decision = answers[it.id].decision or {}
             rows.append({"id": it.id, "subtask": it.subtask, "subset": it.subset, "label": it.label,

@@ -1,6 +1,7 @@
 """`SafetyModules`: the safety projector, two safety-token sets and the safety head, saved as one folder."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -8,6 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..checkpoints import CARD_NAME, CardData, name_base, upload_folder, write_card
+from ..checkpoints.card import as_card_data
 from ..config import SafetyConfig
 from .fingerprint import describe
 from .head import SafetyHead
@@ -16,6 +19,8 @@ from .scores import SafetyScores
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# What a published modules folder holds: the two files `from_pretrained` reads and the model card.
+PUBLISHED_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 
 
 class IncompatibleBaseError(ValueError):
@@ -89,20 +94,45 @@ class SafetyModules(nn.Module):
         if expected is None:
             return
         if expected != fingerprint:
+            made_for, given = name_base(expected), name_base(fingerprint)
             raise IncompatibleBaseError(
-                "these safety modules were trained for another base model.\n"
+                "these safety modules were trained for another base model"
+                + (f": they were made for {made_for}" if made_for else "") + ".\n"
                 f"  modules expect: {describe(expected)}\n"
-                f"  base provides:  {describe(fingerprint)}"
+                f"  base provides:  {describe(fingerprint)}" + (f" ({given})" if given else "")
             )
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory``."""
+    def save_pretrained(self, directory: str | Path, card_data: CardData | dict[str, Any] | None = None,
+                        write_card_file: bool = True) -> Path:
+        """Write ``config.json``, ``model.safetensors`` and the model card ``README.md`` into ``directory``.
+
+        ``card_data`` (a `CardData` or a dict of its fields: name, training_data, metrics, license, ...)
+        fills the parts of the card the modules cannot know; ``write_card_file=False`` skips the card.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.config.save(directory / CONFIG_NAME)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "library": "safety_modules"})
+        if write_card_file:
+            write_card(directory, self.config, card_data)
         return directory
+
+    def push_to_hub(self, repo_id: str, card_data: CardData | dict[str, Any] | None = None, *,
+                    private: bool | None = None, token: str | None = None,
+                    commit_message: str = "Upload safety modules") -> str:
+        """Save to a fresh folder (modules + card) and upload it to ``repo_id``; returns the commit URL.
+
+        The upload is ``huggingface_hub``'s (``create_repo`` + ``upload_folder``); the card's example code
+        names ``repo_id`` unless ``card_data`` gives another.
+        """
+        import tempfile
+
+        card = as_card_data(card_data)
+        card = dataclasses.replace(card, repo_id=card.repo_id or repo_id)
+        with tempfile.TemporaryDirectory(prefix="safety-modules-") as folder:
+            self.save_pretrained(folder, card)
+            return upload_folder(folder, repo_id, private=private, token=token, commit_message=commit_message)
 
     @classmethod
     def from_pretrained(
@@ -148,7 +178,8 @@ def checkpoint_files(name_or_path: str | Path) -> tuple[Path, Path]:
     else:
         from huggingface_hub import hf_hub_download
 
-        files = tuple(Path(hf_hub_download(str(name_or_path), name)) for name in (CONFIG_NAME, WEIGHTS_NAME))
+        files = (Path(hf_hub_download(str(name_or_path), CONFIG_NAME)),
+                 Path(hf_hub_download(str(name_or_path), WEIGHTS_NAME)))
     for file in files:
         if not file.is_file():
             raise CheckpointError(f"safety modules folder {name_or_path} has no {file.name}")

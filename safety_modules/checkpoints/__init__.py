@@ -1,0 +1,26 @@
+"""Known bases, model cards and publishing: the library side of the top-level ``checkpoints/`` folder.
+
+The manifests (``bases/*.yaml``) and the card template (``model_card.md``) are package data so an
+installed package has them; ``checkpoints/README.md`` at the repository top level points here.
+This package sits beside ``config``: it imports nothing above it.
+"""
+
+from .bases import KnownBase, ManifestError, known_base, known_bases, matching_bases, name_base
+from .card import CARD_NAME, CardData, render_card, write_card
+from .publish import PublishError, stage_files, upload_folder
+
+__all__ = [
+    "CARD_NAME",
+    "CardData",
+    "KnownBase",
+    "ManifestError",
+    "PublishError",
+    "known_base",
+    "known_bases",
+    "matching_bases",
+    "name_base",
+    "render_card",
+    "stage_files",
+    "upload_folder",
+    "write_card",
+]
