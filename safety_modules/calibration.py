@@ -19,15 +19,18 @@ strict that meet it on the validation items:
 With ``per_type`` every risk type gets its own pair (a type without validation items keeps
 the shared value, and says so); otherwise one pair in ``defaults``.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import ArrayLike
 
 from .policy import SafetyPolicy
 from .policy.rule import threshold_scores
@@ -41,15 +44,22 @@ MIN_ITEMS_FOR_VECTOR = 20  # fewer validation items than this: a single temperat
 # ---------------------------------------------------------------------- temperatures
 
 
-def nll_at(logits: np.ndarray, labels: Sequence[int], temperature: float | Sequence[float]) -> float:
+def nll_at(logits: np.ndarray, labels: ArrayLike, temperature: float | Sequence[float]) -> float:
     """Mean NLL of ``softmax(logits / temperature)`` on ``labels``."""
     z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
     t = torch.as_tensor(temperature, dtype=torch.float64)
     return float(F.cross_entropy(z / t, torch.as_tensor(np.asarray(labels), dtype=torch.long)))
 
 
-def fit_temperature(logits: np.ndarray, labels: Sequence[int], per_class: bool = False) -> float | list[float]:
-    """The temperature(s) minimising the NLL of ``softmax(logits / T)``: one number, or one per class.
+def fit_temperature(logits: np.ndarray, labels: ArrayLike, per_class: bool = False) -> float | list[float]:
+    """The temperature(s) minimising the NLL of ``softmax(logits / T)``: one number, or one per class (see
+    `fit_temperatures`)."""
+    temperatures = fit_temperatures(logits, labels, per_class)
+    return temperatures.tolist() if per_class else float(temperatures[0])
+
+
+def fit_temperatures(logits: np.ndarray, labels: ArrayLike, per_class: bool = False) -> torch.Tensor:
+    """The temperature(s) minimising the NLL of ``softmax(logits / T)`` as a float64 tensor: (1,) or (C,).
 
     Per class, a class with no item among ``labels`` keeps the single temperature: nothing in the
     data pins its own, and a free one runs to a bound (a tiny T would let that class win whenever
@@ -63,11 +73,12 @@ def fit_temperature(logits: np.ndarray, labels: Sequence[int], per_class: bool =
     fixed = torch.zeros(1, dtype=torch.float64)
     free = torch.ones(1, dtype=torch.bool)
     if per_class:
-        fixed = torch.full((z.shape[1],), math.log(fit_temperature(logits, labels)), dtype=torch.float64)
+        fixed = torch.full((z.shape[1],), math.log(float(fit_temperatures(logits, labels)[0])), dtype=torch.float64)
         free = torch.bincount(y, minlength=z.shape[1]) > 0
     log_t = fixed.clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=200, tolerance_grad=1e-10, tolerance_change=1e-12,
-                                  line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        [log_t], lr=1.0, max_iter=200, tolerance_grad=1e-10, tolerance_change=1e-12, line_search_fn="strong_wolfe"
+    )
 
     def current() -> torch.Tensor:
         return torch.where(free, log_t, fixed).clamp(low, high)
@@ -79,12 +90,12 @@ def fit_temperature(logits: np.ndarray, labels: Sequence[int], per_class: bool =
         return loss
 
     optimizer.step(closure)
-    temperature = current().detach().exp()
-    return temperature.tolist() if per_class else float(temperature[0])
+    return current().detach().exp()
 
 
-def cross_validated_nll(logits: np.ndarray, labels: Sequence[int], per_class: bool, folds: int = CV_FOLDS,
-                        seed: int = 0) -> float:
+def cross_validated_nll(
+    logits: np.ndarray, labels: ArrayLike, per_class: bool, folds: int = CV_FOLDS, seed: int = 0
+) -> float:
     """Mean NLL of each item under temperatures fitted without its fold (seeded folds)."""
     logits, labels = np.asarray(logits), np.asarray(labels)
     order = np.random.default_rng(seed).permutation(len(labels))
@@ -112,18 +123,22 @@ class TemperatureFit:
         return dict(self.__dict__)
 
 
-def fit_head_temperature(logits: np.ndarray, labels: Sequence[int]) -> TemperatureFit:
+def fit_head_temperature(logits: np.ndarray, labels: ArrayLike) -> TemperatureFit:
     """A single temperature, replaced by one per class only when that wins under cross-validation."""
     labels = np.asarray(labels)
-    scalar = fit_temperature(logits, labels)
-    note = "the temperature is at its bound (the validation set may be separable or degenerate)" \
-        if _at_bound([scalar]) else ""
+    scalar = float(fit_temperatures(logits, labels)[0])
+    note = (
+        "the temperature is at its bound (the validation set may be separable or degenerate)"
+        if _at_bound([scalar])
+        else ""
+    )
     if len(labels) < MIN_ITEMS_FOR_VECTOR:
-        return TemperatureFit(scalar, "scalar", scalar,
-                              note=note or f"vector scaling not tried: {len(labels)} validation items")
+        return TemperatureFit(
+            scalar, "scalar", scalar, note=note or f"vector scaling not tried: {len(labels)} validation items"
+        )
     cv_scalar = cross_validated_nll(logits, labels, per_class=False)
     cv_vector = cross_validated_nll(logits, labels, per_class=True)
-    vector = fit_temperature(logits, labels, per_class=True)
+    vector = fit_temperatures(logits, labels, per_class=True).tolist()
     if cv_vector < cv_scalar:
         note = note or ("a per-class temperature is at its bound" if _at_bound(vector) else "")
         return TemperatureFit(vector, "vector", scalar, vector, cv_scalar, cv_vector, note)
@@ -146,8 +161,11 @@ class Target:
     max_over_refusal: float | None = None
 
     def describe(self) -> str:
-        refuse = f"at most {self.max_over_refusal:.1%} of safe items refused" if self.max_over_refusal is not None \
+        refuse = (
+            f"at most {self.max_over_refusal:.1%} of safe items refused"
+            if self.max_over_refusal is not None
             else f"top-level recall >= {self.recall:.0%} (refuse)"
+        )
         return f"risky recall >= {self.recall:.0%} (hint or refuse); {refuse}"
 
 
@@ -200,19 +218,30 @@ def budget_thresholds(safe_scores: np.ndarray, budget: float) -> list[float | No
     allowed = math.floor(budget * n + 1e-9)
     ranked = -np.sort(-np.asarray(safe_scores, dtype=np.float32), axis=0)  # descending per column
     for k in range(min(allowed, n - 1), -1, -1):
-        thresholds = [_just_above(ranked[k, j]) for j in range(width)]
-        reach = np.stack([safe_scores[:, j] >= t for j, t in enumerate(thresholds)], 1)
+        thresholds: list[float | None] = [_just_above(ranked[k, j]) for j in range(width)]
+        reach = np.stack([safe_scores[:, j] >= t for j, t in enumerate(thresholds) if t is not None], 1)
         if reach.any(1).sum() <= allowed:
             return thresholds
     raise AssertionError("unreachable: k = 0 lets no safe item through")
 
 
-def choose_thresholds(level_probs: np.ndarray, type_probs: np.ndarray, gold_levels: Sequence[int],
-                      gold_types: Sequence[int], taxonomy: Taxonomy, target: Target,
-                      per_type: bool = False, name: str = "calibrated") -> ThresholdChoice:
+def choose_thresholds(
+    level_probs: np.ndarray,
+    type_probs: np.ndarray,
+    gold_levels: ArrayLike,
+    gold_types: ArrayLike,
+    taxonomy: Taxonomy,
+    target: Target,
+    per_type: bool = False,
+    name: str = "calibrated",
+) -> ThresholdChoice:
     """Hint and refuse thresholds from validation probabilities for ``target`` (see the module docstring)."""
-    risk, severe = (s.numpy() for s in threshold_scores(torch.as_tensor(np.asarray(level_probs, np.float32)),
-                                                         torch.as_tensor(np.asarray(type_probs, np.float32))))
+    risk, severe = (
+        s.numpy()
+        for s in threshold_scores(
+            torch.as_tensor(np.asarray(level_probs, np.float32)), torch.as_tensor(np.asarray(type_probs, np.float32))
+        )
+    )
     levels, types = np.asarray(gold_levels), np.asarray(gold_types)
     risk_types = list(taxonomy.risk_types)
     cols = [taxonomy.types.index(t) for t in risk_types]
@@ -229,8 +258,8 @@ def choose_thresholds(level_probs: np.ndarray, type_probs: np.ndarray, gold_leve
         notes.append("no risky validation items: the hint threshold is left at the shipped default")
     if shared_refuse is None:
         notes.append("no validation items to set the refuse threshold: left at the shipped default")
-    hint = dict.fromkeys(risk_types, shared_hint)
-    refuse = dict.fromkeys(risk_types, shared_refuse)
+    hint: dict[str, float | None] = dict.fromkeys(risk_types, shared_hint)
+    refuse: dict[str, float | None] = dict.fromkeys(risk_types, shared_refuse)
     if per_type:
         if target.max_over_refusal is not None:
             refuse = dict(zip(risk_types, budget_thresholds(severe[safe][:, cols], target.max_over_refusal)))
@@ -262,8 +291,13 @@ def _rule(hint: float | None, refuse: float | None) -> dict[str, float | None]:
 # ---------------------------------------------------------------------- what a policy does on labelled data
 
 
-def policy_metrics(policy: SafetyPolicy, level_probs: np.ndarray, type_probs: np.ndarray,
-                   gold_levels: Sequence[int], gold_types: Sequence[int]) -> dict[str, Any]:
+def policy_metrics(
+    policy: SafetyPolicy,
+    level_probs: np.ndarray,
+    type_probs: np.ndarray,
+    gold_levels: ArrayLike,
+    gold_types: ArrayLike,
+) -> dict[str, Any]:
     """What ``policy`` does on labelled items: overall and per risk type recall, precision, over-refusal.
 
     recall: share of risky items acted on (hinted or refused); refuse_recall: share of top-level
@@ -276,7 +310,7 @@ def policy_metrics(policy: SafetyPolicy, level_probs: np.ndarray, type_probs: np
     action = np.array([d.action for d in decisions])
     reported = np.array([d.type or "" for d in decisions])
     levels = np.asarray(gold_levels)
-    gold = np.array([tax.types[i] for i in gold_types])
+    gold = np.array([tax.types[int(i)] for i in np.asarray(gold_types, dtype=np.int64)])
     acted, refused = action != "allow", action == "refuse"
     risky, top, safe = levels > 0, levels == len(tax.levels) - 1, levels == 0
 
@@ -284,16 +318,27 @@ def policy_metrics(policy: SafetyPolicy, level_probs: np.ndarray, type_probs: np
         return float(hit[among].mean()) if among.any() else None
 
     out: dict[str, Any] = {
-        "n": int(len(levels)), "n_risky": int(risky.sum()), "n_safe": int(safe.sum()), "n_top": int(top.sum()),
-        "recall": share(acted, risky), "refuse_recall": share(refused, top), "precision": share(risky, acted),
-        "over_refusal": share(refused, safe), "safe_hinted": share(action == "hint", safe), "types": {},
+        "n": int(len(levels)),
+        "n_risky": int(risky.sum()),
+        "n_safe": int(safe.sum()),
+        "n_top": int(top.sum()),
+        "recall": share(acted, risky),
+        "refuse_recall": share(refused, top),
+        "precision": share(risky, acted),
+        "over_refusal": share(refused, safe),
+        "safe_hinted": share(action == "hint", safe),
+        "types": {},
     }
     for t in tax.risk_types:
         own = risky & (gold == t)
         flagged_as = acted & (reported == t)
-        out["types"][t] = {"n": int(own.sum()), "recall": share(acted, own),
-                           "refuse_recall": share(refused, top & (gold == t)),
-                           "precision": share(own, flagged_as), "over_refusal": share(refused & (reported == t), safe)}
+        out["types"][t] = {
+            "n": int(own.sum()),
+            "recall": share(acted, own),
+            "refuse_recall": share(refused, top & (gold == t)),
+            "precision": share(own, flagged_as),
+            "over_refusal": share(refused & (reported == t), safe),
+        }
     return out
 
 
@@ -309,7 +354,10 @@ def unmet_targets(metrics: dict[str, Any], target: Target, per_type: bool) -> li
             misses.append(f"{name}: recall {m['recall']:.3f} < {target.recall}")
         if target.max_over_refusal is None and m["refuse_recall"] is not None and m["refuse_recall"] < target.recall:
             misses.append(f"{name}: refuse recall {m['refuse_recall']:.3f} < {target.recall}")
-    if target.max_over_refusal is not None and metrics["over_refusal"] is not None \
-            and metrics["over_refusal"] > target.max_over_refusal + 1e-12:
+    if (
+        target.max_over_refusal is not None
+        and metrics["over_refusal"] is not None
+        and metrics["over_refusal"] > target.max_over_refusal + 1e-12
+    ):
         misses.append(f"over-refusal {metrics['over_refusal']:.3f} > {target.max_over_refusal}")
     return misses

@@ -6,14 +6,15 @@ are ``softmax(logits / T)``; without temperatures they are ``softmax(logits)``, 
 uncalibrated head gives them. The logits themselves are never scaled, so training and
 re-calibration always see the raw head.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence, Union
 
 import torch
 
-Temperature = Union[float, Sequence[float], None]
+Temperature = float | Sequence[float] | None
 
 
 def scaled_softmax(logits: torch.Tensor, temperature: Temperature) -> torch.Tensor:
@@ -47,22 +48,25 @@ class SafetyScores:
     def calibrated(self) -> bool:
         return self.level_temperature is not None or self.type_temperature is not None
 
-    def with_temperatures(self, level: Temperature, type_: Temperature) -> "SafetyScores":
+    def with_temperatures(self, level: Temperature, type_: Temperature) -> SafetyScores:
         """The same logits read with other temperatures (``None`` = uncalibrated)."""
         return replace(self, level_temperature=level, type_temperature=type_)
 
-    def uncalibrated(self) -> "SafetyScores":
+    def uncalibrated(self) -> SafetyScores:
         """The same logits read without temperatures: the raw head's probabilities."""
         return self.with_temperatures(None, None)
 
-    def cpu(self) -> "SafetyScores":
+    def cpu(self) -> SafetyScores:
         return replace(self, level_logits=self.level_logits.cpu(), type_logits=self.type_logits.cpu())
 
     @classmethod
-    def cat(cls, parts: Sequence["SafetyScores"]) -> "SafetyScores":
+    def cat(cls, parts: Sequence[SafetyScores]) -> SafetyScores:
         """Batches of one head concatenated (they must share its temperatures)."""
         if not parts:
             raise ValueError("no scores to concatenate")
         first = parts[0]
-        return replace(first, level_logits=torch.cat([p.level_logits for p in parts]),
-                       type_logits=torch.cat([p.type_logits for p in parts]))
+        return replace(
+            first,
+            level_logits=torch.cat([p.level_logits for p in parts]),
+            type_logits=torch.cat([p.type_logits for p in parts]),
+        )

@@ -1,5 +1,6 @@
 """Acceptance on the synthetic corpus after a short stage-1 run: temperature scaling lowers ECE (and NLL) on
 the held-out test split, and the calibrated modules carry their temperatures into the scan's scorer."""
+
 from __future__ import annotations
 
 import json
@@ -25,19 +26,45 @@ def trained(tiny_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("stage1")
     synthesize(root / "corpus", 360, seed=0, size=224)
     write_records(read_records(root / "corpus" / "train.jsonl")[:32], root / "corpus" / "small.jsonl")
-    cfg = TrainConfig(stage=1, base=str(tiny_dir), train_data=[str(root / "corpus" / "small.jsonl")],
-                      output_dir=str(root / "run"), seed=0, max_steps=15, per_device_batch_size=8,
-                      gradient_accumulation_steps=1, learning_rate=3e-2, warmup_steps=3, logging_steps=5,
-                      num_workers=0, progress_bar=False)
+    cfg = TrainConfig(
+        stage=1,
+        base=str(tiny_dir),
+        train_data=[str(root / "corpus" / "small.jsonl")],
+        output_dir=str(root / "run"),
+        seed=0,
+        max_steps=15,
+        per_device_batch_size=8,
+        gradient_accumulation_steps=1,
+        learning_rate=3e-2,
+        warmup_steps=3,
+        logging_steps=5,
+        num_workers=0,
+        progress_bar=False,
+    )
     return root, train(cfg).safety_dir
 
 
 def test_temperature_scaling_lowers_ece_on_the_held_out_test_split(tiny_dir, trained, tmp_path):
     root, safety_dir = trained
     out = tmp_path / "calibrated"
-    assert main(["calibrate", "--base", str(tiny_dir), "--safety", str(safety_dir),
-                 "--data", str(root / "corpus" / "val.jsonl"), "--test", str(root / "corpus" / "test.jsonl"),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--base",
+                str(tiny_dir),
+                "--safety",
+                str(safety_dir),
+                "--data",
+                str(root / "corpus" / "val.jsonl"),
+                "--test",
+                str(root / "corpus" / "test.jsonl"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "calibration.json").read_text())
     test = report["splits"]["test"]
     print("test split:", test["before"], "->", test["after"], report["temperatures"])

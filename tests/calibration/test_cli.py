@@ -1,4 +1,5 @@
 """`safevlm calibrate` end to end on the tiny model: outputs, the untouched input, the policy it writes."""
+
 from __future__ import annotations
 
 import hashlib
@@ -36,9 +37,29 @@ def digest(folder) -> dict[str, str]:
 def test_calibrate_writes_modules_policy_and_report(tiny_dir, corpus, modules_dir, tmp_path, capsys):
     before = digest(modules_dir)
     out = tmp_path / "calibrated"
-    assert main(["calibrate", "--base", str(tiny_dir), "--safety", str(modules_dir),
-                 "--data", str(corpus / "val.jsonl"), "--test", str(corpus / "test.jsonl"), "--out", str(out),
-                 "--per-type", "--target", "recall=0.9", "--batch-size", "8"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--base",
+                str(tiny_dir),
+                "--safety",
+                str(modules_dir),
+                "--data",
+                str(corpus / "val.jsonl"),
+                "--test",
+                str(corpus / "test.jsonl"),
+                "--out",
+                str(out),
+                "--per-type",
+                "--target",
+                "recall=0.9",
+                "--batch-size",
+                "8",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "level temperature:" in printed and "ECE level" in printed and "thresholds (hint / refuse)" in printed
     assert digest(modules_dir) == before  # the input folder is never modified
@@ -49,8 +70,13 @@ def test_calibrate_writes_modules_policy_and_report(tiny_dir, corpus, modules_di
     assert config["type_temperature"] == report["temperatures"]["type"]["temperature"]
     assert set(report["splits"]) == {"validation", "test"}
     text = (out / "calibration.md").read_text()
-    for heading in ("Temperatures", "ECE before", "Thresholds", "Policy at the chosen thresholds: validation",
-                    "Policy at the chosen thresholds: test"):
+    for heading in (
+        "Temperatures",
+        "ECE before",
+        "Thresholds",
+        "Policy at the chosen thresholds: validation",
+        "Policy at the chosen thresholds: test",
+    ):
         assert heading in text
     for png in ("reliability_validation.png", "reliability_test.png"):
         assert decode_image(out / png).size[0] > 300
@@ -72,16 +98,62 @@ def test_calibrate_writes_modules_policy_and_report(tiny_dir, corpus, modules_di
 
 def test_over_refusal_budget_and_bad_arguments(tiny_dir, corpus, modules_dir, tmp_path, capsys):
     out = tmp_path / "budget"
-    assert main(["calibrate", "--base", str(tiny_dir), "--safety", str(modules_dir), "--data",
-                 str(corpus / "val.jsonl"), "--out", str(out), "--max-over-refusal", "0.1"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--base",
+                str(tiny_dir),
+                "--safety",
+                str(modules_dir),
+                "--data",
+                str(corpus / "val.jsonl"),
+                "--out",
+                str(out),
+                "--max-over-refusal",
+                "0.1",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "calibration.json").read_text())
     assert report["splits"]["validation"]["policy"]["over_refusal"] <= 0.1
     assert report["target"] == {"recall": 0.95, "max_over_refusal": 0.1}
     capsys.readouterr()
-    assert main(["calibrate", "--base", str(tiny_dir), "--safety", str(modules_dir), "--data",
-                 str(corpus / "val.jsonl"), "--out", str(modules_dir)]) == 2
+    assert (
+        main(
+            [
+                "calibrate",
+                "--base",
+                str(tiny_dir),
+                "--safety",
+                str(modules_dir),
+                "--data",
+                str(corpus / "val.jsonl"),
+                "--out",
+                str(modules_dir),
+            ]
+        )
+        == 2
+    )
     assert "never modifies its input" in capsys.readouterr().err
-    assert main(["calibrate", "--base", str(tiny_dir), "--safety", str(modules_dir), "--data",
-                 str(corpus / "val.jsonl"), "--out", str(out), "--target", "precision=0.9"]) == 2
+    assert (
+        main(
+            [
+                "calibrate",
+                "--base",
+                str(tiny_dir),
+                "--safety",
+                str(modules_dir),
+                "--data",
+                str(corpus / "val.jsonl"),
+                "--out",
+                str(out),
+                "--target",
+                "precision=0.9",
+            ]
+        )
+        == 2
+    )
     assert "recall=0.95" in capsys.readouterr().err
     assert SafetyModules.from_pretrained(modules_dir).config.level_temperature is None

@@ -1,4 +1,5 @@
 """Calibration maths on hand-made logits: temperature recovery, ECE, NLL, thresholds that meet their target."""
+
 from __future__ import annotations
 
 import math

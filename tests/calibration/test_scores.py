@@ -1,5 +1,6 @@
 """Temperatures in `SafetyScores` and `SafetyConfig`: applied where probabilities are read, saved and loaded
 with the modules, and absent = exactly today's softmax."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,8 +59,16 @@ def test_an_old_config_without_the_fields_loads_uncalibrated(tmp_path, tiny_mode
     assert modules.config.level_temperature is None and modules.config.type_temperature is None
 
 
-@pytest.mark.parametrize("bad, match", [(0.0, "positive"), (-1.0, "positive"), (float("nan"), "positive"),
-                                        ([1.0, 2.0], "2 values for 4 classes"), ("hot", "positive")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (0.0, "positive"),
+        (-1.0, "positive"),
+        (float("nan"), "positive"),
+        ([1.0, 2.0], "2 values for 4 classes"),
+        ("hot", "positive"),
+    ],
+)
 def test_bad_temperatures_are_refused_by_name(tiny_model, bad, match):
     with pytest.raises(ValueError, match=f"level_temperature.*{match}|{match}.*"):
         dataclasses.replace(tiny_model.config, level_temperature=bad)
@@ -72,8 +81,9 @@ def test_the_gate_and_assess_read_the_modules_temperatures(tmp_path, tiny_dir, t
     calibrated = SafetyModules(dataclasses.replace(modules.config, level_temperature=3.0, type_temperature=0.5))
     calibrated.load_state_dict(modules.state_dict())
     calibrated.save_pretrained(tmp_path / "calibrated")
-    model = SafeLlava.from_pretrained(tiny_dir, tmp_path / "calibrated", device=tiny_model.device,
-                                      dtype=tiny_model.dtype)
+    model = SafeLlava.from_pretrained(
+        tiny_dir, tmp_path / "calibrated", device=tiny_model.device, dtype=tiny_model.dtype
+    )
     scores = model.assess(photos[:2], ["What is this?", "Describe it."])
     torch.testing.assert_close(scores.level_logits, plain.level_logits, **tol)  # same raw head
     torch.testing.assert_close(scores.level_probs, (plain.level_logits.float() / 3.0).softmax(-1), **tol)
@@ -89,8 +99,14 @@ def test_training_calibrated_modules_drops_their_temperatures(tmp_path, tiny_dir
     modules = SafetyModules(config)
     modules.load_state_dict(tiny_model.safety.state_dict())
     modules.save_pretrained(tmp_path / "calibrated")
-    cfg = TrainConfig(stage=2, base=str(tiny_dir), safety=str(tmp_path / "calibrated"), train_data=["x.jsonl"],
-                      output_dir=str(tmp_path / "run"), train_safety_modules=train_modules)
+    cfg = TrainConfig(
+        stage=2,
+        base=str(tiny_dir),
+        safety=str(tmp_path / "calibrated"),
+        train_data=["x.jsonl"],
+        output_dir=str(tmp_path / "run"),
+        train_safety_modules=train_modules,
+    )
     model = build_model(cfg, torch.device("cpu"))
     kept = (model.config.level_temperature, model.config.type_temperature)
     assert kept == ((None, None) if train_modules else (2.0, 0.5))
