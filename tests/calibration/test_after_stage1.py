@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow  # one short stage-1 run (~1-2 min on 2 shared CPU
 @pytest.fixture(scope="module")
 def trained(tiny_dir, tmp_path_factory):
     """Stage 1 on 32 synthetic images, 15 steps at a high learning rate: a head that fits its few training
-    images and is overconfident on new ones (val and test: 53 images each, never trained on)."""
+    images and is miscalibrated on new ones (val and test: 53 images each, never trained on)."""
     root = tmp_path_factory.mktemp("stage1")
     synthesize(root / "corpus", 360, seed=0, size=224)
     write_records(read_records(root / "corpus" / "train.jsonl")[:32], root / "corpus" / "small.jsonl")
