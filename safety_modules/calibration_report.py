@@ -134,13 +134,12 @@ def run_calibration(
         head: fit_head_temperature(getattr(val.scores, f"{head}_logits").float().numpy(), val.gold(head))
         for head in HEADS
     }
-    calibrated = {"level_temperature": fits["level"].temperature, "type_temperature": fits["type"].temperature}
     splits = {"validation": val}
     if test_items:
         splits["test"] = score_labelled(model, test_items, batch_size)
     after = {
         name: LabelledScores(
-            data.scores.with_temperatures(calibrated["level_temperature"], calibrated["type_temperature"]),
+            data.scores.with_temperatures(fits["level"].temperature, fits["type"].temperature),
             data.levels,
             data.types,
         )
