@@ -2,7 +2,7 @@
 thresholds, and write the calibrated modules, ``policy.yaml``, ``calibration.md``/``.json`` and PNGs.
 
 The input modules' folder is never written to: the output folder gets a copy of their weights
-file and a config with the temperatures (see `safety_modules.calibration` for the maths).
+file, a config with the temperatures and a fresh model card (see `safety_modules.calibration` for the maths).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from .calibration import (
     policy_metrics,
     unmet_targets,
 )
+from .checkpoints.card import write_card
 from .config import SafetyConfig
 from .evaluation.head import LabelledImage, collect_scores
 from .evaluation.report import fmt, markdown_table, write_markdown
@@ -173,6 +174,7 @@ def run_calibration(
     )
     config.save(out / CONFIG_NAME)
     shutil.copyfile(source_files[1], out / WEIGHTS_NAME)
+    write_card(out, config)  # the model card every saved modules folder carries
     header = (
         f"# Written by `safevlm calibrate` for the modules in this folder (calibrated probabilities).\n"
         f"# Target on validation: {target.describe()}; thresholds {'per type' if per_type else 'shared'}.\n"

@@ -64,6 +64,7 @@ def test_calibrate_writes_modules_policy_and_report(tiny_dir, corpus, modules_di
     assert "level temperature:" in printed and "ECE level" in printed and "thresholds (hint / refuse)" in printed
     assert digest(modules_dir) == before  # the input folder is never modified
     assert (out / "model.safetensors").read_bytes() == (modules_dir / "model.safetensors").read_bytes()
+    assert (out / "README.md").is_file()  # the model card of a saved modules folder
     report = json.loads((out / "calibration.json").read_text())
     config = json.loads((out / "config.json").read_text())
     assert config["level_temperature"] == report["temperatures"]["level"]["temperature"]
