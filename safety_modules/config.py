@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,10 @@ class SafetyConfig:
     safe_type: str = SAFE_TYPE
     # filled when the modules are attached to (or created for) a base model
     base_fingerprint: dict[str, Any] | None = None
+    # set by `safevlm calibrate`: probabilities are softmax(logits / T); one T, or one per class.
+    # None = uncalibrated (softmax of the raw logits).
+    level_temperature: float | list[float] | None = None
+    type_temperature: float | list[float] | None = None
 
     def __post_init__(self) -> None:
         grid = int(round(self.num_image_tokens**0.5))
@@ -52,6 +57,8 @@ class SafetyConfig:
                 f"text_hidden_size={self.text_hidden_size} is not divisible by head_num_heads={self.head_num_heads}"
             )
         self.taxonomy  # validates the names
+        _check_temperature(self.level_temperature, self.num_levels, "level_temperature")
+        _check_temperature(self.type_temperature, self.num_types, "type_temperature")
 
     @property
     def grid_size(self) -> int:
@@ -113,3 +120,15 @@ class SafetyConfig:
         if data.get("model_type") != "safety_modules":
             raise ValueError(f"{path} is not a safety-modules config (model_type={data.get('model_type')!r})")
         return cls.from_dict(data)
+
+
+def _check_temperature(value: Any, classes: int, name: str) -> None:
+    """A temperature is None, a positive finite number, or a list of one per class."""
+    if value is None:
+        return
+    values = value if isinstance(value, list) else [value]
+    if isinstance(value, list) and len(value) != classes:
+        raise ValueError(f"{name} has {len(value)} values for {classes} classes")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{name} must be a positive number or a list of them, got {value!r}")

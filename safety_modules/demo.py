@@ -1,9 +1,9 @@
 """``make demo``: the main job on the built-in tiny model, printing each step as it goes.
 
 tiny LLaVA -> synthetic risk corpus -> stage 1 for a short budget -> held-out head
-metrics -> gated answers for one safe and one risky held-out image -> a risk scan of the
-corpus (vision tower + safety modules only) with its HTML report. Everything is written
-under the workdir.
+metrics, then calibration (temperatures and thresholds from the val split) -> gated
+answers for one safe and one risky held-out image -> a risk scan of the corpus (vision
+tower + safety modules only) with its HTML report. Everything is written under the workdir.
 """
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ from pathlib import Path
 
 
 def run_demo(workdir: Path, steps: int = 80, corpus_size: int = 200, seed: int = 0) -> int:
+    from .calibration import Target
+    from .calibration_report import run_calibration, summary_lines
     from .data.format import question_text, read_records
     from .data.synth import synthesize
+    from .evaluation.head import load_labelled
     from .gate import Gate
     from .images import decode_image
     from .metrics import format_metrics
@@ -50,14 +53,22 @@ def run_demo(workdir: Path, steps: int = 80, corpus_size: int = 200, seed: int =
     print("[4/6] held-out head metrics (test split, never trained on)")
     print("      " + format_metrics(result.eval_history[-1]))
 
-    # A short CPU run leaves the head's probabilities soft, so the demo's operator lowers the
-    # thresholds of the shipped policy (0.5/0.5) in a policy file, used by the gate and the scan.
-    policy_file = workdir / "demo_policy.yaml"
-    policy_file.write_text("name: demo\ndefaults: {hint: 0.3, refuse: 0.2}\n")
+    # A short CPU run leaves the head's probabilities off and the shipped thresholds (0.5) unsuited, so
+    # `safevlm calibrate` fits temperatures and chooses the thresholds on the validation split; the
+    # calibrated modules and their policy file serve the gate and the scan.
+    safety_dir = workdir / "calibrated"
+    target = Target(recall=0.9, max_over_refusal=0.1)
+    print(f"      calibration on the val split ({target.describe()}), test split held out -> {safety_dir}")
+    calibration = run_calibration(SafeLlava.from_pretrained(base_dir, result.safety_dir), result.safety_dir,
+                                  load_labelled(corpus / "val.jsonl"), safety_dir, target=target,
+                                  test_items=load_labelled(corpus / "test.jsonl"), batch_size=16)
+    for line in summary_lines(calibration):
+        print("      " + line)
+    policy_file = calibration.policy_file
     policy = SafetyPolicy.from_yaml(policy_file)
-    print(f"[5/6] gated answers: trained modules ({result.safety_dir}), policy {policy_file} (the default "
-          "with hint at 0.3 and refuse at 0.2); the tiny LM is random, so its own text is noise")
-    model = SafeLlava.from_pretrained(base_dir, result.safety_dir)
+    print(f"[5/6] gated answers: calibrated modules ({safety_dir}), policy {policy_file} (thresholds chosen "
+          "above); the tiny LM is random, so its own text is noise")
+    model = SafeLlava.from_pretrained(base_dir, safety_dir)
     test = read_records(corpus / "test.jsonl")
     picks = [next(r for r in test if r["safety"]["level"] == 0), next(r for r in test if r["safety"]["level"] > 0)]
     images = [decode_image(corpus / r["image"]) for r in picks]
@@ -72,7 +83,7 @@ def run_demo(workdir: Path, steps: int = 80, corpus_size: int = 200, seed: int =
     print(f"[6/6] risk scan of the whole corpus folder ({corpus / 'images'}) into {scan_dir}: "
           "vision tower + safety modules only, the language model is never loaded")
     shutil.rmtree(scan_dir, ignore_errors=True)  # a rerun of the demo scans afresh instead of resuming
-    settings = ScanSettings(base=str(base_dir), safety=str(result.safety_dir), policy=str(policy_file),
+    settings = ScanSettings(base=str(base_dir), safety=str(safety_dir), policy=str(policy_file),
                             batch_size=16, workers=0, part_size=64)
     manifest = run_scan(corpus / "images", scan_dir, settings, progress=False)
     counts = manifest["counts"]

@@ -19,25 +19,9 @@ from .backbone import load_base, select_vision_features
 from .conversation import clean_text
 from .config import SafetyConfig
 from .images import group_identical, group_labels, load_images
-from .modeling import SafetyModules, base_fingerprint
+from .modeling import SafetyModules, SafetyScores, base_fingerprint
 
 IGNORE_INDEX = -100
-
-
-@dataclass
-class SafetyScores:
-    """The safety head's output for a batch: logits and their probabilities (float32)."""
-
-    level_logits: torch.Tensor
-    type_logits: torch.Tensor
-
-    @property
-    def level_probs(self) -> torch.Tensor:
-        return self.level_logits.float().softmax(-1)
-
-    @property
-    def type_probs(self) -> torch.Tensor:
-        return self.type_logits.float().softmax(-1)
 
 
 @dataclass
@@ -204,15 +188,14 @@ class SafeLlava(nn.Module):
         head_input_ids: torch.Tensor | None = None,
         head_attention_mask: torch.Tensor | None = None,
     ) -> SafetyScores:
-        """Safety-head logits from vision features and (optionally) the prompt token ids."""
+        """Safety-head scores (raw logits, calibrated probabilities) from vision features and optional prompt ids."""
         prompt_embeds = None
         if head_input_ids is not None:
             head_input_ids = head_input_ids.to(self.device)
             prompt_embeds = self.base.get_input_embeddings()(head_input_ids)
             if head_attention_mask is not None:
                 head_attention_mask = head_attention_mask.to(self.device)
-        level, type_ = self.safety.classify(features, prompt_embeds, head_attention_mask)
-        return SafetyScores(level, type_)
+        return self.safety.score(features, prompt_embeds, head_attention_mask)
 
     def build_inputs_embeds(
         self,

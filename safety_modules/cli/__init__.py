@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "safety_modules.cli.scan_commands",
     "safety_modules.cli.checkpoint_commands",
     "safety_modules.cli.serve_commands",
+    "safety_modules.cli.calibrate_commands",
 ]
 
 

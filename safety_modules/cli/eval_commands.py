@@ -300,6 +300,8 @@ def cmd_head(args: argparse.Namespace) -> int:
         f"  AUROC {fmt(metrics['auroc'], 3)}  risky-vs-safe accuracy {fmt(metrics['risky_accuracy'], 3)}  "
         f"level accuracy {fmt(metrics['level_accuracy'], 3)}"
     )
+    recall = ", ".join(f"{k} {fmt(v, 2)}" for k, v in metrics["type_recall"].items() if v is not None)
+    print(f"  ECE level {fmt(metrics['level_ece'], 3)} type {fmt(metrics['type_ece'], 3)}  per-type recall {recall}")
     if "over_refusal" in metrics:
         print(f"  over-refusal on safe items {fmt(metrics['over_refusal'], 3)}")
     print(f"report: {args.out / 'results.md'}")

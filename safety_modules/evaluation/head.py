@@ -8,9 +8,9 @@ Sources (auto-detected from the path):
 - a folder of images: every image safe (level 0, the safe type), e.g. for over-refusal.
 
 Reports: risky-vs-safe AUROC (score = 1 - P(level 0)) and accuracy (argmax level > 0), level and
-type accuracy, per-type recall, level and type confusion matrices, and under a policy the
-over-refusal rate on safe items (share refused; share hinted beside it). PNGs: ROC curve and
-confusion matrices.
+type accuracy, level and type ECE (calibration), per-type recall, level and type confusion
+matrices, and under a policy the over-refusal rate on safe items (share refused; share hinted
+beside it). PNGs: ROC curve and confusion matrices.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from PIL import Image
 from ..images import decode_image
 from ..data.format import question_text, read_records
 from ..metrics import head_metrics, risk_score
+from ..modeling import SafetyScores
 from ..taxonomy import SAFE_LABEL, UNSAFE_CONCEPTS_CATEGORY_LABELS
 from .generation import decide_all, decodable_batches
 from .report import markdown_table, write_csv, write_markdown
@@ -85,24 +86,32 @@ def load_labelled(path: str | Path, mapping: Mapping[str, tuple[int, str]] | Non
                           lambda f=f: decode_image(f)) for f in files]
 
 
+def collect_scores(model, items: Sequence[LabelledImage], batch_size: int = 16):
+    """The head's scores for each decodable item: (kept items, `SafetyScores` on the CPU, or None if none kept).
+
+    The scores hold the raw logits and the model's temperatures, so ``.level_probs`` are the
+    probabilities the gate would use and ``.uncalibrated()`` gives the raw head's.
+    """
+    kept, parts = [], []
+    for batch, images, _ in decodable_batches(items, lambda it: it.load(), lambda it: it.id, batch_size, "head eval"):
+        if not batch:
+            continue
+        prompts = [it.prompt or "" for it in batch] if any(it.prompt for it in batch) else None
+        parts.append(model.assess(images, prompts).cpu())
+        kept += batch
+    return kept, (SafetyScores.cat(parts) if parts else None)
+
+
 def score_items(model, items: Sequence[LabelledImage], batch_size: int = 16, policy=None):
     """Head probabilities for each decodable item, and the policy's action when a policy is given.
 
     Returns (kept items, level probs (N, L), type probs (N, T), actions ("" without a policy)).
     """
-    kept, level_probs, type_probs, actions = [], [], [], []
-    for batch, images, _ in decodable_batches(items, lambda it: it.load(), lambda it: it.id, batch_size, "head eval"):
-        if not batch:
-            continue
-        prompts = [it.prompt or "" for it in batch] if any(it.prompt for it in batch) else None
-        scores = model.assess(images, prompts)
-        kept += batch
-        level_probs.append(scores.level_probs.cpu().numpy())
-        type_probs.append(scores.type_probs.cpu().numpy())
-        actions += [d["action"] for d in decide_all(scores, policy)] if policy is not None else [""] * len(batch)
-    if not kept:
-        return kept, np.zeros((0, model.config.num_levels)), np.zeros((0, model.config.num_types)), actions
-    return kept, np.concatenate(level_probs), np.concatenate(type_probs), actions
+    kept, scores = collect_scores(model, items, batch_size)
+    if scores is None:
+        return kept, np.zeros((0, model.config.num_levels)), np.zeros((0, model.config.num_types)), []
+    actions = [d["action"] for d in decide_all(scores, policy)] if policy is not None else [""] * len(kept)
+    return kept, scores.level_probs.numpy(), scores.type_probs.numpy(), actions
 
 
 def classification_metrics(gold_levels: np.ndarray, gold_types: np.ndarray, level_probs: np.ndarray,
@@ -126,6 +135,8 @@ def classification_metrics(gold_levels: np.ndarray, gold_types: np.ndarray, leve
         "level_macro_f1": shared["level_macro_f1"],
         "type_accuracy": shared["type_accuracy"],
         "type_macro_f1": shared["type_macro_f1"],
+        "level_ece": shared["level_ece"],
+        "type_ece": shared["type_ece"],
         "type_recall": {name: shared.get(f"recall/{name}") for name in type_names},
         "level_confusion": confusion_matrix(gold_levels, pred_levels,
                                             labels=list(range(level_probs.shape[1]))).tolist(),
@@ -168,7 +179,8 @@ def write_head_report(metrics: dict, items, level_probs, type_probs, actions, cf
     write_csv(out / "items.csv", fields, rows)
     summary = [["items (risky / safe)", f"{metrics['n']} ({metrics['n_risky']} / {metrics['n_safe']})"],
                ["risky-vs-safe AUROC", metrics["auroc"]], ["risky-vs-safe accuracy", metrics["risky_accuracy"]],
-               ["level accuracy", metrics["level_accuracy"]], ["type accuracy", metrics["type_accuracy"]]]
+               ["level accuracy", metrics["level_accuracy"]], ["type accuracy", metrics["type_accuracy"]],
+               ["level ECE (15 bins)", metrics["level_ece"]], ["type ECE (15 bins)", metrics["type_ece"]]]
     if "over_refusal" in metrics:
         summary += [["over-refusal on safe items (refused)", metrics["over_refusal"]],
                     ["safe items hinted", metrics["safe_hinted"]]]
@@ -184,7 +196,9 @@ def write_head_report(metrics: dict, items, level_probs, type_probs, actions, cf
         ("Level confusion (rows gold, columns predicted)",
          markdown_table(["gold \\ predicted"] + list(cfg.level_names), confusion)),
         ("Notes", f"- Data: {', '.join(metrics['sources'])}.\n- Risk score = 1 - P(level 0); AUROC n/a when the "
-                  "set has only one class.\n- Plots: roc.png, level_confusion.png, type_confusion.png."),
+                  "set has only one class.\n- ECE: top-label expected calibration error, 15 equal-width bins "
+                  "(0 = perfectly calibrated; see docs/calibration.md).\n"
+                  "- Plots: roc.png, level_confusion.png, type_confusion.png."),
     ])
     _plots(metrics, cfg, out)
 

@@ -3,6 +3,7 @@ from .fingerprint import base_fingerprint
 from .head import SafetyHead
 from .projector import SafetyProjector
 from .safety_modules import CheckpointError, IncompatibleBaseError, SafetyModules
+from .scores import SafetyScores
 
 __all__ = [
     "CheckpointError",
@@ -10,5 +11,6 @@ __all__ = [
     "SafetyHead",
     "SafetyModules",
     "SafetyProjector",
+    "SafetyScores",
     "base_fingerprint",
 ]

@@ -15,6 +15,7 @@ from ..config import SafetyConfig
 from .fingerprint import describe
 from .head import SafetyHead
 from .projector import SafetyProjector
+from .scores import SafetyScores
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -77,6 +78,16 @@ class SafetyModules(nn.Module):
             prompt_embeds = prompt_mask = None
         return self.head(head_tokens, safety_features, prompt_embeds, prompt_mask)
 
+    def score(
+        self,
+        vision_features: torch.Tensor,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_mask: torch.Tensor | None = None,
+    ) -> SafetyScores:
+        """`classify` as `SafetyScores`: the raw logits with this head's temperatures (calibrated probabilities)."""
+        level, type_ = self.classify(vision_features, prompt_embeds, prompt_mask)
+        return SafetyScores(level, type_, self.config.level_temperature, self.config.type_temperature)
+
     def check_base(self, fingerprint: dict[str, Any]) -> None:
         """Raise `IncompatibleBaseError` unless ``fingerprint`` is the base these modules were made for."""
         expected = self.config.base_fingerprint
@@ -131,7 +142,7 @@ class SafetyModules(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> "SafetyModules":
         """Load from a local folder or a Hugging Face hub id (``config.json`` + ``model.safetensors``)."""
-        config_file, weights_file = _resolve_files(name_or_path)
+        config_file, weights_file = checkpoint_files(name_or_path)
         config = SafetyConfig.load(config_file)
         with torch.device("meta"):
             modules = cls(config)
@@ -157,7 +168,8 @@ class SafetyModules(nn.Module):
         return modules.to(device=device, dtype=dtype)
 
 
-def _resolve_files(name_or_path: str | Path) -> tuple[Path, Path]:
+def checkpoint_files(name_or_path: str | Path) -> tuple[Path, Path]:
+    """The (config.json, model.safetensors) of a safety-modules folder or hub id; a clear error if either is missing."""
     path = Path(name_or_path)
     if path.is_dir():
         files = path / CONFIG_NAME, path / WEIGHTS_NAME

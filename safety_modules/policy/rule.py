@@ -71,8 +71,7 @@ class DecisionRule:
             rule[safe_level] = RULE_ID["argmax_safe_level"]
             action[rule == RULE_ID["argmax_hint"]] = HINT
         else:
-            risk = tp * (1.0 - lp[:, :1])
-            severe = tp * lp[:, -1:]
+            risk, severe = threshold_scores(lp, tp)
             refuse_hit = severe >= self.refuse_at
             hint_hit = risk >= self.hint_at
             fire_refuse = refuse_hit & self.enabled
@@ -97,6 +96,13 @@ class DecisionRule:
         level[failed] = -1
         type_[failed] = -1
         return action, rule, level, type_
+
+
+def threshold_scores(level_probs: torch.Tensor, type_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-type scores that ``mode: thresholds`` compares with its thresholds, (B, T) each:
+    ``risk[t] = q[t] * (1 - p[0])`` (hint) and ``severe[t] = q[t] * p[L-1]`` (refuse).
+    `safevlm calibrate` chooses thresholds on exactly these scores."""
+    return type_probs * (1.0 - level_probs[:, :1]), type_probs * level_probs[:, -1:]
 
 
 def as_matrix(values: Any, width: int, what: str, single: bool = False) -> torch.Tensor:

@@ -108,7 +108,7 @@ class VisionScorer:
         """(B, 3, H, W) pixels -> level and type probabilities, float32 arrays (B, L) and (B, T)."""
         features = select_vision_features(self.vision_tower, pixel_values.to(self.device, self.safety.dtype),
                                           self.feature_layer, self.llava_config.vision_feature_select_strategy)
-        scores = SafetyScores(*self.safety.classify(features))
+        scores: SafetyScores = self.safety.score(features)  # calibrated when the head has temperatures
         return scores.level_probs.cpu().numpy(), scores.type_probs.cpu().numpy()
 
 

@@ -66,6 +66,11 @@ def build_model(cfg: TrainConfig, device: torch.device) -> SafeLlava:
     if cfg.safety_loss_weight is not None:
         model.config.safety_loss_weight = cfg.safety_loss_weight
     model.safety.requires_grad_(bool(cfg.train_safety_modules))
+    if cfg.train_safety_modules and (model.config.level_temperature or model.config.type_temperature):
+        # Temperatures were fitted to the head as it was; training changes it, so they no longer apply.
+        logger.warning("the loaded safety modules are calibrated; training them drops the temperatures "
+                       "(run `safevlm calibrate` on the result)")
+        model.config.level_temperature = model.config.type_temperature = None
     if cfg.stage == 2:
         add_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
     if cfg.gradient_checkpointing:
