@@ -56,7 +56,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         raise ValueError("--batch-size and --part-size must be >= 1")
     workers = args.workers if args.workers == "auto" else resolve_workers(args.workers)
     settings = ScanSettings(
-        base=args.base, safety=args.safety, policy=args.policy, batch_size=args.batch_size, workers=args.workers,
+        base=args.base, safety=args.safety, policy=args.policy, batch_size=args.batch_size, workers=workers,
         device=args.device, dtype=args.dtype, part_size=args.part_size, max_pixels=args.max_pixels,
         engine=args.engine, ray_address=args.ray_address, ray_actors=args.ray_actors, draft=args.draft,
         gpu_decode=args.gpu_decode,

@@ -7,8 +7,8 @@ one tensor and a few lists, not one object per item.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ class PreparedBatch:
     ok: np.ndarray  # bool (n,)
     pixels: torch.Tensor  # uint8 (ok.sum(), 3, H, W)
 
-    def pin_memory(self) -> "PreparedBatch":
+    def pin_memory(self) -> PreparedBatch:
         """Called by the DataLoader's pin-memory thread: page-locked pixels copy to the GPU asynchronously."""
         self.pixels = self.pixels.pin_memory()
         return self

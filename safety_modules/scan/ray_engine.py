@@ -10,7 +10,8 @@ Input files and the model folders must be readable from every node (shared stora
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 

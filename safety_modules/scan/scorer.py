@@ -7,19 +7,26 @@ head; `load_flagger` turns the operator's policy into a batch flagging rule.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..backbone import load_vision_parts, resolve_device, resolve_dtype, select_vision_features
+from ..backbone import (
+    load_vision_parts,
+    resolve_device,
+    resolve_dtype,
+    select_vision_features,
+)
 from ..modeling import SafetyModules, base_fingerprint
 from ..policy import SafetyPolicy
 from ..taxonomy import Taxonomy
 from ..wrapper import SafetyScores
 from .pixels import PixelSpec, normalize
+
 
 class VisionScorer:
     """The vision tower and the safety modules of one base, ready to score batches.
@@ -38,7 +45,7 @@ class VisionScorer:
 
     @classmethod
     def from_pretrained(cls, base: str | Path, safety: str | Path, device: str | torch.device | None = None,
-                        dtype: str | torch.dtype | None = "auto") -> "VisionScorer":
+                        dtype: str | torch.dtype | None = "auto") -> VisionScorer:
         """Load the vision parts of ``base`` and the safety modules, checking they belong together."""
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)

@@ -6,8 +6,9 @@ one (`engine.run_scan`), so that none of them imports another's types.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..images import DEFAULT_MAX_PIXELS
 from .readers import Item

@@ -10,12 +10,26 @@ import numpy as np
 import pytest
 
 from safety_modules.images import ImageDecodeError, decode_image
-from safety_modules.scan import CorpusReader, ScanLockedError, ScanSettings, VisionScorer, read_parts, run_scan
+from safety_modules.scan import (
+    CorpusReader,
+    ScanLockedError,
+    ScanSettings,
+    VisionScorer,
+    read_parts,
+    run_scan,
+)
 from safety_modules.scan.lock import LOCK_NAME, OutputLock
 from safety_modules.scan.pixels import bound_aspect
 from safety_modules.scan.readers import ItemError, load_bytes
 from safety_modules.scan.scorer import load_flagger
-from ..scan_corpus import broken_images, plain_images, save_safety, unusual_images, write_folder
+
+from ..scan_corpus import (
+    broken_images,
+    plain_images,
+    save_safety,
+    unusual_images,
+    write_folder,
+)
 from .test_pixels import photo_jpegs
 
 
@@ -91,7 +105,8 @@ def test_a_stale_lock_is_taken_over_with_a_warning(tiny_dir, safety_dir, tmp_pat
     corpus = write_folder(tmp_path / "c", plain_images(2))
     out = tmp_path / "out"
     out.mkdir()
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
     dead_pid = int(gone.stdout)
     (out / LOCK_NAME).write_text(json.dumps({"pid": dead_pid, "host": OutputLock(out).owner["host"],
                                              "started": "2026-01-01T00:00:00Z"}))

@@ -9,7 +9,14 @@ import torch
 from PIL import Image
 
 from safety_modules.images import decode_image
-from safety_modules.scan.pixels import PixelSpec, bound_aspect, decode, normalize, to_uint8
+from safety_modules.scan.pixels import (
+    PixelSpec,
+    bound_aspect,
+    decode,
+    normalize,
+    to_uint8,
+)
+
 from ..scan_corpus import encode, unusual_images
 
 MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -17,7 +24,9 @@ STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def clip_processor(**kw):
-    from transformers import CLIPImageProcessor  # the PIL backend here (no torchvision); torchvision's on GPU boxes
+    from transformers import (
+        CLIPImageProcessor,  # the PIL backend here (no torchvision); torchvision's on GPU boxes
+    )
 
     return CLIPImageProcessor(**{"size": {"shortest_edge": 336}, "crop_size": {"height": 336, "width": 336},
                                  "image_mean": MEAN, "image_std": STD, **kw})
