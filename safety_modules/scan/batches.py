@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .gpu_decode import passthrough_jpeg
 from .pixels import PixelSpec, prepare_uint8
 from .readers import Item
 from .settings import Part
@@ -45,7 +46,9 @@ class PreparedBatch:
     sources: list[str]
     errors: list[tuple[str, str] | None]  # (kind, message) or None
     ok: np.ndarray  # bool (n,)
-    pixels: torch.Tensor  # uint8 (ok.sum(), 3, H, W)
+    pixels: torch.Tensor  # uint8 (k, 3, H, W): the good rows decoded here, in order
+    jpegs: list[bytes]  # the good rows left for the GPU to decode (`gpu_decode`), in order
+    from_gpu: np.ndarray  # bool (ok.sum(),): which good rows are in ``jpegs`` rather than ``pixels``
 
     def pin_memory(self) -> PreparedBatch:
         """Called by the DataLoader's pin-memory thread: page-locked pixels copy to the GPU asynchronously."""
@@ -57,14 +60,25 @@ class PreparedBatch:
         return len(self.errors) - int(self.ok.sum())
 
 
-def prepare_batch(job: BatchJob, spec: PixelSpec, max_pixels: int, draft: bool) -> PreparedBatch:
-    """Read, decode and resize every item of ``job``; broken items keep their row with the error."""
-    arrays, errors = [], []
+def prepare_batch(job: BatchJob, spec: PixelSpec, max_pixels: int, draft: bool,
+                  pass_jpegs: bool = False) -> PreparedBatch:
+    """Read, decode and resize every item of ``job``; broken items keep their row with the error.
+
+    With ``pass_jpegs``, plain JPEGs are left encoded for the GPU (`gpu_decode.passthrough_jpeg`).
+    """
+    arrays, errors, jpegs, from_gpu = [], [], [], []
     for _, item in job.numbered:
+        raw = passthrough_jpeg(item, spec, max_pixels) if pass_jpegs else None
+        if raw is not None:
+            jpegs.append(raw)
+            errors.append(None)
+            from_gpu.append(True)
+            continue
         array, error = prepare_uint8(item, spec, max_pixels, draft)
         errors.append(error)
         if array is not None:
             arrays.append(array)
+            from_gpu.append(False)
     ok = np.array([e is None for e in errors], dtype=bool)
     if arrays:
         pixels = torch.from_numpy(np.stack(arrays))
@@ -74,7 +88,7 @@ def prepare_batch(job: BatchJob, spec: PixelSpec, max_pixels: int, draft: bool) 
     return PreparedBatch(
         part=job.part, last=job.last, positions=np.array([p for p, _ in job.numbered], dtype=np.int64),
         ids=[item.id for _, item in job.numbered], sources=[item.source for _, item in job.numbered],
-        errors=errors, ok=ok, pixels=pixels,
+        errors=errors, ok=ok, pixels=pixels, jpegs=jpegs, from_gpu=np.array(from_gpu, dtype=bool),
     )
 
 
@@ -85,16 +99,17 @@ class BatchPreparer(torch.utils.data.Dataset):
     DataLoader hands a job to a worker, and the worker returns one `PreparedBatch`.
     """
 
-    def __init__(self, spec: PixelSpec, max_pixels: int, draft: bool) -> None:
+    def __init__(self, spec: PixelSpec, max_pixels: int, draft: bool, pass_jpegs: bool = False) -> None:
         self.spec = spec
         self.max_pixels = max_pixels
         self.draft = draft
+        self.pass_jpegs = pass_jpegs
 
     def __getitems__(self, jobs: list[BatchJob]) -> list[PreparedBatch]:
-        return [prepare_batch(job, self.spec, self.max_pixels, self.draft) for job in jobs]
+        return [prepare_batch(job, self.spec, self.max_pixels, self.draft, self.pass_jpegs) for job in jobs]
 
     def __getitem__(self, job: BatchJob) -> PreparedBatch:  # type: ignore[override]
-        return prepare_batch(job, self.spec, self.max_pixels, self.draft)
+        return prepare_batch(job, self.spec, self.max_pixels, self.draft, self.pass_jpegs)
 
 
 def only(batch: list[PreparedBatch]) -> PreparedBatch:

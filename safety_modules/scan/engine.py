@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..modeling.fingerprint import projector_digest
+from .gpu_decode import gpu_decode_available
 from .local_engine import local_engine
 from .lock import OutputLock
 from .output import ScanOutput
@@ -73,7 +74,8 @@ def _run_locked(input_path: str | Path, out_dir: str | Path, settings: ScanSetti
         bar.set_postfix(errors=tally["errors"], refresh=False)
 
     scan_started = time.time()
-    if settings.engine == "local":
+    local = settings.engine == "local"
+    if local:
         local_engine(pending, scorer, flagger, settings, output.write_part, on_rows)
     else:
         from .ray_engine import ray_engine
@@ -82,8 +84,9 @@ def _run_locked(input_path: str | Path, out_dir: str | Path, settings: ScanSetti
     bar.close()
     finished = time.time()
     run = {
-        "engine": settings.engine, "device": str(scorer.device) if settings.engine == "local" else "ray actors",
+        "engine": settings.engine, "device": str(scorer.device) if local else "ray actors",
         "batch_size": settings.batch_size, "workers": resolve_workers(settings.workers),
+        "jpeg_decode": "gpu" if local and gpu_decode_available(settings.gpu_decode, scorer.device) else "cpu",
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "items_scanned": tally["items"], "parts_skipped": len(done),
         "load_seconds": round(scan_started - started, 3), "scan_seconds": round(finished - scan_started, 3),

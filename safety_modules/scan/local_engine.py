@@ -24,8 +24,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ..images import DEFAULT_MAX_PIXELS
 from .batches import BatchPreparer, PreparedBatch, batch_jobs, only
+from .gpu_decode import decode_on_device, gpu_decode_available, merge_rows
 from .output import batch_table, output_schema
+from .pixels import prepare_bytes
 from .scorer import Flagger, VisionScorer
 from .settings import Part, Progress, ScanSettings, WritePart, resolve_workers
 
@@ -37,8 +40,9 @@ def local_engine(parts: Iterator[Part], scorer: VisionScorer, flagger: Flagger, 
     """Score every pending part; ``write(index, table)`` is called once per part, in input order."""
     workers = resolve_workers(settings.workers)
     cuda = scorer.device.type == "cuda"
+    pass_jpegs = gpu_decode_available(settings.gpu_decode, scorer.device)
     loader = torch.utils.data.DataLoader(
-        BatchPreparer(scorer.pixel_spec, settings.max_pixels, settings.draft),
+        BatchPreparer(scorer.pixel_spec, settings.max_pixels, settings.draft, pass_jpegs),
         batch_sampler=([job] for job in batch_jobs(parts, settings.batch_size)),
         collate_fn=only, num_workers=workers, pin_memory=cuda,
         prefetch_factor=2 if workers else None, persistent_workers=False,
@@ -54,9 +58,10 @@ def local_engine(parts: Iterator[Part], scorer: VisionScorer, flagger: Flagger, 
 
 def _score(scorer: VisionScorer, batch: PreparedBatch, cuda: bool) -> tuple[PreparedBatch, Any, Any]:
     """Queue the batch's scoring on the device; returns it with its probabilities still in flight."""
-    if not len(batch.pixels):
+    pixels = _device_pixels(scorer, batch) if batch.jpegs else batch.pixels
+    if not len(pixels):
         return batch, None, None
-    level_probs, type_probs = scorer.probabilities_uint8(batch.pixels)
+    level_probs, type_probs = scorer.probabilities_uint8(pixels)
     probs = torch.cat([level_probs, type_probs], dim=1).float()
     if not cuda:
         return batch, probs, None
@@ -64,6 +69,33 @@ def _score(scorer: VisionScorer, batch: PreparedBatch, cuda: bool) -> tuple[Prep
     done = torch.cuda.Event()
     done.record()
     return batch, host, done
+
+
+def _device_pixels(scorer: VisionScorer, batch: PreparedBatch) -> torch.Tensor:
+    """The batch's good rows on the device, its passed-through JPEGs decoded there (`gpu_decode`).
+
+    Should the GPU decoder reject a batch, its JPEGs are decoded here on the CPU instead, one by one,
+    and any that fail there become error rows as on the CPU path.
+    """
+    try:
+        decoded = decode_on_device(batch.jpegs, scorer.pixel_spec, scorer.device)
+        return merge_rows(batch.pixels, decoded, batch.from_gpu)
+    except RuntimeError:
+        pass
+    arrays, cpu_rows = list(batch.pixels.numpy()), iter(range(len(batch.pixels)))
+    jpegs, merged = iter(batch.jpegs), []
+    good_rows = np.flatnonzero(batch.ok)
+    for row, from_gpu in zip(good_rows, batch.from_gpu):
+        if not from_gpu:
+            merged.append(arrays[next(cpu_rows)])
+            continue
+        array, error = prepare_bytes(next(jpegs), scorer.pixel_spec, DEFAULT_MAX_PIXELS, True)
+        if error is None:
+            merged.append(array)
+        else:
+            batch.errors[row], batch.ok[row] = error, False
+    shape = (0, 3, *(scorer.pixel_spec.crop or scorer.pixel_spec.resize_to or (1, 1)))
+    return torch.from_numpy(np.stack(merged)) if merged else torch.empty(shape, dtype=torch.uint8)
 
 
 class _Writer(threading.Thread):

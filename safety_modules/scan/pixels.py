@@ -155,20 +155,24 @@ def expand_to_square(img: Image.Image, spec: PixelSpec) -> Image.Image:
     return square
 
 
+def output_size(width: int, height: int, spec: PixelSpec) -> tuple[int, int]:
+    """(width, height) after the processor's resize, before its crop."""
+    if spec.resize_to is not None:
+        return spec.resize_to[1], spec.resize_to[0]
+    if not spec.shortest_edge:
+        return width, height
+    # transformers' get_resize_output_image_size: the long side is truncated, not rounded.
+    short, long_ = min(width, height), max(width, height)
+    new_long = int(spec.shortest_edge * long_ / short)
+    return (spec.shortest_edge, new_long) if width <= height else (new_long, spec.shortest_edge)
+
+
 def to_uint8(img: Image.Image, spec: PixelSpec, draft: bool = True) -> np.ndarray:
     """Resize and crop an RGB image as the processor does; a uint8 ``(3, H, W)`` array."""
     if spec.pad_square:
         img = expand_to_square(img, spec)
     width, height = img.size
-    if spec.resize_to is not None:
-        new_h, new_w = spec.resize_to
-    elif spec.shortest_edge:
-        # transformers' get_resize_output_image_size: the long side is truncated, not rounded.
-        short, long_ = min(width, height), max(width, height)
-        new_long = int(spec.shortest_edge * long_ / short)
-        new_w, new_h = (spec.shortest_edge, new_long) if width <= height else (new_long, spec.shortest_edge)
-    else:
-        new_w, new_h = width, height
+    new_w, new_h = output_size(width, height, spec)
     if (new_w, new_h) != (width, height):
         gap = REDUCING_GAP if draft else None
         img = img.resize((new_w, new_h), spec.resample, reducing_gap=gap)
@@ -185,8 +189,18 @@ def prepare_uint8(item: Item, spec: PixelSpec, max_pixels: int = DEFAULT_MAX_PIX
                   ) -> tuple[np.ndarray | None, tuple[str, str] | None]:
     """Read, decode, resize one item: ``(uint8 (3, H, W), None)`` or ``(None, (kind, message))``."""
     try:
-        return to_uint8(bound_aspect(decode(load_bytes(item), spec, max_pixels, draft)), spec, draft), None
-    except (ItemError, ImageDecodeError) as exc:
+        source = load_bytes(item)
+    except ItemError as exc:
+        return None, (exc.kind, str(exc).split(": ", 1)[-1])
+    return prepare_bytes(source, spec, max_pixels, draft)
+
+
+def prepare_bytes(source: bytes | str, spec: PixelSpec, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True
+                  ) -> tuple[np.ndarray | None, tuple[str, str] | None]:
+    """`prepare_uint8` for bytes (or a file path) already read."""
+    try:
+        return to_uint8(bound_aspect(decode(source, spec, max_pixels, draft)), spec, draft), None
+    except ImageDecodeError as exc:
         return None, (exc.kind, str(exc).split(": ", 1)[-1])
     except Exception as exc:  # one odd file must not stop a corpus-wide scan; it is recorded, not hidden
         return None, ("preprocess_failed", f"{type(exc).__name__}: {exc}")
