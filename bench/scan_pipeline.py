@@ -130,7 +130,8 @@ def rss_run(work: Path, base: Path, safety: Path, args: argparse.Namespace) -> N
                 continue
             if done >= 2000 and 2000 not in marks:
                 marks[2000] = now
-            marks["last"] = now
+            if now[1]:  # while the workers still run: the last sample of the scan proper
+                marks["last"] = now
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
