@@ -117,7 +117,7 @@ def rss_run(work: Path, base: Path, safety: Path, args: argparse.Namespace) -> N
     Image.new("RGB", (64, 48), (90, 120, 30)).save(first, quality=90)
     for i in range(1, args.rss_items):
         os.link(first, folder / f"{i:06d}.jpg")  # same bytes, distinct items
-    out, part_size, marks = work / "rss-out", 500, {}
+    out, part_size, marks, trail = work / "rss-out", 500, {}, {}
     me = psutil.Process()
 
     def sample() -> None:
@@ -132,6 +132,9 @@ def rss_run(work: Path, base: Path, safety: Path, args: argparse.Namespace) -> N
                 marks[2000] = now
             if now[1]:  # while the workers still run: the last sample of the scan proper
                 marks["last"] = now
+                step = done // 2500 * 2500
+                if step and step not in trail:
+                    trail[step] = now[0]
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -145,6 +148,8 @@ def rss_run(work: Path, base: Path, safety: Path, args: argparse.Namespace) -> N
     print(f"scan process RSS at 2,000 items: {early / 2**20:.1f} MiB (workers {early_workers / 2**20:.1f} MiB); "
           f"at {late_done:,} of {manifest['counts']['items']:,} items: {late / 2**20:.1f} MiB "
           f"(workers {late_workers / 2**20:.1f} MiB); {manifest['runs'][-1]['items_per_second']} images/s")
+    print("scan process RSS along the scan (items: MiB): "
+          + ", ".join(f"{items:,}: {rss / 2**20:.0f}" for items, rss in sorted(trail.items())))
     print(f"scan_pipeline_rss at_2k_mib={early / 2**20:.1f} at_end_mib={late / 2**20:.1f} ratio={late / early:.3f}")
 
 
