@@ -13,8 +13,9 @@ writing. In one run, on the same JPEGs, with the same workers and batch size, al
       is excluded, worker start-up is included in (p) and (s)).
 
 Each keeps its best round. On a CPU the scoring shares the cores with the workers, so (s) cannot
-pass ``cores / (cores / p + 1 / m)`` (both kinds of work perfectly spread over the cores); the
-line before the last gives (s) against that bound too. Last line: ``scan_pipeline vs_preprocess=<s/p> images_per_s=<s> workers=<w>``.
+pass ``min(p, m, cores / (workers / p + 1 / m))``: each image costs ``workers / p`` core-seconds of
+decoding and ``1 / m`` of scoring, spread perfectly over the cores at best. The line before the
+last gives (s) against that bound too. Last line: ``scan_pipeline vs_preprocess=<s/p> images_per_s=<s> workers=<w>``.
 
 ``--rss`` instead scans ``--rss-items`` (default 20,000) small synthetic images and prints the
 resident memory of the scan process (and of its workers) after 2,000 items and at the end.
@@ -187,7 +188,7 @@ def main() -> None:
             print(f"round {round_}: preprocess {pre:7.1f}, scoring {model:7.1f}, scan {scan:7.1f} images/s")
         pre, model, scan = (max(r[i] for r in rates) for i in range(3))
         cores = len(os.sched_getaffinity(0))
-        bound = cores / (cores / pre + 1 / model)
+        bound = min(pre, model, cores / (max(args.workers, 1) / pre + 1 / model))
         print(f"{args.images} JPEGs {width}x{height}, batch {args.batch_size}, {args.workers} workers, "
               f"torch threads {args.threads}, {os.cpu_count()} CPUs; 1-min load average {load_at_start:.1f} at start, "
               f"{os.getloadavg()[0]:.1f} at end (other jobs on these cores add noise)")
