@@ -1,7 +1,7 @@
 """The Ray Data engine: the same scan as `local_engine`, spread over a Ray cluster.
 
-Pipeline: ``ray.data.from_items`` (one record per batch: its items' references, serialised, not
-bytes) -> ``map_batches(_prepare)`` tasks (read + decode + resize to uint8, as `batches.prepare_batch`)
+Pipeline, over windows of `WINDOW_BATCHES` batches: ``ray.data.from_items`` (one record per batch:
+its items' references, serialised, not bytes) -> ``map_batches(_prepare)`` tasks (read + decode + resize to uint8, as `batches.prepare_batch`)
 -> ``map_batches(_Score)`` on an actor pool (one GPU per actor when the cluster has GPUs, a
 fraction of a CPU otherwise; normalisation on the actor's device) -> per-batch columns streamed
 back in input order to the driver, which writes the same resumable parts as the local engine.
@@ -9,6 +9,7 @@ Input files and the model folders must be readable from every node (shared stora
 """
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,9 @@ from .pixels import PixelSpec
 from .readers import Item
 from .settings import Part, Progress, ScanSettings, WritePart
 
+# Batches handed to Ray per dataset: the driver's memory is bounded by one window (about
+# 200 bytes per item), at the cost of starting the scoring actors once per window.
+WINDOW_BATCHES = 4096
 # On a small machine Ray deadlocks when map actors hold every CPU: CPU actors and
 # preprocessing tasks ask for half a CPU each.
 CPU_PER_TASK = 0.5
@@ -58,38 +62,38 @@ def _run(parts: Iterator[Part], settings: ScanSettings, spec: PixelSpec, taxonom
 
     from .output import batch_table, output_schema
 
-    records = [_job_record(job) for job in batch_jobs(parts, settings.batch_size)]
-    if not records:
-        return
     gpus = int(ray.cluster_resources().get("GPU", 0))
     actors = settings.ray_actors or max(1, gpus)
     score_resources = {"num_gpus": 1} if gpus else {"num_cpus": CPU_PER_TASK}
-
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # batches come back in input order, parts complete in order
     context.enable_progress_bars = False  # the scan's own bar counts items and errors
-    dataset = (
-        ray.data.from_items(records)
-        .map_batches(_prepare, fn_kwargs={"spec": spec, "max_pixels": settings.max_pixels, "draft": settings.draft},
-                     batch_size=1, batch_format="numpy", num_cpus=CPU_PER_TASK)
-        .map_batches(_Score, fn_constructor_kwargs={"settings": settings}, batch_size=1,
-                     batch_format="numpy", concurrency=actors, **score_resources)
-    )
     schema = output_schema(taxonomy)
-    tables: list[pa.Table] = []
-    for scored in dataset.iter_batches(batch_format="numpy", batch_size=1):
-        meta = json.loads(scored["meta"][0])
-        errors = [tuple(e) if e else None for e in meta["errors"]]
-        ok = np.array([e is None for e in errors], dtype=bool)
-        levels = len(taxonomy.levels)
-        probs = scored["probs"][0][: int(ok.sum())]
-        tables.append(batch_table(schema, taxonomy, np.asarray(meta["positions"], dtype=np.int64), meta["ids"],
-                                  meta["sources"], errors, ok, probs[:, :levels], probs[:, levels:],
-                                  scored["flags"][0][: int(ok.sum())]))
-        on_rows(len(errors), int((~ok).sum()))
-        if meta["last"]:
-            write(meta["part"], pa.concat_tables(tables))
-            tables = []
+    levels = len(taxonomy.levels)
+    tables: list[pa.Table] = []  # the part being assembled; it may span two windows
+    jobs = batch_jobs(parts, settings.batch_size)
+    # The driver holds one window of batch records at a time, so its memory does not grow with the corpus.
+    while records := [_job_record(job) for job in itertools.islice(jobs, WINDOW_BATCHES)]:
+        dataset = (
+            ray.data.from_items(records)
+            .map_batches(_prepare, fn_kwargs={"spec": spec, "max_pixels": settings.max_pixels,
+                                              "draft": settings.draft},
+                         batch_size=1, batch_format="numpy", num_cpus=CPU_PER_TASK)
+            .map_batches(_Score, fn_constructor_kwargs={"settings": settings}, batch_size=1,
+                         batch_format="numpy", concurrency=actors, **score_resources)
+        )
+        for scored in dataset.iter_batches(batch_format="numpy", batch_size=1):
+            meta = json.loads(scored["meta"][0])
+            errors = [tuple(e) if e else None for e in meta["errors"]]
+            ok = np.array([e is None for e in errors], dtype=bool)
+            probs = scored["probs"][0]
+            tables.append(batch_table(schema, taxonomy, np.asarray(meta["positions"], dtype=np.int64), meta["ids"],
+                                      meta["sources"], errors, ok, probs[:, :levels], probs[:, levels:],
+                                      scored["flags"][0]))
+            on_rows(len(errors), int((~ok).sum()))
+            if meta["last"]:
+                write(meta["part"], pa.concat_tables(tables))
+                tables = []
 
 
 def _prepare(record: dict[str, np.ndarray], spec: PixelSpec, max_pixels: int, draft: bool) -> dict[str, np.ndarray]:
