@@ -47,21 +47,22 @@ class PixelSpec:
     rescale: float
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    pad_square: bool = False  # original LLaVA's `image_aspect_ratio: pad`: expand to a square first
+    pad_square: bool = False  # LlavaImageProcessor(do_pad=True), LLaVA's `image_aspect_ratio: pad`: square first
 
     @classmethod
     def from_processor(cls, processor: Any) -> PixelSpec:
         """Read a CLIP-style image processor; anything this path cannot reproduce is refused by name."""
-        if getattr(processor, "do_pad", False):
-            raise ValueError("the image processor pads its output (do_pad); the scan's uint8 path does not")
+        # transformers' LlavaImageProcessor pads to a square before resizing (LLaVA's `expand2square`, how
+        # original checkpoints with `image_aspect_ratio: pad` load); other processors' do_pad pads the output.
+        pad_square = bool(getattr(processor, "do_pad", False))
+        if pad_square and not type(processor).__name__.startswith("LlavaImageProcessor"):
+            raise ValueError(f"{type(processor).__name__} pads its output (do_pad); the scan's uint8 path does not")
         size = dict(processor.size) if getattr(processor, "do_resize", True) else {}
         shortest = size.get("shortest_edge")
         exact = (size["height"], size["width"]) if size.get("height") and size.get("width") else None
         crop = None
         if getattr(processor, "do_center_crop", False):
             crop = (processor.crop_size["height"], processor.crop_size["width"])
-        pad_square = bool(getattr(processor, "pad_to_square", False)
-                          or getattr(processor, "image_aspect_ratio", None) == "pad")
         if crop is None and exact is None and not (pad_square and shortest):
             raise ValueError(f"the image processor gives no fixed output size (size={size}, no centre crop)")
         rescale = float(processor.rescale_factor) if getattr(processor, "do_rescale", True) else 1.0

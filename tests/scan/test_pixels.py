@@ -60,22 +60,28 @@ def test_uint8_path_matches_the_clip_image_processor(photos, mean_std):
 
 
 def test_pad_to_square_matches_original_llava(photos):
-    """``image_aspect_ratio: pad``: LLaVA's own expand2square, then the processor (the llava package is the oracle)."""
+    """``image_aspect_ratio: pad`` loads as ``LlavaImageProcessor(do_pad=True)``: LLaVA's own expand2square
+    (the llava package is the oracle) then the CLIP steps."""
     from llava.mm_utils import expand2square
+    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
-    processor = clip_processor()
-    processor.image_aspect_ratio = "pad"
+    clip = clip_processor()
+    padding = LlavaImageProcessorPil(size=clip.size, crop_size=clip.crop_size, image_mean=MEAN, image_std=STD,
+                                     do_pad=True)
     for photo in photos:
-        data = encode(photo.resize((500, 300)), "JPEG")
-        square = expand2square(decode_image(data), tuple(int(m * 255) for m in processor.image_mean))
-        expected = processor(images=[square], return_tensors="pt")["pixel_values"][0]
-        torch.testing.assert_close(ours(data, processor), expected, atol=1e-6, rtol=0)
+        for size in [(500, 300), (300, 500)]:
+            data = encode(photo.resize(size), "JPEG")
+            square = expand2square(decode_image(data), tuple(int(m * 255) for m in MEAN))
+            expected = clip(images=[square], return_tensors="pt")["pixel_values"][0]
+            torch.testing.assert_close(ours(data, padding), expected, atol=1e-6, rtol=0)
+            torch.testing.assert_close(theirs(data, padding), expected, atol=1e-6, rtol=0)
 
 
 def test_processor_options_the_path_cannot_follow_are_refused():
-    processor = clip_processor(do_center_crop=False)
     with pytest.raises(ValueError, match="no fixed output size"):
-        PixelSpec.from_processor(processor)
+        PixelSpec.from_processor(clip_processor(do_center_crop=False))
+    with pytest.raises(ValueError, match="pads its output"):
+        PixelSpec.from_processor(clip_processor(do_pad=True, pad_size={"height": 400, "width": 400}))
 
 
 def test_draft_decodes_large_jpegs_near_the_target_and_stays_close(photos):
