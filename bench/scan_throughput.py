@@ -7,17 +7,21 @@ VLM asked for a safety category, generating 32 tokens, as LlavaGuard-style scann
 
 Geometry: the vision tower is CLIP-L/14-336 (1024 hidden, 4096 MLP, 16 heads, 336 px /
 patch 14 = 576 tokens), all 24 layers by default (``--vision-layers`` cuts it); the language
-model has Vicuna-7B widths (4096 hidden, 11008 MLP, 32 heads, 32064 vocabulary) but only
-``--lm-layers`` (default 2) of its 32 layers, so (c) is far cheaper here than the real judge
-and ``vs_generate`` is a lower bound; the safety modules have the reference widths (C-Abstractor 1024->1088->4096,
-2 x 64 tokens, 8-head head). Weights are random (nothing can be downloaded here), float32 on CPU.
+model has Vicuna-7B widths (4096 hidden, 11008 MLP, 32 heads, 32064 vocabulary), all 32 layers
+on CUDA and 2 of them on a CPU by default (``--lm-layers``; cut, (c) is far cheaper than the
+real judge and ``vs_generate`` is a lower bound); the safety modules have the reference widths
+(C-Abstractor 1024->1088->4096, 2 x 64 tokens, 8-head head). Weights are random (nothing can be
+downloaded here). ``--device`` (default: CUDA when available) and ``--dtype`` (default: bf16 on
+CUDA, fp32 on CPU) choose where everything runs; the scan then uses ``--workers`` decode
+workers (default: auto on CUDA, 0 on a CPU, where the workers would take the model's cores).
 
 Peak memory of (b) is the growth of the process's peak RSS from just before the scan
 loads its models (libraries already imported) to the end of the scan, divided by the bytes
 of the weights it holds (vision tower + safety modules); model loading is included.
 
-Usage: python bench/scan_throughput.py [--images 4] [--batch-size 2] [--threads 1]
-                                       [--vision-layers 24] [--lm-layers 2]
+Usage: python bench/scan_throughput.py [--device cuda|cpu] [--dtype bf16|fp32] [--images N] [--batch-size B]
+                                       [--threads 1] [--vision-layers 24] [--lm-layers 32|2] [--workers auto]
+CPU defaults: 4 images, batch 2, 2 LM layers; CUDA defaults: 512 images, batch 64, 32 LM layers.
 """
 from __future__ import annotations
 
@@ -94,16 +98,29 @@ def write_images(folder: Path, count: int) -> list:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: CUDA when available)")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32")
+    parser.add_argument("--images", type=int, default=None, help="default: 512 on CUDA, 4 on CPU")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 64 on CUDA, 2 on CPU")
+    parser.add_argument("--workers", default=None, help="scan decode workers (default: auto on CUDA, 0 on CPU)")
     parser.add_argument("--vision-layers", type=int, default=24, help="CLIP-L layers (24 = uncut)")
-    parser.add_argument("--lm-layers", type=int, default=2, help="Vicuna-7B-width layers (32 = uncut)")
+    parser.add_argument("--lm-layers", type=int, default=None, help="Vicuna-7B-width layers (default: 32 on CUDA, "
+                                                                       "2 on CPU)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared machine)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of (a) and (b); best of each")
     args = parser.parse_args()
 
     import torch
 
+    from safety_modules.backbone import resolve_device, resolve_dtype
+
+    args.device = resolve_device(args.device)
+    args.dtype = resolve_dtype(args.dtype, args.device)
+    cuda = args.device.type == "cuda"
+    for name, on_cuda, on_cpu in (("images", 512, 4), ("batch_size", 64, 2), ("lm_layers", 32, 2),
+                                  ("workers", "auto", 0)):
+        if getattr(args, name) is None:
+            setattr(args, name, on_cuda if cuda else on_cpu)
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="scan-bench-"))
     try:
@@ -122,10 +139,11 @@ def measure(work: Path, args: argparse.Namespace) -> None:
     images = write_images(work / "images", args.images)
     warmup = write_images(work / "warmup", args.batch_size)
     base, safety = work / "base", work / "safety"
+    dtype_name = str(args.dtype).removeprefix("torch.")
+    where = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "CPU"
     print(f"vision tower: CLIP-L/14-336 widths, {args.vision_layers} of 24 layers; language model: Vicuna-7B "
-          f"widths, {args.lm_layers} of 32 layers; safety modules: reference widths; float32 CPU, "
-          f"{args.threads} thread(s); "
-          f"{args.images} images, batch {args.batch_size}")
+          f"widths, {args.lm_layers} of 32 layers; safety modules: reference widths; {dtype_name} on {where}, "
+          f"{args.threads} torch thread(s), scan workers {args.workers}; {args.images} images, batch {args.batch_size}")
 
     # (b) the scan path, first, so that the peak RSS it reaches is its own.
     import pyarrow.parquet  # noqa: F401  (libraries are imported before the baseline: they are not scan memory)
@@ -134,13 +152,15 @@ def measure(work: Path, args: argparse.Namespace) -> None:
 
     from safety_modules.backbone import load_vision_parts
     from safety_modules.scan import ScanSettings, run_scan
+    from safety_modules.scan.batches import batch_jobs, prepare_batch
+    from safety_modules.scan.engine import split_parts
+    from safety_modules.scan.pixels import PixelSpec, normalize
     from safety_modules.scan.readers import CorpusReader
-    from safety_modules.scan.scorer import drop_unused_layers, prepare
     from safetensors.torch import load_file
 
     rss_before = current_rss_bytes()
-    settings = ScanSettings(base=str(base), safety=str(safety), batch_size=args.batch_size, workers=0, dtype="fp32",
-                            device="cpu")
+    settings = ScanSettings(base=str(base), safety=str(safety), batch_size=args.batch_size, workers=args.workers,
+                            dtype=dtype_name, device=str(args.device))
     run_scan(work / "warmup", work / "out-warmup", settings, progress=False)  # same batch size as the timed runs
     peak_growth = peak_rss_bytes() - rss_before
 
@@ -150,9 +170,10 @@ def measure(work: Path, args: argparse.Namespace) -> None:
 
     # (a) the whole vision tower alone, as LLaVA runs it, on the same images already preprocessed
     # (only the forward pass is timed; the scan's tower stops after the selected layer).
-    parts = load_vision_parts(base, dtype="fp32", device="cpu")
-    cfg = parts.config
-    pixels = torch.stack([prepare(item, parts.image_processor)[0] for item in CorpusReader(work / "images")])
+    parts = load_vision_parts(base, dtype=args.dtype, device=args.device)
+    spec = PixelSpec.from_processor(parts.image_processor)
+    jobs = batch_jobs(split_parts(CorpusReader(work / "images"), args.images), args.images)
+    pixels = normalize(prepare_batch(next(jobs), spec, 50_000_000, True).pixels.to(args.device), spec, args.dtype)
 
     def vision_rate() -> float:
         started = time.perf_counter()
@@ -160,13 +181,15 @@ def measure(work: Path, args: argparse.Namespace) -> None:
             for start in range(0, len(pixels), args.batch_size):
                 # As transformers' LLaVA runs it: every layer, all hidden states kept.
                 parts.vision_tower(pixels[start:start + args.batch_size], output_hidden_states=True)
+        if args.device.type == "cuda":
+            torch.cuda.synchronize(args.device)
         return len(pixels) / (time.perf_counter() - started)
 
     # Other jobs share this machine: (a) and (b) alternate and each keeps its best round.
     rates = [(vision_rate(), scan_rate(round_)) for round_ in range(args.rounds)]
     vision = max(r[0] for r in rates)
     scan = max(r[1] for r in rates)
-    drop_unused_layers(parts.vision_tower, cfg.vision_feature_layer)  # now the tower the scan holds
+    # The scan holds the whole tower (it runs it up to the layer LLaVA reads) and the safety modules.
     weight_bytes = sum(p.numel() * p.element_size() for p in parts.vision_tower.parameters())
     weight_bytes += sum(t.numel() * t.element_size() for t in load_file(str(safety / "model.safetensors")).values())
     del parts
@@ -174,12 +197,14 @@ def measure(work: Path, args: argparse.Namespace) -> None:
     # (c) a generation-based judge on the same model: prompt + image in, 32 tokens out.
     from safety_modules.backbone import load_base
 
-    model, processor = load_base(base, dtype="fp32", device="cpu")
+    model, processor = load_base(base, dtype=args.dtype, device=args.device)
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": JUDGE_PROMPT}]}]
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
 
     def judge(batch) -> None:
         inputs = processor(images=batch, text=[prompt] * len(batch), return_tensors="pt", padding=True)
+        inputs = {k: v.to(args.device) for k, v in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(args.dtype)
         model.generate(**inputs, max_new_tokens=GENERATE_TOKENS, min_new_tokens=GENERATE_TOKENS, do_sample=False)
 
     with torch.no_grad():

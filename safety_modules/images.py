@@ -22,6 +22,10 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 # 50 M pixels: well above any training image, far below what exhausts memory.
 DEFAULT_MAX_PIXELS = 50_000_000
+# CLIP's processor resizes the short side to 336 px and keeps the centre square, so only
+# the central part of a very long image is ever seen. Cropping such images to this aspect
+# ratio first gives the same view without resizing, say, a 1 x 20000 strip to 336 x 6.7M px.
+MAX_ASPECT_RATIO = 8.0
 
 
 class ImageDecodeError(ValueError):
@@ -140,3 +144,17 @@ def _cheap_key(img: Any, index: int) -> tuple:
 def _content_digest(img: Image.Image | np.ndarray) -> bytes:
     data = img.tobytes() if isinstance(img, Image.Image) else np.ascontiguousarray(img).tobytes()
     return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def bound_aspect(img: Image.Image, max_ratio: float = MAX_ASPECT_RATIO) -> Image.Image:
+    """Centre-crop the long side so that long/short <= ``max_ratio`` (a no-op for ordinary images)."""
+    width, height = img.size
+    short, long_ = min(width, height), max(width, height)
+    if long_ <= short * max_ratio:
+        return img
+    keep = max(1, int(short * max_ratio))
+    if width > height:
+        left = (width - keep) // 2
+        return img.crop((left, 0, left + keep, height))
+    top = (height - keep) // 2
+    return img.crop((0, top, width, top + keep))

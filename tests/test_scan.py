@@ -57,15 +57,19 @@ def test_scan_never_loads_the_language_model_and_matches_assess(tiny_dir, safety
     assert not any("language_model" in n or "lm_head" in n or "embed_tokens" in n for n in held)
     full = SafeLlava.from_pretrained(tiny_dir, safety_dir)
     tower = full.base.model.vision_tower
-    # The scan holds the tower up to the selected layer (-2: all but the last) and the safety modules.
-    assert len(scorer.vision_tower.encoder.layers) == len(tower.encoder.layers) - 1
-    last_layer = sum(p.numel() for p in tower.encoder.layers[-1].parameters())
-    vision_params = sum(p.numel() for p in tower.parameters()) - last_layer
+    # The scan holds the vision tower and the safety modules, nothing of the language model.
+    vision_params = sum(p.numel() for p in tower.parameters())
     assert sum(held.values()) == vision_params + sum(p.numel() for p in full.safety.parameters())
     assert lm_params > 0.5 * sum(p.numel() for p in full.base.parameters())  # most of the base was left out
+    # LLaVA reads layer -2: the last encoder layer is never run, and the tower is left whole.
+    layers = scorer.vision_tower.encoder.layers
+    ran = []
+    hook = layers[-1].register_forward_hook(lambda *_: ran.append(1))
 
     pixels = torch.stack([prepare_image(scorer, img) for img in photos])
     level_probs, type_probs = scorer.score(pixels)
+    hook.remove()
+    assert not ran and len(layers) == len(tower.encoder.layers)
     expected = full.assess(photos)
     np.testing.assert_allclose(level_probs, expected.level_probs.numpy(), atol=1e-6)
     np.testing.assert_allclose(type_probs, expected.type_probs.numpy(), atol=1e-6)

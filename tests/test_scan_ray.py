@@ -8,9 +8,14 @@ from safety_modules.scan import ScanSettings, read_parts, run_scan
 from .scan_corpus import broken_images, plain_images, save_safety, unusual_images, write_folder
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_ray_engine_matches_local_engine(tiny_dir, tmp_path):
+def test_ray_engine_matches_local_engine(tiny_dir, tmp_path, monkeypatch):
     ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
+    from safety_modules.scan import ray_engine
+
+    # 11 items, parts of 4, batches of 3: batches 3+1 | 3+1 | 3; windows of 3 batches split part 1 in two.
+    monkeypatch.setattr(ray_engine, "WINDOW_BATCHES", 3)
 
     safety_dir = save_safety(tiny_dir, tmp_path / "safety")
     files = {**plain_images(5), **dict(list(unusual_images().items())[:3]),

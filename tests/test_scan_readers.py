@@ -51,7 +51,9 @@ def test_llava_json_and_jsonl(tmp_path):
     items = list(reader)
     assert [i.id for i in items] == ["llava.json:a1", "llava.json:multi#0", "llava.json:multi#1", "llava.json:gone"]
     assert [decodes(i) for i in items] == [True, True, True, False]
-    assert items[-1].error[0] == "unreadable"
+    with pytest.raises(ImageDecodeError) as missing:  # found by the worker that reads it, not by the reader
+        decode_image(load_bytes(items[-1]))
+    assert missing.value.kind == "unreadable" and "missing.png" in str(missing.value)
     assert ids(CorpusReader(tmp_path / "llava.json", options)) == [i.id for i in items]
     assert ids(CorpusReader(tmp_path / "llava.jsonl", options)) == ["llava.jsonl:a1"]
 

@@ -43,6 +43,7 @@ def kill_after_new_parts(cmd: list[str], out: Path, new_parts: int, timeout: flo
     assert proc.returncode == -signal.SIGKILL
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_sigkill_twice_then_resume_gives_every_item_once_with_identical_scores(tiny_dir, tmp_path):
     safety_dir = save_safety(tiny_dir, tmp_path / "safety")

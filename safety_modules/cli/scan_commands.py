@@ -22,7 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-column", help="parquet/hf: the image column (default: detected)")
     p.add_argument("--id-column", help="parquet/hf: a column of stable keys (default: id/key/uid, else the row number)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers that read, decode and resize")
+    p.add_argument("--workers", default="auto",
+                   help="processes that read, decode and resize (default auto: the usable cores but one, at most 16)")
+    p.add_argument("--no-draft", dest="draft", action="store_false",
+                   help="decode large JPEGs at full size and resize in one step (slower; exact for every size)")
+    p.add_argument("--gpu-decode", default="auto", choices=["auto", "off"],
+                   help="auto: decode JPEGs on the GPU when scanning on CUDA with torchvision installed")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
     p.add_argument("--part-size", type=int, default=1000, help="items per output part (the unit of resumption)")
@@ -45,13 +50,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     from ..scan import ReaderOptions, ScanSettings, run_scan
+    from ..scan.settings import resolve_workers
 
-    if args.batch_size < 1 or args.part_size < 1 or args.workers < 0:
-        raise ValueError("--batch-size and --part-size must be >= 1 and --workers >= 0")
+    if args.batch_size < 1 or args.part_size < 1:
+        raise ValueError("--batch-size and --part-size must be >= 1")
+    workers = args.workers if args.workers == "auto" else resolve_workers(args.workers)
     settings = ScanSettings(
-        base=args.base, safety=args.safety, policy=args.policy, batch_size=args.batch_size, workers=args.workers,
+        base=args.base, safety=args.safety, policy=args.policy, batch_size=args.batch_size, workers=workers,
         device=args.device, dtype=args.dtype, part_size=args.part_size, max_pixels=args.max_pixels,
-        engine=args.engine, ray_address=args.ray_address, ray_actors=args.ray_actors,
+        engine=args.engine, ray_address=args.ray_address, ray_actors=args.ray_actors, draft=args.draft,
+        gpu_decode=args.gpu_decode,
     )
     options = ReaderOptions(kind=args.reader, image_root=args.image_root, image_column=args.image_column,
                             id_column=args.id_column)

@@ -1,14 +1,17 @@
 """Corpus risk scanning: readers, the vision-only scorer, resumable parquet output, report, Ray engine."""
-from .engine import ScanSettings, run_scan
+from .engine import run_scan
+from .lock import ScanLockedError
 from .output import output_schema, read_parts, summarize
 from .readers import READER_KINDS, CorpusReader, Item, ReaderOptions
 from .scorer import VisionScorer
+from .settings import ScanSettings
 
 __all__ = [
     "READER_KINDS",
     "CorpusReader",
     "Item",
     "ReaderOptions",
+    "ScanLockedError",
     "ScanSettings",
     "VisionScorer",
     "output_schema",

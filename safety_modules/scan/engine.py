@@ -1,45 +1,28 @@
 """`run_scan`: read a corpus, score every image with the vision-only path, write resumable parts.
 
-The local engine decodes and preprocesses in PyTorch DataLoader workers and runs batched
-inference in the main process; ``engine="ray"`` runs the same steps on Ray Data
-(`ray_engine`). Both produce the same parts, the same schema and the same manifest.
+The runner: it locks the output folder, loads the scorer, works out which parts are still
+missing and hands them to an engine. ``engine="local"`` (`local_engine`) decodes in a pool of
+worker processes and scores on this process's device; ``engine="ray"`` (`ray_engine`) runs the
+same steps on Ray Data. Both produce the same parts, the same schema and the same manifest.
 """
 from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-import torch
-
-from ..images import DEFAULT_MAX_PIXELS
 from ..modeling.fingerprint import projector_digest
+from .gpu_decode import gpu_decode_available
+from .local_engine import local_engine
+from .lock import OutputLock
 from .output import ScanOutput
-from .readers import CorpusReader, Item, ReaderOptions
-from .scorer import Flagger, VisionScorer, load_flagger, prepare, result_rows
+from .readers import CorpusReader, ReaderOptions
+from .scorer import Flagger, VisionScorer, load_flagger
+from .settings import Part, ScanSettings, resolve_workers
 
-Part = tuple[int, list[tuple[int, Item]]]  # (part index, [(input position, item), ...])
-Progress = Callable[[int, int], None]  # (rows done, errors among them)
-
-
-@dataclass
-class ScanSettings:
-    """Everything but the input and the output folder that a scan is run with."""
-
-    base: str
-    safety: str
-    policy: str | None = None
-    batch_size: int = 32
-    workers: int = 2
-    device: str | None = None
-    dtype: str = "auto"
-    part_size: int = 1000
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    engine: str = "local"
-    ray_address: str | None = None
-    ray_actors: int | None = None
+__all__ = ["ScanSettings", "run_scan", "split_parts"]
 
 
 def split_parts(reader: CorpusReader, part_size: int) -> Iterator[Part]:
@@ -54,7 +37,18 @@ def split_parts(reader: CorpusReader, part_size: int) -> Iterator[Part]:
 
 def run_scan(input_path: str | Path, out_dir: str | Path, settings: ScanSettings,
              reader_options: ReaderOptions | None = None, progress: bool = True) -> dict[str, Any]:
-    """Scan ``input_path`` into ``out_dir`` (resuming whatever is there already); returns the manifest."""
+    """Scan ``input_path`` into ``out_dir`` (resuming whatever is there already); returns the manifest.
+
+    Refuses (`lock.ScanLockedError`) while another scan writes into ``out_dir``.
+    """
+    if settings.engine not in ("local", "ray"):
+        raise ValueError(f"unknown engine {settings.engine!r}; use 'local' or 'ray'")
+    with OutputLock(out_dir):
+        return _run_locked(input_path, out_dir, settings, reader_options, progress)
+
+
+def _run_locked(input_path: str | Path, out_dir: str | Path, settings: ScanSettings,
+                reader_options: ReaderOptions | None, progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     started = time.time()
@@ -79,61 +73,26 @@ def run_scan(input_path: str | Path, out_dir: str | Path, settings: ScanSettings
         bar.update(rows)
         bar.set_postfix(errors=tally["errors"], refresh=False)
 
-    if settings.engine == "local":
-        parts = local_engine(pending, scorer, flagger, settings, on_rows)
-    elif settings.engine == "ray":
+    scan_started = time.time()
+    local = settings.engine == "local"
+    if local:
+        local_engine(pending, scorer, flagger, settings, output.write_part, on_rows)
+    else:
         from .ray_engine import ray_engine
 
-        parts = ray_engine(pending, settings, scorer.image_processor, on_rows)
-    else:
-        raise ValueError(f"unknown engine {settings.engine!r}; use 'local' or 'ray'")
-    scan_started = time.time()
-    for index, rows in parts:
-        output.write_part(index, rows)
+        ray_engine(pending, settings, scorer.pixel_spec, scorer.taxonomy, output.write_part, on_rows)
     bar.close()
     finished = time.time()
     run = {
-        "engine": settings.engine, "device": str(scorer.device) if settings.engine == "local" else "ray actors",
-        "batch_size": settings.batch_size, "workers": settings.workers,
+        "engine": settings.engine, "device": str(scorer.device) if local else "ray actors",
+        "batch_size": settings.batch_size, "workers": resolve_workers(settings.workers),
+        "jpeg_decode": "gpu" if local and gpu_decode_available(settings.gpu_decode, scorer.device) else "cpu",
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "items_scanned": tally["items"], "parts_skipped": len(done),
         "load_seconds": round(scan_started - started, 3), "scan_seconds": round(finished - scan_started, 3),
         "items_per_second": round(tally["items"] / max(finished - scan_started, 1e-9), 2),
     }
     return output.finish(run, total)
-
-
-def local_engine(parts: Iterator[Part], scorer: VisionScorer, flagger: Flagger, settings: ScanSettings,
-                 on_rows: Progress) -> Iterator[tuple[int, list[dict[str, Any]]]]:
-    """Decode in DataLoader workers, score batches in this process; yields each part's rows in order."""
-    for index, numbered in parts:
-        dataset = _PreparedItems(numbered, scorer.image_processor, settings.max_pixels)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, num_workers=settings.workers,
-                                             collate_fn=list)
-        rows: list[dict[str, Any]] = []
-        for batch in loader:
-            records, pixels, errors = zip(*batch)
-            new = result_rows(list(records), list(pixels), list(errors), scorer, flagger)
-            rows.extend(new)
-            on_rows(len(new), sum(e is not None for e in errors))
-        yield index, rows
-
-
-class _PreparedItems(torch.utils.data.Dataset):
-    """One part's items, read and preprocessed on access (in a DataLoader worker)."""
-
-    def __init__(self, numbered: list[tuple[int, Item]], image_processor: Any, max_pixels: int) -> None:
-        self.numbered = numbered
-        self.image_processor = image_processor
-        self.max_pixels = max_pixels
-
-    def __len__(self) -> int:
-        return len(self.numbered)
-
-    def __getitem__(self, i: int):
-        position, item = self.numbered[i]
-        pixels, error = prepare(item, self.image_processor, self.max_pixels)
-        return {"index": position, "id": item.id, "source": item.source}, pixels, error
 
 
 def _manifest_settings(reader: CorpusReader, scorer: VisionScorer, flagger: Flagger,
@@ -154,4 +113,5 @@ def _manifest_settings(reader: CorpusReader, scorer: VisionScorer, flagger: Flag
         "dtype": settings.dtype,
         "part_size": settings.part_size,
         "max_pixels": settings.max_pixels,
+        "preprocess": "uint8, draft" if settings.draft else "uint8, exact",
     }

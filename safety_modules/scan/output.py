@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -41,6 +42,45 @@ def output_schema(taxonomy: Taxonomy) -> pa.Schema:
     fields += [pa.field(f"p_level_{name}", pa.float32()) for name in taxonomy.levels]
     fields += [pa.field("level", pa.string()), pa.field("type", pa.string()), pa.field("flagged", pa.bool_())]
     return pa.schema(fields)
+
+
+def batch_table(schema: pa.Schema, taxonomy: Taxonomy, positions: np.ndarray, ids: list[str], sources: list[str],
+                errors: list[tuple[str, str] | None], ok: np.ndarray, level_probs: np.ndarray, type_probs: np.ndarray,
+                flags: np.ndarray) -> pa.Table:
+    """One batch's rows as a table, column by column; the scores are those of the ``ok`` rows, in order.
+
+    Error rows get ``error``/``error_kind`` and nulls elsewhere; scored rows get every probability,
+    the top level and type, and ``flagged``.
+    """
+    n = len(ids)
+    null = ~ok
+
+    def scattered(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
+        full = np.zeros(n, dtype=values.dtype)
+        full[ok] = values
+        return pa.array(full, type=arrow_type, mask=null)
+
+    def names(labels: tuple[str, ...] | list[str], probs: np.ndarray) -> pa.Array:
+        top = np.asarray(labels, dtype=object)[probs.argmax(1)] if len(probs) else np.array([], dtype=object)
+        full = np.full(n, None, dtype=object)
+        full[ok] = top
+        return pa.array(full, type=pa.string())
+
+    columns = {
+        "index": pa.array(positions, type=pa.int64()),
+        "id": pa.array(ids, type=pa.string()),
+        "source": pa.array(sources, type=pa.string()),
+        "error": pa.array([None if e is None else f"{e[0]}: {e[1]}" for e in errors], type=pa.string()),
+        "error_kind": pa.array([None if e is None else e[0] for e in errors], type=pa.string()),
+    }
+    for j, name in enumerate(taxonomy.types):
+        columns[f"p_{name}"] = scattered(type_probs[:, j].astype(np.float32), pa.float32())
+    for j, name in enumerate(taxonomy.levels):
+        columns[f"p_level_{name}"] = scattered(level_probs[:, j].astype(np.float32), pa.float32())
+    columns["level"] = names(taxonomy.levels, level_probs)
+    columns["type"] = names(taxonomy.types, type_probs)
+    columns["flagged"] = scattered(np.asarray(flags, dtype=bool), pa.bool_())
+    return pa.table([columns[f.name] for f in schema], schema=schema)
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -80,12 +120,11 @@ class ScanOutput:
     def completed_parts(self) -> set[int]:
         return {int(m.group(1)) for p in self.dir.iterdir() if (m := _PART_RE.match(p.name))}
 
-    def write_part(self, index: int, rows: list[dict[str, Any]]) -> Path:
-        """Write one part atomically (temporary file, fsync, rename); an existing part is never replaced."""
+    def write_part(self, index: int, table: pa.Table) -> Path:
+        """Write one part's rows atomically (temporary file, fsync, rename); an existing part is never replaced."""
         final = self.dir / part_name(index)
         if final.exists():
             raise FileExistsError(f"{final} is complete already and is never rewritten")
-        table = pa.Table.from_pylist(rows, schema=self.schema)
         tmp = self.dir / f"{final.name}.tmp-{os.getpid()}"
         with open(tmp, "wb") as handle:
             pq.write_table(table, handle)

@@ -1,29 +1,38 @@
-"""The Ray Data engine: the same scan as `engine.local_engine`, spread over a Ray cluster.
+"""The Ray Data engine: the same scan as `local_engine`, spread over a Ray cluster.
 
-Pipeline: ``ray.data.from_items`` (item references, not bytes) -> ``map_batches(_prepare_batch)``
-tasks (read + decode + preprocess) -> ``map_batches(_Score)`` on an actor pool (one GPU per
-actor when the cluster has GPUs, a fraction of a CPU otherwise) -> rows streamed back in
-input order to the driver, which writes the same resumable parts as the local engine.
+Pipeline, over windows of `WINDOW_BATCHES` batches: ``ray.data.from_items`` (one record per batch:
+its items' references, serialised, not bytes) -> ``map_batches(_prepare)`` tasks (read + decode + resize to uint8, as `batches.prepare_batch`)
+-> ``map_batches(_Score)`` on an actor pool (one GPU per actor when the cluster has GPUs, a
+fraction of a CPU otherwise; normalisation on the actor's device) -> per-batch columns streamed
+back in input order to the driver, which writes the same resumable parts as the local engine.
 Input files and the model folders must be readable from every node (shared storage or hub ids).
 """
 from __future__ import annotations
 
+import itertools
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
-from .engine import Part, Progress, ScanSettings
+from ..taxonomy import Taxonomy
+from .batches import BatchJob, batch_jobs, prepare_batch
+from .pixels import PixelSpec
 from .readers import Item
+from .settings import Part, Progress, ScanSettings, WritePart
 
+# Batches handed to Ray per dataset: the driver's memory is bounded by one window (about
+# 200 bytes per item), at the cost of starting the scoring actors once per window.
+WINDOW_BATCHES = 4096
 # On a small machine Ray deadlocks when map actors hold every CPU: CPU actors and
 # preprocessing tasks ask for half a CPU each.
 CPU_PER_TASK = 0.5
 
 
-def ray_engine(parts: Iterator[Part], settings: ScanSettings, image_processor: Any,
-               on_rows: Progress) -> Iterator[tuple[int, list[dict[str, Any]]]]:
-    """Score the pending parts on Ray; yields ``(part index, rows)`` in input order."""
+def ray_engine(parts: Iterator[Part], settings: ScanSettings, spec: PixelSpec, taxonomy: Taxonomy,
+               write: WritePart, on_rows: Progress) -> None:
+    """Score the pending parts on Ray; ``write(index, table)`` once per part, in input order."""
     import ray
 
     started_here = not ray.is_initialized()
@@ -33,64 +42,68 @@ def ray_engine(parts: Iterator[Part], settings: ScanSettings, image_processor: A
         else:
             ray.init(include_dashboard=False)
     try:
-        yield from _run(list(parts), settings, image_processor, on_rows)
+        _run(parts, settings, spec, taxonomy, write, on_rows)
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _run(parts: list[Part], settings: ScanSettings, image_processor: Any,
-         on_rows: Progress) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+def _job_record(job: BatchJob) -> dict[str, Any]:
+    """A batch as one compact record: the driver keeps strings, not one Python object per item."""
+    items = [[position, item.source, item.key, item.ref, item.error] for position, item in job.numbered]
+    return {"part": job.part, "last": job.last, "items": json.dumps(items)}
+
+
+def _run(parts: Iterator[Part], settings: ScanSettings, spec: PixelSpec, taxonomy: Taxonomy, write: WritePart,
+         on_rows: Progress) -> None:
+    import pyarrow as pa
     import ray
     import ray.data
 
-    records = [{"part": index, "index": position, "item": json.dumps(vars(item))}
-               for index, numbered in parts for position, item in numbered]
-    if not records:
-        return
-    expected = {index: len(numbered) for index, numbered in parts}
+    from .output import batch_table, output_schema
+
     gpus = int(ray.cluster_resources().get("GPU", 0))
     actors = settings.ray_actors or max(1, gpus)
     score_resources = {"num_gpus": 1} if gpus else {"num_cpus": CPU_PER_TASK}
-
     context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # rows come back in input order, parts complete in order
+    context.execution_options.preserve_order = True  # batches come back in input order, parts complete in order
     context.enable_progress_bars = False  # the scan's own bar counts items and errors
-    dataset = (
-        ray.data.from_items(records)
-        .map_batches(_prepare_batch, fn_kwargs={"image_processor": image_processor, "max_pixels": settings.max_pixels},
-                     batch_size=settings.batch_size, batch_format="numpy", num_cpus=CPU_PER_TASK)
-        .map_batches(_Score, fn_constructor_kwargs={"settings": settings}, batch_size=settings.batch_size,
-                     batch_format="numpy", concurrency=actors, **score_resources)
-    )
-    pending: dict[int, list[dict[str, Any]]] = {}
-    for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
-        rows = _batch_rows(batch)
-        on_rows(len(rows), sum(row["error"] is not None for row in rows))
-        for row in rows:
-            pending.setdefault(row.pop("part"), []).append(row)
-        for index in sorted(pending):
-            if len(pending[index]) == expected[index]:
-                yield index, sorted(pending.pop(index), key=lambda row: row["index"])
+    schema = output_schema(taxonomy)
+    levels = len(taxonomy.levels)
+    tables: list[pa.Table] = []  # the part being assembled; it may span two windows
+    jobs = batch_jobs(parts, settings.batch_size)
+    # The driver holds one window of batch records at a time, so its memory does not grow with the corpus.
+    while records := [_job_record(job) for job in itertools.islice(jobs, WINDOW_BATCHES)]:
+        dataset = (
+            ray.data.from_items(records)
+            .map_batches(_prepare, fn_kwargs={"spec": spec, "max_pixels": settings.max_pixels,
+                                              "draft": settings.draft},
+                         batch_size=1, batch_format="numpy", num_cpus=CPU_PER_TASK)
+            .map_batches(_Score, fn_constructor_kwargs={"settings": settings}, batch_size=1,
+                         batch_format="numpy", concurrency=actors, **score_resources)
+        )
+        for scored in dataset.iter_batches(batch_format="numpy", batch_size=1):
+            meta = json.loads(scored["meta"][0])
+            errors = [tuple(e) if e else None for e in meta["errors"]]
+            ok = np.array([e is None for e in errors], dtype=bool)
+            probs = scored["probs"][0]
+            tables.append(batch_table(schema, taxonomy, np.asarray(meta["positions"], dtype=np.int64), meta["ids"],
+                                      meta["sources"], errors, ok, probs[:, :levels], probs[:, levels:],
+                                      scored["flags"][0]))
+            on_rows(len(errors), int((~ok).sum()))
+            if meta["last"]:
+                write(meta["part"], pa.concat_tables(tables))
+                tables = []
 
 
-def _prepare_batch(batch: dict[str, np.ndarray], image_processor: Any, max_pixels: int) -> dict[str, np.ndarray]:
-    """Read + decode + preprocess a batch of items (a CPU task). Broken items get an error and zero pixels."""
-    from .scorer import prepare
-
-    pixels, errors, ids, sources = [], [], [], []
-    for text in batch["item"]:
-        fields = json.loads(text)
-        item = Item(fields["source"], fields["key"], fields["ref"], tuple(fields["error"]) if fields["error"] else None)
-        values, error = prepare(item, image_processor, max_pixels)
-        pixels.append(values)
-        errors.append("" if error is None else json.dumps(error))
-        ids.append(item.id)
-        sources.append(item.source)
-    shape = next((p.shape for p in pixels if p is not None), (3, 1, 1))
-    stacked = np.stack([np.zeros(shape, np.float32) if p is None else p.numpy() for p in pixels])
-    return {"part": batch["part"], "index": batch["index"], "id": np.array(ids, dtype=object),
-            "source": np.array(sources, dtype=object), "error": np.array(errors, dtype=object), "pixels": stacked}
+def _prepare(record: dict[str, np.ndarray], spec: PixelSpec, max_pixels: int, draft: bool) -> dict[str, np.ndarray]:
+    """Read + decode + resize one batch (a CPU task): its metadata and one uint8 array of the good images."""
+    items = [(position, Item(source, key, ref, tuple(error) if error else None))
+             for position, source, key, ref, error in json.loads(record["items"][0])]
+    batch = prepare_batch(BatchJob(int(record["part"][0]), items, bool(record["last"][0])), spec, max_pixels, draft)
+    meta = {"part": batch.part, "last": batch.last, "positions": batch.positions.tolist(), "ids": batch.ids,
+            "sources": batch.sources, "errors": batch.errors}
+    return {"meta": np.array([json.dumps(meta)], dtype=object), "pixels": _one(batch.pixels.numpy())}
 
 
 class _Score:
@@ -106,21 +119,20 @@ class _Score:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        from .scorer import result_rows
+        pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][0]))
+        classes = len(self.scorer.taxonomy.levels) + len(self.scorer.taxonomy.types)
+        probs = np.zeros((len(pixels), classes), dtype=np.float32)
+        flags = np.zeros(len(pixels), dtype=bool)
+        if len(pixels):
+            level_probs, type_probs = self.scorer.probabilities_uint8(pixels)
+            probs = torch.cat([level_probs, type_probs], dim=1).float().cpu().numpy()
+            flags = self.flagger.flag(probs[:, :level_probs.shape[1]], probs[:, level_probs.shape[1]:])
+        # Ray wants columns of equal length: this batch is one row holding its arrays.
+        return {"meta": batch["meta"], "probs": _one(probs), "flags": _one(flags)}
 
-        records = [{"index": int(i), "id": str(d), "source": str(s)}
-                   for i, d, s in zip(batch["index"], batch["id"], batch["source"])]
-        errors = [tuple(json.loads(e)) if e else None for e in batch["error"]]
-        pixels = [None if e else torch.from_numpy(np.ascontiguousarray(p)) for e, p in zip(errors, batch["pixels"])]
-        rows = result_rows(records, pixels, errors, self.scorer, self.flagger)
-        # Ray wants columns; rows are sent as JSON so error rows can keep their nulls.
-        return {"part": batch["part"], "row": np.array([json.dumps(row) for row in rows], dtype=object)}
 
-
-def _batch_rows(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    rows = []
-    for part, text in zip(batch["part"], batch["row"]):
-        row = json.loads(text)
-        row["part"] = int(part)
-        rows.append(row)
-    return rows
+def _one(array: np.ndarray) -> np.ndarray:
+    """``array`` as the single element of an object column (its length may be zero)."""
+    holder = np.empty(1, dtype=object)
+    holder[0] = array
+    return holder

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +42,7 @@ class Item:
     """One image of the corpus: where it is, and its stable id.
 
     ``ref`` says how to read the bytes (see `load_bytes`); ``error`` is set (``(kind, message)``)
-    when the reader already knows the item is broken (a missing file named by an annotation,
-    an unreadable tar member).
+    when the reader already knows the item is broken (an unreadable tar member, a damaged shard).
     """
 
     source: str
@@ -131,7 +131,9 @@ class CorpusReader:
 
     def _iter_folder(self) -> Iterator[Item]:
         root = self.path
-        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        # os.walk lists with scandir (the entry types come with the listing): no stat per file here.
+        files = sorted(Path(folder, name) for folder, _, names in os.walk(root) for name in names
+                       if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS)
         for file in files:
             yield Item(root.name, file.relative_to(root).as_posix(), {"file": str(file)})
 
@@ -151,8 +153,8 @@ class CorpusReader:
                 for n, image in enumerate(images):
                     key = name if len(images) == 1 else f"{name}#{n}"
                     path = Path(image) if Path(image).is_absolute() else root / image
-                    error = None if path.is_file() else ("unreadable", f"image file not found: {path}")
-                    yield Item(source, key, {"file": str(path)}, error)
+                    # A missing file is found when a worker reads it (an "unreadable" row), not by a stat here.
+                    yield Item(source, key, {"file": str(path)})
 
     # ------------------------------------------------------------------ webdataset tars
 

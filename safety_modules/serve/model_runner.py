@@ -19,7 +19,8 @@ from PIL import Image
 
 from ..gate import Gate, GatedAnswer
 from ..policy import SafetyDecision, SafetyPolicy
-from ..scan.scorer import VisionScorer, bound_aspect
+from ..images import bound_aspect
+from ..scan.scorer import VisionScorer
 from ..taxonomy import Taxonomy
 from ..wrapper import SafeLlava
 
