@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from safety_modules.scan import ScanSettings, read_parts, run_scan
-from .scan_corpus import broken_images, plain_images, save_safety, unusual_images, write_folder
+from ..scan_corpus import broken_images, plain_images, save_safety, unusual_images, write_folder
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 
 from safety_modules.images import ImageDecodeError, decode_image
 from safety_modules.scan.readers import CorpusReader, ItemError, ReaderOptions, detect_kind, load_bytes
-from .scan_corpus import add_symlink, encode, plain_images, wds_samples, write_folder, write_tar, _rgb
+from ..scan_corpus import add_symlink, encode, plain_images, wds_samples, write_folder, write_tar, _rgb
 
 
 def ids(reader: CorpusReader) -> list[str]:

@@ -15,7 +15,7 @@ from safety_modules import IncompatibleBaseError, SafeLlava
 from safety_modules.backbone import load_base, load_vision_parts
 from safety_modules.modeling import base_fingerprint
 from safety_modules.scan import ScanSettings, VisionScorer, read_parts, run_scan
-from .scan_corpus import (add_symlink, broken_images, encode, plain_images, save_safety, unusual_images, wds_samples,
+from ..scan_corpus import (add_symlink, broken_images, encode, plain_images, save_safety, unusual_images, wds_samples,
                          write_folder, write_tar, _rgb)
 
 

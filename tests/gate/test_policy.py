@@ -12,7 +12,7 @@ import yaml
 from safety_modules.policy import PolicyError, SafetyPolicy
 from safety_modules.taxonomy import DEFAULT_LEVELS, DEFAULT_TYPES, Taxonomy
 
-SHIPPED = yaml.safe_load((Path(__file__).parents[1] / "safety_modules/policies/default.yaml").read_text())
+SHIPPED = yaml.safe_load((Path(__file__).parents[2] / "safety_modules/policies/default.yaml").read_text())
 RISK_TYPES = DEFAULT_TYPES[:-1]
 
 

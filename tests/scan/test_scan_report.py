@@ -10,7 +10,7 @@ from PIL import Image
 
 from safety_modules.cli import main
 from safety_modules.scan import read_parts
-from .scan_corpus import broken_images, plain_images, save_safety, write_folder
+from ..scan_corpus import broken_images, plain_images, save_safety, write_folder
 
 
 def embedded(page: str, kind: str) -> list[Image.Image]:

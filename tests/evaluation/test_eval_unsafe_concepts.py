@@ -7,7 +7,7 @@ import logging
 
 import pytest
 import torch
-from .benchmark_fixtures import UC_ROWS, write_safervlm_layout
+from ..benchmark_fixtures import UC_ROWS, write_safervlm_layout
 
 from safety_modules.cli import main
 from safety_modules.data.unsafe_concepts import ALIGNMENT_PROMPTS, load_unsafe_concepts
@@ -137,7 +137,7 @@ def test_response_classifier_safe_loading(tmp_path, caplog):
 
 
 def test_unsafe_concepts_end_to_end(tiny_dir, tmp_path, capsys):
-    # One layout end to end (both layouts load to identical items: tests/test_data_benchmarks.py).
+    # One layout end to end (both layouts load to identical items: tests/data/test_data_benchmarks.py).
     data = write_safervlm_layout(tmp_path / "uc")
     out = tmp_path / "run"
     assert main(["eval", "unsafe-concepts", "--data", str(data), "--base", str(tiny_dir), "--out", str(out),

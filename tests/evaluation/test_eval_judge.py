@@ -6,7 +6,7 @@ import io
 import time
 
 import pytest
-from .benchmark_fixtures import ChatServer
+from ..benchmark_fixtures import ChatServer
 from PIL import Image
 
 from safety_modules.evaluation import judge as jd

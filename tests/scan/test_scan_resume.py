@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from safety_modules.scan import ScanSettings, read_parts, run_scan
-from .scan_corpus import broken_images, plain_images, save_safety, write_folder
+from ..scan_corpus import broken_images, plain_images, save_safety, write_folder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ITEMS = 90
 PART_SIZE = 3
 

@@ -12,7 +12,7 @@ from safety_modules import CheckpointError, IncompatibleBaseError, SafeLlava, Sa
 from safety_modules.backbone import load_base
 from safety_modules.tiny import make_tiny
 
-from .conftest import random_image
+from ..conftest import random_image
 
 
 def test_save_load_round_trip_gives_identical_outputs(tiny_model, tiny_dir, tmp_path):

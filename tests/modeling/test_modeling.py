@@ -8,7 +8,7 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 from safety_modules import SafeLlava, SafetyConfig, SafetyModules
 from safety_modules.taxonomy import Taxonomy
 
-from .conftest import random_image
+from ..conftest import random_image
 
 
 def llava_geometry(text_hidden: int, text_heads: int) -> LlavaConfig:

@@ -5,7 +5,7 @@ import csv
 import json
 
 import pytest
-from .benchmark_fixtures import RTVLM_COUNTS, ChatServer, write_rtvlm_snapshot
+from ..benchmark_fixtures import RTVLM_COUNTS, ChatServer, write_rtvlm_snapshot
 
 from safety_modules.cli import main
 from safety_modules.data.rtvlm import SUBTASKS

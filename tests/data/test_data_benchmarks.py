@@ -5,7 +5,7 @@ import json
 import zipfile
 
 import pytest
-from .benchmark_fixtures import (JAILBREAK2_ITEMS, JAILBREAK2_SKIPPED, RTVLM_COUNTS, RTVLM_SKIPPED, UC_OPTIONS, UC_ROWS, image_bytes, write_parquet_layout,
+from ..benchmark_fixtures import (JAILBREAK2_ITEMS, JAILBREAK2_SKIPPED, RTVLM_COUNTS, RTVLM_SKIPPED, UC_OPTIONS, UC_ROWS, image_bytes, write_parquet_layout,
                                 write_rtvlm_snapshot, write_safervlm_layout)
 
 from safety_modules.data import rtvlm as rt

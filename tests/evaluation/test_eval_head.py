@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from .benchmark_fixtures import write_rtvlm_snapshot, write_safervlm_layout
+from ..benchmark_fixtures import write_rtvlm_snapshot, write_safervlm_layout
 
 from safety_modules.cli import main
 from safety_modules.data.rtvlm import rtvlm_to_records
