@@ -192,7 +192,7 @@ def measure(work: Path, args: argparse.Namespace) -> None:
     # The scan holds the whole tower (it runs it up to the layer LLaVA reads) and the safety modules.
     weight_bytes = sum(p.numel() * p.element_size() for p in parts.vision_tower.parameters())
     weight_bytes += sum(t.numel() * t.element_size() for t in load_file(str(safety / "model.safetensors")).values())
-    del parts
+    parts = None  # free the tower before the full model loads (vision_rate is not called again)
 
     # (c) a generation-based judge on the same model: prompt + image in, 32 tokens out.
     from safety_modules.backbone import load_base
@@ -213,7 +213,7 @@ def measure(work: Path, args: argparse.Namespace) -> None:
         for start in range(0, len(images), args.batch_size):
             judge(images[start:start + args.batch_size])
         generate_rate = len(images) / (time.perf_counter() - started)
-    del model
+    model = None  # free it (judge is not called again)
 
     # (d) NudeNet (PyPI nudenet, its bundled ONNX detector), if installed.
     try:

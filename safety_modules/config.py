@@ -56,7 +56,7 @@ class SafetyConfig:
             raise ValueError(
                 f"text_hidden_size={self.text_hidden_size} is not divisible by head_num_heads={self.head_num_heads}"
             )
-        self.taxonomy  # validates the names
+        _ = self.taxonomy  # building it validates the names
         _check_temperature(self.level_temperature, self.num_levels, "level_temperature")
         _check_temperature(self.type_temperature, self.num_types, "type_temperature")
 

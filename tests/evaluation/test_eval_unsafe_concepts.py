@@ -68,7 +68,7 @@ def test_modality_gap_on_hand_made_responses():
 
 
 def test_perception_metrics_exclude_na():
-    records = [{"category": "Hate", "label": l, "correct_option": "A"} for l in ("A", "A", "B", "N/A")] + \
+    records = [{"category": "Hate", "label": label, "correct_option": "A"} for label in ("A", "A", "B", "N/A")] + \
               [{"category": "Violence", "label": "N/A", "correct_option": "C"}]
     m = ev.perception_metrics(records)
     assert m["Hate"]["accuracy"] == pytest.approx(2 / 3) and m["Hate"]["na"] == 1
