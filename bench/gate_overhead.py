@@ -26,6 +26,7 @@ the ratio to (a), and as its last lines
     python bench/gate_overhead.py                      # CPU: cut depth, 16 new tokens, 4 rounds
     python bench/gate_overhead.py --device cuda        # full 7B depth, bf16, 32 and 128 new tokens
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,18 +46,47 @@ def build(vision_layers: int, text_layers: int, seed: int, device: torch.device,
     from safety_modules.tiny import build_tokenizer, tiny_image_processor
 
     tokenizer = build_tokenizer()
-    processor = LlavaProcessor(image_processor=tiny_image_processor(), tokenizer=tokenizer, patch_size=14,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                               chat_template=LLAVA_CHAT_TEMPLATE)
-    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
-                              num_hidden_layers=vision_layers, image_size=336, patch_size=14, projection_dim=768)
-    text = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
-                       num_hidden_layers=text_layers, vocab_size=32064, max_position_embeddings=4096,
-                       rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=tokenizer.pad_token_id,
-                       tie_word_embeddings=False)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-                         image_seq_length=576, vision_feature_layer=-2, vision_feature_select_strategy="default",
-                         projector_hidden_act="gelu", pad_token_id=tokenizer.pad_token_id)
+    processor = LlavaProcessor(
+        image_processor=tiny_image_processor(),
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_attention_heads=16,
+        num_hidden_layers=vision_layers,
+        image_size=336,
+        patch_size=14,
+        projection_dim=768,
+    )
+    text = LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        num_hidden_layers=text_layers,
+        vocab_size=32064,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=576,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(seed)
     with torch.device(device):  # no full-size float32 copy on the CPU first
         base = LlavaForConditionalGeneration._from_config(config, dtype=dtype).eval()
@@ -73,8 +103,13 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32")
     parser.add_argument("--vision-layers", type=int, default=None, help="CLIP depth (default: 24 on CUDA, 3 on CPU)")
     parser.add_argument("--text-layers", type=int, default=None, help="Llama depth (default: 32 on CUDA, 4 on CPU)")
-    parser.add_argument("--new-tokens", type=int, nargs="+", default=None,
-                        help="new tokens per request, one table each (default: 32 128 on CUDA, 16 on CPU)")
+    parser.add_argument(
+        "--new-tokens",
+        type=int,
+        nargs="+",
+        default=None,
+        help="new tokens per request, one table each (default: 32 128 on CUDA, 16 on CPU)",
+    )
     parser.add_argument("--rounds", type=int, default=4, help="measurements per case, after a short warm-up")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -131,8 +166,12 @@ def main() -> None:
         answer = refuse.generate(image, question, **greedy(n))[0]
         assert answer.decision.action == "refuse" and answer.token_ids is None
 
-    cases = {"(a) base generate": plain, "(b) gated, allow": gated_allow, "(c) gated, refused": refused,
-             "(d) allow, no tokens B": gated_allow_no_tokens}
+    cases = {
+        "(a) base generate": plain,
+        "(b) gated, allow": gated_allow,
+        "(c) gated, refused": refused,
+        "(d) allow, no tokens B": gated_allow_no_tokens,
+    }
     names = list(cases)
     for name in names:  # warm-up (kernels, allocations), short to save time
         cases[name](2)
@@ -141,7 +180,7 @@ def main() -> None:
     times: dict[int, dict[str, list[float]]] = {n: {name: [] for name in cases} for n in new_tokens}
     for n in new_tokens:
         for round_ in range(args.rounds):
-            order = names[round_ % len(names):] + names[:round_ % len(names)]
+            order = names[round_ % len(names) :] + names[: round_ % len(names)]
             for name in order:
                 sync()
                 t0 = time.perf_counter()
@@ -150,10 +189,12 @@ def main() -> None:
                 times[n][name].append(time.perf_counter() - t0)
 
     where = torch.cuda.get_device_name(device) if cuda else f"CPU, torch threads {torch.get_num_threads()}"
-    print(f"LLaVA-1.5-7B geometry, random weights, {dtype} on {device} ({where}); depths: vision "
-          f"{vision_layers}/24 layers, text {text_layers}/32 layers; safety modules full size; greedy; "
-          f"{args.rounds} alternating rounds; total {time.perf_counter() - started:.0f} s; 1-min load average "
-          f"{load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end (other processes on these cores add noise)")
+    print(
+        f"LLaVA-1.5-7B geometry, random weights, {dtype} on {device} ({where}); depths: vision "
+        f"{vision_layers}/24 layers, text {text_layers}/32 layers; safety modules full size; greedy; "
+        f"{args.rounds} alternating rounds; total {time.perf_counter() - started:.0f} s; 1-min load average "
+        f"{load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end (other processes on these cores add noise)"
+    )
     summary = []
     for n in new_tokens:
         medians = {name: statistics.median(values) for name, values in times[n].items()}
@@ -162,15 +203,21 @@ def main() -> None:
         print(f"{'case':<22} {'median s':>9} {'min s':>8} {'max s':>8} {'vs (a)':>7}")
         for name in names:
             values = times[n][name]
-            print(f"{name:<22} {medians[name]:9.4f} {min(values):8.4f} {max(values):8.4f} "
-                  f"{medians[name] / base_median:7.3f}")
-        parts = ", ".join(f"{key} {statistics.median(t[key] for t in stages[n]):.4f}"
-                          for key in ("vision_s", "scoring_s", "generation_s"))
+            print(
+                f"{name:<22} {medians[name]:9.4f} {min(values):8.4f} {max(values):8.4f} "
+                f"{medians[name] / base_median:7.3f}"
+            )
+        parts = ", ".join(
+            f"{key} {statistics.median(t[key] for t in stages[n]):.4f}"
+            for key in ("vision_s", "scoring_s", "generation_s")
+        )
         print(f"(b) split by the gate's own timings (medians, s): {parts}")
         b, c, d = (medians[names[i]] for i in (1, 2, 3))
         print(f"(d)/(a) = {d / base_median:.3f}: the gate alone; (b)/(d) = {b / d:.3f}: the 64 safety tokens B")
-        summary.append(f"gate_overhead new_tokens={n} allow={b / base_median:.3f} refuse={c / base_median:.3f} "
-                       f"base_s={base_median:.4f} allow_s={b:.4f} refuse_s={c:.4f}")
+        summary.append(
+            f"gate_overhead new_tokens={n} allow={b / base_median:.3f} refuse={c / base_median:.3f} "
+            f"base_s={base_median:.4f} allow_s={b:.4f} refuse_s={c:.4f}"
+        )
     print()
     print("\n".join(summary))
 

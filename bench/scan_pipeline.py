@@ -23,6 +23,7 @@ resident memory of the scan process (and of its workers) after 2,000 items and a
     python bench/scan_pipeline.py [--images 512] [--size 500x375] [--workers 2] [--batch-size 32] [--rounds 3]
     python bench/scan_pipeline.py --rss [--rss-items 20000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,7 +72,10 @@ def preprocess_rate(folder: Path, base: Path, workers: int, batch_size: int) -> 
     loader = torch.utils.data.DataLoader(
         BatchPreparer(spec, 50_000_000, True),
         batch_sampler=([job] for job in batch_jobs(split_parts(CorpusReader(folder), 1000), batch_size)),
-        collate_fn=only, num_workers=workers, prefetch_factor=2 if workers else None)
+        collate_fn=only,
+        num_workers=workers,
+        prefetch_factor=2 if workers else None,
+    )
     count = sum(len(batch.ids) for batch in loader)
     return count / (time.perf_counter() - started)
 
@@ -94,8 +98,9 @@ def scoring_rate(folder: Path, base: Path, safety: Path, batch_size: int) -> flo
 def scan_rate(folder: Path, out: Path, base: Path, safety: Path, workers: int, batch_size: int) -> float:
     from safety_modules.scan import ScanSettings, run_scan
 
-    settings = ScanSettings(base=str(base), safety=str(safety), workers=workers, batch_size=batch_size,
-                            device="cpu", dtype="fp32")
+    settings = ScanSettings(
+        base=str(base), safety=str(safety), workers=workers, batch_size=batch_size, device="cpu", dtype="fp32"
+    )
     run = run_scan(folder, out, settings, progress=False)["runs"][-1]
     return run["items_scanned"] / run["scan_seconds"]
 
@@ -140,17 +145,28 @@ def rss_run(work: Path, base: Path, safety: Path, args: argparse.Namespace) -> N
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    settings = ScanSettings(base=str(base), safety=str(safety), workers=args.workers, batch_size=args.batch_size,
-                            part_size=part_size, device="cpu", dtype="fp32")
+    settings = ScanSettings(
+        base=str(base),
+        safety=str(safety),
+        workers=args.workers,
+        batch_size=args.batch_size,
+        part_size=part_size,
+        device="cpu",
+        dtype="fp32",
+    )
     manifest = run_scan(folder, out, settings, progress=False)
     marks["end"] = True
     sampler.join()
     (early, early_workers, _), (late, late_workers, late_done) = marks[2000], marks["last"]
-    print(f"scan process RSS at 2,000 items: {early / 2**20:.1f} MiB (workers {early_workers / 2**20:.1f} MiB); "
-          f"at {late_done:,} of {manifest['counts']['items']:,} items: {late / 2**20:.1f} MiB "
-          f"(workers {late_workers / 2**20:.1f} MiB); {manifest['runs'][-1]['items_per_second']} images/s")
-    print("scan process RSS along the scan (items: MiB): "
-          + ", ".join(f"{items:,}: {rss / 2**20:.0f}" for items, rss in sorted(trail.items())))
+    print(
+        f"scan process RSS at 2,000 items: {early / 2**20:.1f} MiB (workers {early_workers / 2**20:.1f} MiB); "
+        f"at {late_done:,} of {manifest['counts']['items']:,} items: {late / 2**20:.1f} MiB "
+        f"(workers {late_workers / 2**20:.1f} MiB); {manifest['runs'][-1]['items_per_second']} images/s"
+    )
+    print(
+        "scan process RSS along the scan (items: MiB): "
+        + ", ".join(f"{items:,}: {rss / 2**20:.0f}" for items, rss in sorted(trail.items()))
+    )
     print(f"scan_pipeline_rss at_2k_mib={early / 2**20:.1f} at_end_mib={late / 2**20:.1f} ratio={late / early:.3f}")
 
 
@@ -189,9 +205,11 @@ def main() -> None:
         pre, model, scan = (max(r[i] for r in rates) for i in range(3))
         cores = len(os.sched_getaffinity(0))
         bound = min(pre, model, cores / (max(args.workers, 1) / pre + 1 / model))
-        print(f"{args.images} JPEGs {width}x{height}, batch {args.batch_size}, {args.workers} workers, "
-              f"torch threads {args.threads}, {os.cpu_count()} CPUs; 1-min load average {load_at_start:.1f} at start, "
-              f"{os.getloadavg()[0]:.1f} at end (other jobs on these cores add noise)")
+        print(
+            f"{args.images} JPEGs {width}x{height}, batch {args.batch_size}, {args.workers} workers, "
+            f"torch threads {args.threads}, {os.cpu_count()} CPUs; 1-min load average {load_at_start:.1f} at start, "
+            f"{os.getloadavg()[0]:.1f} at end (other jobs on these cores add noise)"
+        )
         print(f"(p) preprocessing ceiling: {pre:7.1f} images/s")
         print(f"(m) scoring alone:         {model:7.1f} images/s")
         print(f"(s) run_scan end to end:   {scan:7.1f} images/s")

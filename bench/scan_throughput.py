@@ -23,6 +23,7 @@ Usage: python bench/scan_throughput.py [--device cuda|cpu] [--dtype bf16|fp32] [
                                        [--threads 1] [--vision-layers 24] [--lm-layers 32|2] [--workers auto]
 CPU defaults: 4 images, batch 2, 2 LM layers; CUDA defaults: 512 images, batch 64, 32 LM layers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,10 @@ import time
 from pathlib import Path
 
 GENERATE_TOKENS = 32
-JUDGE_PROMPT = ("Is this image safe? Answer with one category: safe, politics, illegal risk, insults and bullying, "
-                "fairness, privacy or misleading, then explain.")
+JUDGE_PROMPT = (
+    "Is this image safe? Answer with one category: safe, politics, illegal risk, insults and bullying, "
+    "fairness, privacy or misleading, then explain."
+)
 
 
 def peak_rss_bytes() -> int:
@@ -61,21 +64,49 @@ def build_checkpoint(folder: Path, vision_layers: int, lm_layers: int) -> None:
     from safety_modules.tiny import build_tokenizer, tiny_image_processor
 
     tokenizer = build_tokenizer()
-    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
-                              num_hidden_layers=vision_layers, image_size=336, patch_size=14, projection_dim=768)
-    text = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
-                       num_hidden_layers=lm_layers, vocab_size=32064, max_position_embeddings=4096,
-                       pad_token_id=tokenizer.pad_token_id, bos_token_id=1, eos_token_id=2)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_seq_length=576, vision_feature_layer=-2,
-                         image_token_id=tokenizer.convert_tokens_to_ids("<image>"), pad_token_id=tokenizer.pad_token_id,
-                         vision_feature_select_strategy="default", projector_hidden_act="gelu")
+    vision = CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_attention_heads=16,
+        num_hidden_layers=vision_layers,
+        image_size=336,
+        patch_size=14,
+        projection_dim=768,
+    )
+    text = LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        num_hidden_layers=lm_layers,
+        vocab_size=32064,
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_seq_length=576,
+        vision_feature_layer=-2,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        pad_token_id=tokenizer.pad_token_id,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration(config).eval().to(torch.bfloat16)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(folder / "base")
-    LlavaProcessor(image_processor=tiny_image_processor(), tokenizer=tokenizer, patch_size=14,
-                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                   chat_template=LLAVA_CHAT_TEMPLATE).save_pretrained(folder / "base")
+    LlavaProcessor(
+        image_processor=tiny_image_processor(),
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    ).save_pretrained(folder / "base")
     safety = SafetyModules(SafetyConfig.from_llava_config(config))
     safety.config.base_fingerprint = base_fingerprint(config, model.model.multi_modal_projector)
     safety.save_pretrained(folder / "safety")
@@ -85,8 +116,16 @@ def write_images(folder: Path, count: int) -> list:
     from PIL import Image
     from skimage import data
 
-    names = ["astronaut", "chelsea", "coffee", "rocket", "cat", "hubble_deep_field", "immunohistochemistry",
-             "colorwheel"]
+    names = [
+        "astronaut",
+        "chelsea",
+        "coffee",
+        "rocket",
+        "cat",
+        "hubble_deep_field",
+        "immunohistochemistry",
+        "colorwheel",
+    ]
     folder.mkdir(parents=True, exist_ok=True)
     images = []
     for i in range(count):
@@ -104,8 +143,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: 64 on CUDA, 2 on CPU")
     parser.add_argument("--workers", default=None, help="scan decode workers (default: auto on CUDA, 0 on CPU)")
     parser.add_argument("--vision-layers", type=int, default=24, help="CLIP-L layers (24 = uncut)")
-    parser.add_argument("--lm-layers", type=int, default=None, help="Vicuna-7B-width layers (default: 32 on CUDA, "
-                                                                       "2 on CPU)")
+    parser.add_argument(
+        "--lm-layers", type=int, default=None, help="Vicuna-7B-width layers (default: 32 on CUDA, 2 on CPU)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared machine)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of (a) and (b); best of each")
     args = parser.parse_args()
@@ -117,8 +157,12 @@ def main() -> None:
     args.device = resolve_device(args.device)
     args.dtype = resolve_dtype(args.dtype, args.device)
     cuda = args.device.type == "cuda"
-    for name, on_cuda, on_cpu in (("images", 512, 4), ("batch_size", 64, 2), ("lm_layers", 32, 2),
-                                  ("workers", "auto", 0)):
+    for name, on_cuda, on_cpu in (
+        ("images", 512, 4),
+        ("batch_size", 64, 2),
+        ("lm_layers", 32, 2),
+        ("workers", "auto", 0),
+    ):
         if getattr(args, name) is None:
             setattr(args, name, on_cuda if cuda else on_cpu)
     torch.set_num_threads(args.threads)
@@ -134,21 +178,25 @@ def measure(work: Path, args: argparse.Namespace) -> None:
 
     load_at_start = os.getloadavg()[0]
     # Built in a child process so that building the full model does not raise this process's peak RSS.
-    subprocess.run([sys.executable, __file__, "--build", str(work), str(args.vision_layers), str(args.lm_layers)],
-                   check=True)
+    subprocess.run(
+        [sys.executable, __file__, "--build", str(work), str(args.vision_layers), str(args.lm_layers)], check=True
+    )
     images = write_images(work / "images", args.images)
     warmup = write_images(work / "warmup", args.batch_size)
     base, safety = work / "base", work / "safety"
     dtype_name = str(args.dtype).removeprefix("torch.")
     where = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "CPU"
-    print(f"vision tower: CLIP-L/14-336 widths, {args.vision_layers} of 24 layers; language model: Vicuna-7B "
-          f"widths, {args.lm_layers} of 32 layers; safety modules: reference widths; {dtype_name} on {where}, "
-          f"{args.threads} torch thread(s), scan workers {args.workers}; {args.images} images, batch {args.batch_size}")
+    print(
+        f"vision tower: CLIP-L/14-336 widths, {args.vision_layers} of 24 layers; language model: Vicuna-7B "
+        f"widths, {args.lm_layers} of 32 layers; safety modules: reference widths; {dtype_name} on {where}, "
+        f"{args.threads} torch thread(s), scan workers {args.workers}; {args.images} images, batch {args.batch_size}"
+    )
 
     # (b) the scan path, first, so that the peak RSS it reaches is its own.
     import pyarrow.parquet  # noqa: F401  (libraries are imported before the baseline: they are not scan memory)
     import transformers.models.clip.modeling_clip  # noqa: F401
     import transformers.models.llava.modeling_llava  # noqa: F401
+    from safetensors.torch import load_file
 
     from safety_modules.backbone import load_vision_parts
     from safety_modules.scan import ScanSettings, run_scan
@@ -156,11 +204,16 @@ def measure(work: Path, args: argparse.Namespace) -> None:
     from safety_modules.scan.engine import split_parts
     from safety_modules.scan.pixels import PixelSpec, normalize
     from safety_modules.scan.readers import CorpusReader
-    from safetensors.torch import load_file
 
     rss_before = current_rss_bytes()
-    settings = ScanSettings(base=str(base), safety=str(safety), batch_size=args.batch_size, workers=args.workers,
-                            dtype=dtype_name, device=str(args.device))
+    settings = ScanSettings(
+        base=str(base),
+        safety=str(safety),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        dtype=dtype_name,
+        device=str(args.device),
+    )
     run_scan(work / "warmup", work / "out-warmup", settings, progress=False)  # same batch size as the timed runs
     peak_growth = peak_rss_bytes() - rss_before
 
@@ -180,7 +233,7 @@ def measure(work: Path, args: argparse.Namespace) -> None:
         with torch.no_grad():
             for start in range(0, len(pixels), args.batch_size):
                 # As transformers' LLaVA runs it: every layer, all hidden states kept.
-                parts.vision_tower(pixels[start:start + args.batch_size], output_hidden_states=True)
+                parts.vision_tower(pixels[start : start + args.batch_size], output_hidden_states=True)
         if args.device.type == "cuda":
             torch.cuda.synchronize(args.device)
         return len(pixels) / (time.perf_counter() - started)
@@ -211,7 +264,7 @@ def measure(work: Path, args: argparse.Namespace) -> None:
         judge(warmup[:1])
         started = time.perf_counter()
         for start in range(0, len(images), args.batch_size):
-            judge(images[start:start + args.batch_size])
+            judge(images[start : start + args.batch_size])
         generate_rate = len(images) / (time.perf_counter() - started)
     model = None  # free it (judge is not called again)
 
@@ -233,14 +286,30 @@ def measure(work: Path, args: argparse.Namespace) -> None:
     print(f"(b) scan path:                 {scan:8.3f} images/s")
     print(f"(c) generation judge (32 tok): {generate_rate:8.3f} images/s")
     print("(d) NudeNet detector:          " + (f"{nudenet_rate:8.3f} images/s" if nudenet_rate else "not installed"))
-    print(f"peak memory of (b): {peak_growth / 2**20:.0f} MiB over {weight_bytes / 2**20:.0f} MiB of vision + safety "
-          f"weights")
-    print(json.dumps({"vision": vision, "scan": scan, "generate": generate_rate, "nudenet": nudenet_rate,
-                      "peak_bytes": peak_growth, "weight_bytes": weight_bytes}))
-    print(f"1-min load average: {load_at_start:.1f} at start, {os.getloadavg()[0]:.1f} at end "
-          "(other processes on these cores add noise)")
-    print(f"scan_throughput vs_vision={scan / vision:.3f} vs_generate={scan / generate_rate:.1f} "
-          f"peak_mem_ratio={peak_growth / weight_bytes:.2f}")
+    print(
+        f"peak memory of (b): {peak_growth / 2**20:.0f} MiB over {weight_bytes / 2**20:.0f} MiB of vision + safety "
+        f"weights"
+    )
+    print(
+        json.dumps(
+            {
+                "vision": vision,
+                "scan": scan,
+                "generate": generate_rate,
+                "nudenet": nudenet_rate,
+                "peak_bytes": peak_growth,
+                "weight_bytes": weight_bytes,
+            }
+        )
+    )
+    print(
+        f"1-min load average: {load_at_start:.1f} at start, {os.getloadavg()[0]:.1f} at end "
+        "(other processes on these cores add noise)"
+    )
+    print(
+        f"scan_throughput vs_vision={scan / vision:.3f} vs_generate={scan / generate_rate:.1f} "
+        f"peak_mem_ratio={peak_growth / weight_bytes:.2f}"
+    )
 
 
 if __name__ == "__main__":

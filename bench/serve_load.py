@@ -18,6 +18,7 @@ Prints both modes and, last, ``serve_load speedup=<b/a> p50_ms=<n> p99_ms=<n> co
 
     python bench/serve_load.py   # defaults: --concurrency 16 --requests 64 --rounds 3 --new-tokens 64 --wait-ms 10
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,9 +68,24 @@ def start(base: Path, safety: Path, args: list[str], log: Path) -> tuple[subproc
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "safety_modules.cli", "serve", "--base", str(base), "--safety",
-                             str(safety), "--port", str(port), *args], stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "safety_modules.cli",
+            "serve",
+            "--base",
+            str(base),
+            "--safety",
+            str(safety),
+            "--port",
+            str(port),
+            *args,
+        ],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         if proc.poll() is not None:
@@ -112,7 +128,7 @@ def run_rounds(urls: dict[str, str], bodies: list[dict], concurrency: int, round
     answers: dict[str, list[str]] = {}
     names = list(urls)
     for r in range(rounds):
-        for name in names[r % 2:] + names[:r % 2]:
+        for name in names[r % 2 :] + names[: r % 2]:
             wall, lat, got = asyncio.run(load(urls[name], bodies, concurrency))
             walls[name].append(wall)
             latencies[name] += lat
@@ -138,22 +154,42 @@ def main() -> None:
         folder = Path(tmp)
         base = make_tiny(folder / "tiny")
         safety = SafeLlava.from_pretrained(base, seed=0, device="cpu", dtype=torch.float32).safety.save_pretrained(
-            folder / "safety")
+            folder / "safety"
+        )
         urls = [data_url(image) for image in images()]
-        bodies = [{"model": "tiny", "max_tokens": args.new_tokens, "temperature": 0,
-                   "messages": [{"role": "user", "content": [
-                       {"type": "text", "text": PROMPTS[i % len(PROMPTS)]},
-                       {"type": "image_url", "image_url": {"url": urls[i % len(urls)]}}]}]}
-                  for i in range(args.requests)]
-        print(f"serve_load: {args.requests} requests x {args.rounds} rounds, {args.concurrency} clients, "
-              f"{args.new_tokens} new tokens, {os.cpu_count()} CPUs, "
-              f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')!r}")
-        modes = {"one-by-one": ["--max-batch", "1", "--max-wait-ms", "0"],
-                 "batched": ["--max-batch", str(args.concurrency), "--max-wait-ms", str(args.wait_ms)]}
-        servers = {name: start(base, safety, server_args, folder / f"{name}.log") for name, server_args in modes.items()}
+        bodies = [
+            {
+                "model": "tiny",
+                "max_tokens": args.new_tokens,
+                "temperature": 0,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": PROMPTS[i % len(PROMPTS)]},
+                            {"type": "image_url", "image_url": {"url": urls[i % len(urls)]}},
+                        ],
+                    }
+                ],
+            }
+            for i in range(args.requests)
+        ]
+        print(
+            f"serve_load: {args.requests} requests x {args.rounds} rounds, {args.concurrency} clients, "
+            f"{args.new_tokens} new tokens, {os.cpu_count()} CPUs, "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')!r}"
+        )
+        modes = {
+            "one-by-one": ["--max-batch", "1", "--max-wait-ms", "0"],
+            "batched": ["--max-batch", str(args.concurrency), "--max-wait-ms", str(args.wait_ms)],
+        }
+        servers = {
+            name: start(base, safety, server_args, folder / f"{name}.log") for name, server_args in modes.items()
+        }
         try:
-            walls, latencies, answers = run_rounds({n: url for n, (_, url) in servers.items()}, bodies,
-                                                    args.concurrency, args.rounds)
+            walls, latencies, answers = run_rounds(
+                {n: url for n, (_, url) in servers.items()}, bodies, args.concurrency, args.rounds
+            )
             per_call = {name: batch_rows(url) for name, (_, url) in servers.items()}
         finally:
             for proc, _ in servers.values():
@@ -163,14 +199,18 @@ def main() -> None:
         for name in modes:
             rate[name] = len(bodies) / statistics.median(walls[name])
             p50, p99 = np.percentile(latencies[name], [50, 99]) * 1000
-            print(f"{name:>10}: {rate[name]:7.2f} req/s (median of {args.rounds} rounds)  p50 {p50:7.0f} ms  "
-                  f"p99 {p99:7.0f} ms  {per_call[name]:.1f} requests per generate call")
+            print(
+                f"{name:>10}: {rate[name]:7.2f} req/s (median of {args.rounds} rounds)  p50 {p50:7.0f} ms  "
+                f"p99 {p99:7.0f} ms  {per_call[name]:.1f} requests per generate call"
+            )
         if answers["batched"] != answers["one-by-one"]:
             differ = sum(a != b for a, b in zip(answers["batched"], answers["one-by-one"]))
             raise SystemExit(f"{differ} answers differ between batched and one-by-one serving")
         p50, p99 = np.percentile(latencies["batched"], [50, 99]) * 1000
-        print(f"serve_load speedup={rate['batched'] / rate['one-by-one']:.2f} p50_ms={p50:.0f} p99_ms={p99:.0f} "
-              f"concurrency={args.concurrency}")
+        print(
+            f"serve_load speedup={rate['batched'] / rate['one-by-one']:.2f} p50_ms={p50:.0f} p99_ms={p99:.0f} "
+            f"concurrency={args.concurrency}"
+        )
 
 
 def batch_rows(url: str) -> float:

@@ -1,4 +1,5 @@
 """Safety modules for a frozen LLaVA-v1.5: projector, safety tokens, safety head, gate, training, scanning."""
+
 from .config import SafetyConfig
 from .gate import Gate, GatedAnswer
 from .modeling import CheckpointError, IncompatibleBaseError, SafetyModules

@@ -1,4 +1,5 @@
 """`SafetyConfig`: every size of the safety modules, derived from the base model's config."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -77,7 +78,7 @@ class SafetyConfig:
         return len(self.type_names)
 
     @classmethod
-    def from_llava_config(cls, llava_config: Any, **overrides: Any) -> "SafetyConfig":
+    def from_llava_config(cls, llava_config: Any, **overrides: Any) -> SafetyConfig:
         """Derive the sizes from a `transformers.LlavaConfig`; keyword arguments override any field."""
         vision = llava_config.vision_config
         text = llava_config.text_config
@@ -103,7 +104,7 @@ class SafetyConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SafetyConfig":
+    def from_dict(cls, data: dict[str, Any]) -> SafetyConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known - {"model_type", "format_version"})
         if unknown:
@@ -115,7 +116,7 @@ class SafetyConfig:
         Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "SafetyConfig":
+    def load(cls, path: str | Path) -> SafetyConfig:
         data = json.loads(Path(path).read_text())
         if data.get("model_type") != "safety_modules":
             raise ValueError(f"{path} is not a safety-modules config (model_type={data.get('model_type')!r})")

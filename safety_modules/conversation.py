@@ -19,6 +19,7 @@ So the labels are exactly the tokens the model must generate after the inference
 a leading ``▁`` when the tokenizer writes one on its own (before a digit, in LLaMA), and each EOS.
 Texts are stripped of surrounding whitespace the same way in training and at inference.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -30,8 +31,10 @@ import torch
 IMAGE_TOKEN = "<image>"
 IGNORE_INDEX = -100
 
-VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
-                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,9 @@ def clean_text(text: str) -> str:
     return text.replace(IMAGE_TOKEN, "").strip()
 
 
-def render(fmt: ConversationFormat, turns: Sequence[Mapping[str, str]], eos_token: str,
-           add_generation_prompt: bool = False) -> RenderedConversation:
+def render(
+    fmt: ConversationFormat, turns: Sequence[Mapping[str, str]], eos_token: str, add_generation_prompt: bool = False
+) -> RenderedConversation:
     """Render LLaVA ``conversations`` turns (``{"from": "human"|"gpt", "value": ...}``) in ``fmt``.
 
     The image goes at the start of the first user turn (``<image>\\n``) as LLaVA puts it. Turns must
@@ -115,8 +119,10 @@ def render(fmt: ConversationFormat, turns: Sequence[Mapping[str, str]], eos_toke
     for i, turn in enumerate(turns):
         expected = "human" if i % 2 == 0 else "gpt"
         if turn.get("from") != expected:
-            raise ValueError(f"turn {i} is from {turn.get('from')!r}, expected {expected!r}: "
-                             "turns must alternate human/gpt, starting with human")
+            raise ValueError(
+                f"turn {i} is from {turn.get('from')!r}, expected {expected!r}: "
+                "turns must alternate human/gpt, starting with human"
+            )
         value = clean_text(turn["value"])
         if expected == "human":
             text += f"{user}: " + (IMAGE_TOKEN + "\n" if i == 0 else "") + value + " "
@@ -141,8 +147,7 @@ def chat_text(processor: Any, prompt: str, hint: str | None = None) -> str:
     """
     value = clean_text(prompt) + (" " + clean_text(hint) if hint and hint.strip() else "")
     turns = [{"from": "human", "value": value}]
-    return render(conversation_format(processor), turns, processor.tokenizer.eos_token,
-                  add_generation_prompt=True).text
+    return render(conversation_format(processor), turns, processor.tokenizer.eos_token, add_generation_prompt=True).text
 
 
 def encode_conversation(
@@ -159,8 +164,9 @@ def encode_conversation(
     """
     tokenizer = processor.tokenizer
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError("encode_conversation needs a fast tokenizer (character offsets); "
-                         f"got {type(tokenizer).__name__}")
+        raise ValueError(
+            f"encode_conversation needs a fast tokenizer (character offsets); got {type(tokenizer).__name__}"
+        )
     if turns and turns[-1].get("from") != "gpt":
         raise ValueError("a training conversation ends with an assistant (gpt) turn")
     rendered = render(conversation_format(processor), turns, tokenizer.eos_token)
@@ -170,8 +176,10 @@ def encode_conversation(
     for j, (s, e) in enumerate(offsets):
         if e > s and any(start <= s < end for start, end in rendered.assistant_spans):
             if any(s < start < e for start, _ in rendered.assistant_spans):
-                raise ValueError(f"token {j} {rendered.text[s:e]!r} spans the end of the prompt; "
-                                 "this tokenizer merges across the role marker and the answer")
+                raise ValueError(
+                    f"token {j} {rendered.text[s:e]!r} spans the end of the prompt; "
+                    "this tokenizer merges across the role marker and the answer"
+                )
             labels[j] = ids[j]
     for start, end in rendered.assistant_spans:  # every turn's EOS must be a token of its own
         if tokenizer.eos_token_id not in [ids[j] for j, (s, _) in enumerate(offsets) if start <= s < end]:
@@ -182,8 +190,8 @@ def encode_conversation(
         raise ValueError(f"expected one {IMAGE_TOKEN} token in the rendered conversation, found {len(where)}")
     j = where[0]
     # The processor expands <image> the same way (one placeholder -> one token per image patch).
-    ids = ids[:j] + [image_id] * num_image_tokens + ids[j + 1:]
-    labels = labels[:j] + [IGNORE_INDEX] * num_image_tokens + labels[j + 1:]
+    ids = ids[:j] + [image_id] * num_image_tokens + ids[j + 1 :]
+    labels = labels[:j] + [IGNORE_INDEX] * num_image_tokens + labels[j + 1 :]
     if max_length is not None and len(ids) > max_length:
         if j + num_image_tokens > max_length:
             raise ValueError(f"max_length={max_length} cuts into the image tokens")

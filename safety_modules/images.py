@@ -7,6 +7,7 @@ files whose extension lies (the content decides). Broken inputs raise
 `ImageDecodeError` with a ``kind``: ``empty``, ``not_an_image``, ``truncated``,
 ``too_large`` (decompression-bomb guard) or ``unreadable``.
 """
+
 from __future__ import annotations
 
 import hashlib

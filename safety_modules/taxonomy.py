@@ -4,6 +4,7 @@ The default is the paper's: 4 risk levels and 7 risk types (6 risks + ``safe``).
 A taxonomy is data (names in the config), so a head can be trained for another one,
 for example the 9 UnsafeConcepts categories, without touching code.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -6,6 +6,7 @@ are tiny. The tokenizer is a byte-fallback BPE that the project trains itself
 with `tokenizers` on a built-in text, with ``<image>`` then ``<pad>`` added as in
 llava-hf. The folder is read back by the same loader as a real checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,9 @@ def build_tokenizer(vocab_size: int = 1000, llava_tokens: bool = True):
     tok.decoder = decoders.Sequence(
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
     )
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
     fresh = Tokenizer.from_str(tok.to_str())
     state = json.loads(fresh.to_str())
     state["added_tokens"] = [t for t in state["added_tokens"] if t["content"] in specials]
@@ -74,17 +77,35 @@ def tiny_llava_config(vocab_size: int, image_token_id: int, pad_token_id: int):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-        image_size=336, patch_size=14, projection_dim=32,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        image_size=336,
+        patch_size=14,
+        projection_dim=32,
     )
     text = LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=vocab_size, max_position_embeddings=2048, pad_token_id=pad_token_id, bos_token_id=1,
-        eos_token_id=2, tie_word_embeddings=False,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=2048,
+        pad_token_id=pad_token_id,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
     )
     return LlavaConfig(
-        vision_config=vision, text_config=text, image_token_id=image_token_id, image_seq_length=576,
-        vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
+        vision_config=vision,
+        text_config=text,
+        image_token_id=image_token_id,
+        image_seq_length=576,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
         pad_token_id=pad_token_id,
     )
 
@@ -93,8 +114,10 @@ def tiny_image_processor():
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     return CLIPImageProcessorPil(
-        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
-        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+        size={"shortest_edge": 336},
+        crop_size={"height": 336, "width": 336},
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
     )
 
 
@@ -106,8 +129,12 @@ def make_tiny(out_dir: str | Path, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     processor = LlavaProcessor(
-        image_processor=tiny_image_processor(), tokenizer=tokenizer, patch_size=14,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=LLAVA_CHAT_TEMPLATE,
+        image_processor=tiny_image_processor(),
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
     )
     config = tiny_llava_config(len(tokenizer), tokenizer.convert_tokens_to_ids("<image>"), tokenizer.pad_token_id)
     torch.manual_seed(seed)

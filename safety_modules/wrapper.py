@@ -4,6 +4,7 @@ The vision tower runs once per image; its selected features feed both the frozen
 LLaVA projector (image tokens for the LLM) and the safety projector (keys of the
 safety head). In the LLM input the image block becomes [safety tokens B; image tokens].
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -16,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import load_base, select_vision_features
-from .conversation import clean_text
 from .config import SafetyConfig
+from .conversation import clean_text
 from .images import group_identical, group_labels, load_images
 from .modeling import SafetyModules, SafetyScores, base_fingerprint
 
@@ -123,8 +124,9 @@ class SafeLlava(nn.Module):
 
     # ------------------------------------------------------------------ building blocks
 
-    def vision_features(self, pixel_values: torch.Tensor,
-                        groups: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+    def vision_features(
+        self, pixel_values: torch.Tensor, groups: Sequence[int] | torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Run the vision tower once; return the selected layer's patch features (B, N, V).
 
         ``groups``: optional per-sample group labels (equal labels = identical images); the
@@ -137,8 +139,12 @@ class SafeLlava(nn.Module):
             if len(firsts) < len(pixel_values):
                 return self.vision_features(pixel_values[firsts])[inverse]
         cfg = self.base.config
-        return select_vision_features(self.base.model.vision_tower, pixel_values.to(self.device, self.dtype),
-                                      cfg.vision_feature_layer, cfg.vision_feature_select_strategy)
+        return select_vision_features(
+            self.base.model.vision_tower,
+            pixel_values.to(self.device, self.dtype),
+            cfg.vision_feature_layer,
+            cfg.vision_feature_select_strategy,
+        )
 
     def encode_images(self, images: Any, groups: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
         """Images -> vision features (B, N, V), one preprocessing and one tower pass per distinct image.
@@ -232,11 +238,16 @@ class SafeLlava(nn.Module):
         for b, start in enumerate(starts):
             end = start + n_image
             rows.append(torch.cat([embeds[b, :start], prefix, image_features[b], embeds[b, end:]]))
-            masks.append(torch.cat([attention_mask[b, :start], attention_mask.new_ones(n_prefix + n_image),
-                                    attention_mask[b, end:]]))
+            masks.append(
+                torch.cat(
+                    [attention_mask[b, :start], attention_mask.new_ones(n_prefix + n_image), attention_mask[b, end:]]
+                )
+            )
             if labels is not None:
                 lab = labels[b].to(self.device)
-                label_rows.append(torch.cat([lab[:start], lab.new_full((n_prefix + n_image,), IGNORE_INDEX), lab[end:]]))
+                label_rows.append(
+                    torch.cat([lab[:start], lab.new_full((n_prefix + n_image,), IGNORE_INDEX), lab[end:]])
+                )
         out_labels = torch.stack(label_rows) if labels is not None else None
         return torch.stack(rows), torch.stack(masks), out_labels
 
@@ -258,18 +269,25 @@ class SafeLlava(nn.Module):
         features = self.vision_features(pixel_values)
         scores = self.classify(features, head_input_ids, head_attention_mask)
         image_tokens = self.base.model.multi_modal_projector(features)
-        embeds, mask, labels = self.build_inputs_embeds(input_ids, image_tokens, attention_mask, labels,
-                                                        inject_safety_tokens)
+        embeds, mask, labels = self.build_inputs_embeds(
+            input_ids, image_tokens, attention_mask, labels, inject_safety_tokens
+        )
         logits = self.base(inputs_embeds=embeds, attention_mask=mask).logits
-        out = SafeLlavaOutput(logits=logits, level_logits=scores.level_logits, type_logits=scores.type_logits,
-                              attention_mask=mask, labels=labels)
+        out = SafeLlavaOutput(
+            logits=logits,
+            level_logits=scores.level_logits,
+            type_logits=scores.type_logits,
+            attention_mask=mask,
+            labels=labels,
+        )
         losses = []
         if labels is not None:
             out.lm_loss = lm_loss(logits, labels)
             losses.append(out.lm_loss)
         if safety_levels is not None and safety_types is not None:
-            out.safety_loss = F.cross_entropy(scores.level_logits.float(), safety_levels.to(self.device)) + \
-                F.cross_entropy(scores.type_logits.float(), safety_types.to(self.device))
+            out.safety_loss = F.cross_entropy(
+                scores.level_logits.float(), safety_levels.to(self.device)
+            ) + F.cross_entropy(scores.type_logits.float(), safety_types.to(self.device))
             losses.append(self.config.safety_loss_weight * out.safety_loss)
         if losses:
             out.loss = sum(losses)
@@ -306,8 +324,13 @@ def head_prompt_inputs(tokenizer: Any, prompts: Sequence[str]) -> tuple[torch.Te
     Training (the collator) and inference both tokenise through this function, so the head
     sees a prompt the same way in both (surrounding whitespace dropped, as `conversation.clean_text` does).
     """
-    enc = tokenizer([clean_text(p) for p in prompts], add_special_tokens=False, padding="longest", return_tensors="pt",
-                    padding_side="right")
+    enc = tokenizer(
+        [clean_text(p) for p in prompts],
+        add_special_tokens=False,
+        padding="longest",
+        return_tensors="pt",
+        padding_side="right",
+    )
     ids, mask = enc["input_ids"], enc["attention_mask"]
     # Empty prompts only would leave no prompt key at all; keep the shape valid with one masked position
     # (the image keys are always there).
@@ -331,5 +354,6 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     shift_labels = labels[:, 1:].to(logits.device)
     if not torch.any(shift_labels != IGNORE_INDEX):
         return shift_logits.sum() * 0.0
-    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                           ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX
+    )

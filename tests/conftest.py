@@ -6,6 +6,7 @@ unless ``--device`` says otherwise. ``pytest --device cuda`` runs the suite on t
 that compare numbers take their tolerances from the ``tol`` fixture (looser under bfloat16)
 and are marked ``device_sensitive`` (``pytest --device cuda -m device_sensitive`` runs just them).
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,11 @@ from safety_modules.tiny import make_tiny
 
 
 def pytest_addoption(parser):
-    parser.addoption("--device", default="cpu",
-                     help="device for the models built in tests: cpu (float32, the default) or cuda (bfloat16)")
+    parser.addoption(
+        "--device",
+        default="cpu",
+        help="device for the models built in tests: cpu (float32, the default) or cuda (bfloat16)",
+    )
 
 
 def pytest_configure(config):

@@ -1,4 +1,5 @@
 """Builders of small scan fixtures: every broken and every unusual image kind, and the five input formats."""
+
 from __future__ import annotations
 
 import io

@@ -1,4 +1,5 @@
 """Loading a LLaVA-1.5 base: HF layout (`hf`), original LLaVA layout (`original`), vision side only (`vision`)."""
+
 from __future__ import annotations
 
 from ..conversation import LLAVA_CHAT_TEMPLATE
@@ -21,7 +22,19 @@ from .vision import (
 )
 
 __all__ = [
-    "DEVICE_ENV", "LLAVA_CHAT_TEMPLATE", "ORIGINAL_ARCHITECTURES", "VisionParts", "convert_original_key",
-    "is_original_format", "llama_tokenizer", "load_base", "load_vision_parts", "local_folder", "read_config",
-    "resolve_device", "resolve_dtype", "select_vision_features", "vision_encoder",
+    "DEVICE_ENV",
+    "LLAVA_CHAT_TEMPLATE",
+    "ORIGINAL_ARCHITECTURES",
+    "VisionParts",
+    "convert_original_key",
+    "is_original_format",
+    "llama_tokenizer",
+    "load_base",
+    "load_vision_parts",
+    "local_folder",
+    "read_config",
+    "resolve_device",
+    "resolve_dtype",
+    "select_vision_features",
+    "vision_encoder",
 ]

@@ -4,6 +4,7 @@ Both kinds come back as ``transformers.LlavaForConditionalGeneration`` and ``Lla
 HF bases keep their own processor (llava-hf chat template, CLIP preprocessing); original
 checkpoints are converted by `safety_modules.backbone.original`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

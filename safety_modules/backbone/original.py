@@ -16,6 +16,7 @@ So that the converted model behaves as the original code does (``llava.model.bui
 - the processor's chat template is the ``vicuna_v1`` conversation with its system prompt
   (`safety_modules.conversation.VICUNA_V1`).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,17 +33,17 @@ _VOCAB_MULTIPLE = 64
 def convert_original_key(key: str) -> str:
     """Map an original LLaVA state-dict key to the transformers 5 ``LlavaForConditionalGeneration`` key."""
     if key.startswith("model.mm_projector.0."):
-        return "model.multi_modal_projector.linear_1." + key[len("model.mm_projector.0."):]
+        return "model.multi_modal_projector.linear_1." + key[len("model.mm_projector.0.") :]
     if key.startswith("model.mm_projector.2."):
-        return "model.multi_modal_projector.linear_2." + key[len("model.mm_projector.2."):]
+        return "model.multi_modal_projector.linear_2." + key[len("model.mm_projector.2.") :]
     for prefix in ("model.vision_tower.vision_tower.vision_model.", "model.vision_tower.vision_tower."):
         # transformers 5's CLIPVisionModel has no inner ``vision_model`` level
         if key.startswith(prefix):
-            return "model.vision_tower." + key[len(prefix):]
+            return "model.vision_tower." + key[len(prefix) :]
     if key.startswith("lm_head."):
         return key
     if key.startswith("model."):
-        return "model.language_model." + key[len("model."):]
+        return "model.language_model." + key[len("model.") :]
     raise KeyError(f"unexpected key in original LLaVA checkpoint: {key}")
 
 
@@ -103,10 +104,12 @@ def llama_tokenizer(model_file: str | Path):
     unk, bos, eos = (sp.id_to_piece(i) for i in (sp.unk_id(), sp.bos_id(), sp.eos_id()))
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, byte_fallback=True, fuse_unk=True))
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])
-    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
-                                                       special_tokens=[(bos, sp.bos_id())])
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, sp.bos_id())]
+    )
     tok.add_special_tokens([unk, bos, eos])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token=unk)
 
@@ -132,15 +135,17 @@ def original_llava_config(folder: Path, config: dict[str, Any]):
 
     projector_type = config.get("mm_projector_type", "linear")
     if projector_type != "mlp2x_gelu":
-        raise ValueError("only LLaVA-1.5 checkpoints (mm_projector_type 'mlp2x_gelu') are supported, "
-                         f"got {projector_type!r}")
+        raise ValueError(
+            f"only LLaVA-1.5 checkpoints (mm_projector_type 'mlp2x_gelu') are supported, got {projector_type!r}"
+        )
     vt_folder = resolve_vision_tower(folder, config["mm_vision_tower"])
     vision_config = CLIPVisionConfig.from_pretrained(vt_folder)
     tokenizer = original_tokenizer(folder)
     vocab = -(-len(tokenizer) // _VOCAB_MULTIPLE) * _VOCAB_MULTIPLE
 
-    text_fields = {k: v for k, v in config.items()
-                   if not k.startswith("mm_") and k not in ("architectures", "model_type")}
+    text_fields = {
+        k: v for k, v in config.items() if not k.startswith("mm_") and k not in ("architectures", "model_type")
+    }
     text_config = LlamaConfig(**{**text_fields, "vocab_size": vocab, "pad_token_id": tokenizer.pad_token_id})
     select = config.get("mm_vision_select_feature", "patch")
     llava_config = LlavaConfig(
@@ -168,11 +173,26 @@ def original_image_processor(vt_folder: Path, config: dict[str, Any]):
     if aspect == "square":  # llava's process_images: the image processor as it is
         return clip
     if aspect != "pad":
-        raise ValueError(f"image_aspect_ratio {aspect!r} is not LLaVA-1.5's ('pad' or unset); "
-                         "LLaVA-NeXT 'anyres' checkpoints are not supported")
-    settings = {key: getattr(clip, key) for key in ("size", "crop_size", "resample", "image_mean", "image_std",
-                                                     "rescale_factor", "do_resize", "do_center_crop",
-                                                     "do_rescale", "do_normalize", "do_convert_rgb")}
+        raise ValueError(
+            f"image_aspect_ratio {aspect!r} is not LLaVA-1.5's ('pad' or unset); "
+            "LLaVA-NeXT 'anyres' checkpoints are not supported"
+        )
+    settings = {
+        key: getattr(clip, key)
+        for key in (
+            "size",
+            "crop_size",
+            "resample",
+            "image_mean",
+            "image_std",
+            "rescale_factor",
+            "do_resize",
+            "do_center_crop",
+            "do_rescale",
+            "do_normalize",
+            "do_convert_rgb",
+        )
+    }
     return LlavaImageProcessorPil(**settings, do_pad=True)
 
 
@@ -187,8 +207,7 @@ def load_original(folder: Path, config: dict[str, Any], dtype: torch.dtype):
     llava_config, tokenizer, vt_folder = original_llava_config(folder, config)
     vocab = llava_config.text_config.vocab_size
 
-    state = {convert_original_key(k): v for k, v in read_state_dict(folder).items()
-             if "rotary_emb.inv_freq" not in k}
+    state = {convert_original_key(k): v for k, v in read_state_dict(folder).items() if "rotary_emb.inv_freq" not in k}
     if not any(k.startswith("model.vision_tower.") for k in state):
         tower = CLIPVisionModel.from_pretrained(vt_folder, dtype=dtype)
         state.update({"model.vision_tower." + k: v for k, v in tower.state_dict().items()})
@@ -199,14 +218,18 @@ def load_original(folder: Path, config: dict[str, Any], dtype: torch.dtype):
     )
     if info.get("missing_keys") or info.get("mismatched_keys"):
         # Missing weights would be silently random-initialised: refuse instead.
-        raise ValueError(f"original LLaVA checkpoint {folder} does not convert cleanly: "
-                         f"missing {sorted(info.get('missing_keys') or [])[:10]}, "
-                         f"mismatched {list(info.get('mismatched_keys') or [])[:10]}")
+        raise ValueError(
+            f"original LLaVA checkpoint {folder} does not convert cleanly: "
+            f"missing {sorted(info.get('missing_keys') or [])[:10]}, "
+            f"mismatched {list(info.get('mismatched_keys') or [])[:10]}"
+        )
 
     processor = LlavaProcessor(
-        image_processor=original_image_processor(vt_folder, config), tokenizer=tokenizer,
+        image_processor=original_image_processor(vt_folder, config),
+        tokenizer=tokenizer,
         patch_size=llava_config.vision_config.patch_size,
         vision_feature_select_strategy=llava_config.vision_feature_select_strategy,
-        num_additional_image_tokens=1, chat_template=VICUNA_V1.chat_template(),
+        num_additional_image_tokens=1,
+        chat_template=VICUNA_V1.chat_template(),
     )
     return model, processor

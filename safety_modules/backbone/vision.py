@@ -1,4 +1,5 @@
 """The vision side alone: LLaVA's feature selection, and loading only the tower and projector (for scanning)."""
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,9 @@ def select_vision_features(
 
 
 def _is_clip_tower(vision_tower: torch.nn.Module) -> bool:
-    return (getattr(vision_tower.config, "model_type", None) == "clip_vision_model"
-            and all(hasattr(vision_tower, name) for name in ("embeddings", "pre_layrnorm", "encoder")))
+    return getattr(vision_tower.config, "model_type", None) == "clip_vision_model" and all(
+        hasattr(vision_tower, name) for name in ("embeddings", "pre_layrnorm", "encoder")
+    )
 
 
 def vision_encoder(vision_tower: torch.nn.Module) -> torch.nn.Module:
@@ -77,7 +79,7 @@ _ORIGINAL_PROJECTOR_KEYS = {"model.mm_projector.0.": "linear_1.", "model.mm_proj
 def _strip_prefix(key: str, prefixes) -> str | None:
     for prefix in prefixes:
         if key.startswith(prefix):
-            return key[len(prefix):]
+            return key[len(prefix) :]
     return None
 
 
@@ -121,8 +123,9 @@ def _build_tower(vision_config: Any, state: dict[str, torch.Tensor], dtype: torc
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
     tower_class = MODEL_MAPPING[type(vision_config)]
-    tower, info = tower_class.from_pretrained(None, config=vision_config, state_dict=state, dtype=dtype,
-                                              output_loading_info=True)
+    tower, info = tower_class.from_pretrained(
+        None, config=vision_config, state_dict=state, dtype=dtype, output_loading_info=True
+    )
     if info["missing_keys"]:
         raise ValueError(f"vision tower weights missing from {where}: {sorted(info['missing_keys'])[:5]} ...")
     return tower
@@ -130,10 +133,10 @@ def _build_tower(vision_config: Any, state: dict[str, torch.Tensor], dtype: torc
 
 def _original_rename(key: str) -> str | None:
     if key.startswith(_ORIGINAL_TOWER_PREFIX):
-        return "tower." + key[len(_ORIGINAL_TOWER_PREFIX):]
+        return "tower." + key[len(_ORIGINAL_TOWER_PREFIX) :]
     for old, new in _ORIGINAL_PROJECTOR_KEYS.items():
         if key.startswith(old):
-            return "projector." + new + key[len(old):]
+            return "projector." + new + key[len(old) :]
     return None
 
 
@@ -167,7 +170,7 @@ def load_vision_parts(
     if is_original_format(raw):
         llava_config, _, vt_folder = original_llava_config(folder, raw)
         state = _read_selected(folder, _original_rename)
-        tower_state = {k[len("tower."):]: v for k, v in state.items() if k.startswith("tower.")}
+        tower_state = {k[len("tower.") :]: v for k, v in state.items() if k.startswith("tower.")}
         if tower_state:
             tower = _build_tower(llava_config.vision_config, tower_state, dtype, folder)
         else:  # the usual case: the original checkpoints do not hold the tower
@@ -177,12 +180,12 @@ def load_vision_parts(
         check_llava(raw, name_or_path)
         llava_config = LlavaConfig.from_pretrained(folder)
         state = _read_selected(folder, _hf_rename)
-        tower_state = {k[len("tower."):]: v for k, v in state.items() if k.startswith("tower.")}
+        tower_state = {k[len("tower.") :]: v for k, v in state.items() if k.startswith("tower.")}
         tower = _build_tower(llava_config.vision_config, tower_state, dtype, folder)
         image_processor = AutoImageProcessor.from_pretrained(folder)
 
     projector = LlavaMultiModalProjector(llava_config)
-    projector_state = {k[len("projector."):]: v for k, v in state.items() if k.startswith("projector.")}
+    projector_state = {k[len("projector.") :]: v for k, v in state.items() if k.startswith("projector.")}
     try:
         projector.load_state_dict(projector_state, strict=True)
     except RuntimeError as exc:

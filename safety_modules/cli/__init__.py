@@ -2,6 +2,7 @@
 
 Heavy imports (torch, transformers) happen inside the commands, so ``safevlm --help`` is quick.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """Foundation commands: ``make-tiny``, ``assess`` and ``demo``."""
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,10 @@ def format_scores(name: str, level_probs, type_probs, config) -> str:
     """One readable line per image: top level and top type with their probabilities."""
     level = int(level_probs.argmax())
     type_ = int(type_probs.argmax())
-    return (f"{name}: level={config.level_names[level]} ({float(level_probs[level]):.2f}) "
-            f"type={config.type_names[type_]} ({float(type_probs[type_]):.2f})")
+    return (
+        f"{name}: level={config.level_names[level]} ({float(level_probs[level]):.2f}) "
+        f"type={config.type_names[type_]} ({float(type_probs[type_]):.2f})"
+    )
 
 
 def cmd_assess(args: argparse.Namespace) -> int:
@@ -59,9 +62,15 @@ def cmd_assess(args: argparse.Namespace) -> int:
     cfg = model.config
     for path, lp, tp in zip(args.images, scores.level_probs, scores.type_probs):
         if args.json:
-            print(json.dumps({"image": str(path),
-                              "levels": dict(zip(cfg.level_names, map(float, lp))),
-                              "types": dict(zip(cfg.type_names, map(float, tp)))}))
+            print(
+                json.dumps(
+                    {
+                        "image": str(path),
+                        "levels": dict(zip(cfg.level_names, map(float, lp))),
+                        "types": dict(zip(cfg.type_names, map(float, tp))),
+                    }
+                )
+            )
         else:
             print(format_scores(str(path), lp, tp, cfg))
     return 0

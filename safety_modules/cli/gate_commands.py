@@ -1,4 +1,5 @@
 """Gate commands: ``generate`` answers one image + prompt behind the safety policy."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", required=True, type=Path)
     p.add_argument("--prompt", required=True)
     p.add_argument("--policy", type=Path, help="policy YAML laid over the shipped default")
-    p.add_argument("--refusal", choices=["short_circuit", "generate"], default="short_circuit",
-                   help="refused requests: canned refusal without the LLM, or generate with the top-level hint")
+    p.add_argument(
+        "--refusal",
+        choices=["short_circuit", "generate"],
+        default="short_circuit",
+        help="refused requests: canned refusal without the LLM, or generate with the top-level hint",
+    )
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     p.add_argument("--device", default=None)
@@ -32,8 +37,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from ..wrapper import SafeLlava
 
     image = decode_image(args.image)
-    model = SafeLlava.from_pretrained(args.base, args.safety, dtype=args.dtype, device=args.device,
-                                      lora=args.lora)
+    model = SafeLlava.from_pretrained(args.base, args.safety, dtype=args.dtype, device=args.device, lora=args.lora)
     taxonomy = model.config.taxonomy
     policy = SafetyPolicy.from_yaml(args.policy, taxonomy) if args.policy else SafetyPolicy.default(taxonomy)
     streamer = None
@@ -42,8 +46,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         streamer = TextStreamer(model.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
     gate = Gate(model, policy, refusal=args.refusal)
-    answer = gate.generate([image], [args.prompt], streamer=streamer, do_sample=False,
-                           max_new_tokens=args.max_new_tokens)[0]
+    answer = gate.generate(
+        [image], [args.prompt], streamer=streamer, do_sample=False, max_new_tokens=args.max_new_tokens
+    )[0]
     if args.json:
         print(json.dumps(answer.to_dict()))
         return 0
@@ -51,6 +56,5 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(answer.text)
     d = answer.decision
     # The decision goes to stderr so stdout holds only the answer.
-    print(f"[gate] policy={d.policy} action={d.action} rule={d.rule} level={d.level} type={d.type}",
-          file=sys.stderr)
+    print(f"[gate] policy={d.policy} action={d.action} rule={d.rule} level={d.level} type={d.type}", file=sys.stderr)
     return 0

@@ -1,4 +1,5 @@
 """``safevlm train rl CONFIG.yaml``: the RL alignment stage (PPO or GRPO) and its before/after report."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,13 @@ def add_rl_parser(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--output-dir", help="override output_dir")
     p.add_argument("--resume-from", help="a checkpoint folder or 'latest'")
     p.add_argument("--max-steps", type=int, help="override max_steps (RL steps)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any setting, value read as YAML (e.g. --set algorithm=grpo)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any setting, value read as YAML (e.g. --set algorithm=grpo)",
+    )
     p.add_argument("--no-report", action="store_true", help="skip the before/after report on eval_data")
     p.set_defaults(func=cmd_train_rl)
 

@@ -1,4 +1,5 @@
 """Scanning commands: ``scan`` (score every image of a corpus) and ``scan-report``."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,24 +11,40 @@ from ..images import DEFAULT_MAX_PIXELS
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("scan", help="score every image of a corpus with the vision tower + safety modules only")
-    p.add_argument("input", type=Path,
-                   help="image folder, LLaVA JSON/JSONL, .tar shards, parquet, or a save_to_disk folder")
+    p.add_argument(
+        "input", type=Path, help="image folder, LLaVA JSON/JSONL, .tar shards, parquet, or a save_to_disk folder"
+    )
     p.add_argument("--base", required=True, help="LLaVA-1.5 folder or hub id (HF or original layout)")
     p.add_argument("--safety", required=True, help="safety-modules folder or hub id")
     p.add_argument("--out", required=True, type=Path, help="output folder (parquet parts + manifest.json); resumable")
     p.add_argument("--policy", help="policy YAML deciding 'flagged' (default: the default policy)")
-    p.add_argument("--reader", default="auto", choices=["auto", "folder", "llava", "wds", "parquet", "hf"],
-                   help="input format (default: detected)")
+    p.add_argument(
+        "--reader",
+        default="auto",
+        choices=["auto", "folder", "llava", "wds", "parquet", "hf"],
+        help="input format (default: detected)",
+    )
     p.add_argument("--image-root", help="llava/parquet: folder that relative image paths start from")
     p.add_argument("--image-column", help="parquet/hf: the image column (default: detected)")
     p.add_argument("--id-column", help="parquet/hf: a column of stable keys (default: id/key/uid, else the row number)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", default="auto",
-                   help="processes that read, decode and resize (default auto: the usable cores but one, at most 16)")
-    p.add_argument("--no-draft", dest="draft", action="store_false",
-                   help="decode large JPEGs at full size and resize in one step (slower; exact for every size)")
-    p.add_argument("--gpu-decode", default="auto", choices=["auto", "off"],
-                   help="auto: decode JPEGs on the GPU when scanning on CUDA with torchvision installed")
+    p.add_argument(
+        "--workers",
+        default="auto",
+        help="processes that read, decode and resize (default auto: the usable cores but one, at most 16)",
+    )
+    p.add_argument(
+        "--no-draft",
+        dest="draft",
+        action="store_false",
+        help="decode large JPEGs at full size and resize in one step (slower; exact for every size)",
+    )
+    p.add_argument(
+        "--gpu-decode",
+        default="auto",
+        choices=["auto", "off"],
+        help="auto: decode JPEGs on the GPU when scanning on CUDA with torchvision installed",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
     p.add_argument("--part-size", type=int, default=1000, help="items per output part (the unit of resumption)")
@@ -56,24 +73,43 @@ def cmd_scan(args: argparse.Namespace) -> int:
         raise ValueError("--batch-size and --part-size must be >= 1")
     workers = args.workers if args.workers == "auto" else resolve_workers(args.workers)
     settings = ScanSettings(
-        base=args.base, safety=args.safety, policy=args.policy, batch_size=args.batch_size, workers=workers,
-        device=args.device, dtype=args.dtype, part_size=args.part_size, max_pixels=args.max_pixels,
-        engine=args.engine, ray_address=args.ray_address, ray_actors=args.ray_actors, draft=args.draft,
+        base=args.base,
+        safety=args.safety,
+        policy=args.policy,
+        batch_size=args.batch_size,
+        workers=workers,
+        device=args.device,
+        dtype=args.dtype,
+        part_size=args.part_size,
+        max_pixels=args.max_pixels,
+        engine=args.engine,
+        ray_address=args.ray_address,
+        ray_actors=args.ray_actors,
+        draft=args.draft,
         gpu_decode=args.gpu_decode,
     )
-    options = ReaderOptions(kind=args.reader, image_root=args.image_root, image_column=args.image_column,
-                            id_column=args.id_column)
+    options = ReaderOptions(
+        kind=args.reader, image_root=args.image_root, image_column=args.image_column, id_column=args.id_column
+    )
     manifest = run_scan(args.input, args.out, settings, options, progress=not args.no_progress)
     counts = manifest["counts"]
-    print(f"scanned {counts['items']} items into {args.out}: {counts['scored']} scored, {counts['flagged']} flagged, "
-          f"{counts['errors']} errors {json.dumps(counts['errors_by_kind'])}")
+    print(
+        f"scanned {counts['items']} items into {args.out}: {counts['scored']} scored, {counts['flagged']} flagged, "
+        f"{counts['errors']} errors {json.dumps(counts['errors_by_kind'])}"
+    )
     return 0 if manifest["complete"] else 1
 
 
 def cmd_scan_report(args: argparse.Namespace) -> int:
     from ..scan.report import write_report
 
-    path = write_report(args.out_dir, args.output, top_k=args.top_k, blur=not args.no_blur,
-                        export_clean=args.export_clean, export_flagged=args.export_flagged)
+    path = write_report(
+        args.out_dir,
+        args.output,
+        top_k=args.top_k,
+        blur=not args.no_blur,
+        export_clean=args.export_clean,
+        export_flagged=args.export_flagged,
+    )
     print(f"report written to {path}")
     return 0

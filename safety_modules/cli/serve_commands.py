@@ -1,4 +1,5 @@
 """Serve command: ``safevlm serve`` runs the OpenAI-compatible guarded server."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-remote-mb", type=float, default=8.0, help="largest remote image download")
     p.add_argument("--max-tokens", type=int, default=256, help="max_tokens when a request gives none")
     p.add_argument("--max-tokens-limit", type=int, default=2048, help="largest max_tokens a request may ask for")
-    p.add_argument("--upstream", help="proxy mode: OpenAI-compatible server answering allowed requests "
-                                      "(the language model is not loaded here)")
+    p.add_argument(
+        "--upstream",
+        help="proxy mode: OpenAI-compatible server answering allowed requests (the language model is not loaded here)",
+    )
     p.add_argument("--upstream-model", help="model name sent upstream (default: the client's)")
     p.add_argument("--upstream-api-key-file", type=Path, help="file holding the upstream's bearer token")
     p.add_argument("--device", default=None)
@@ -58,20 +61,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.upstream and args.lora:
         raise ValueError("--lora has no effect in proxy mode (--upstream): the language model is not loaded")
-    limits = InputLimits(max_body_bytes=int(args.max_body_mb * MB), max_image_pixels=args.max_image_pixels,
-                         allow_remote_images=args.allow_remote_images, remote_timeout_s=args.remote_timeout_s,
-                         max_remote_bytes=int(args.max_remote_mb * MB))
-    config = ServeConfig(model_name=args.model_name or Path(str(args.base).rstrip("/")).name, limits=limits,
-                         api_key=_read_key(args.api_key_file), max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                         default_max_tokens=args.max_tokens, max_tokens_limit=args.max_tokens_limit,
-                         upstream=args.upstream, upstream_model=args.upstream_model,
-                         upstream_api_key=_read_key(args.upstream_api_key_file))
+    limits = InputLimits(
+        max_body_bytes=int(args.max_body_mb * MB),
+        max_image_pixels=args.max_image_pixels,
+        allow_remote_images=args.allow_remote_images,
+        remote_timeout_s=args.remote_timeout_s,
+        max_remote_bytes=int(args.max_remote_mb * MB),
+    )
+    config = ServeConfig(
+        model_name=args.model_name or Path(str(args.base).rstrip("/")).name,
+        limits=limits,
+        api_key=_read_key(args.api_key_file),
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        default_max_tokens=args.max_tokens,
+        max_tokens_limit=args.max_tokens_limit,
+        upstream=args.upstream,
+        upstream_model=args.upstream_model,
+        upstream_api_key=_read_key(args.upstream_api_key_file),
+    )
     runner: ModelRunner
     if args.upstream:
         runner = VisionRunner.load(args.base, args.safety, args.policy, device=args.device, dtype=args.dtype)
     else:
-        runner = LlavaRunner.load(args.base, args.safety, args.policy, lora=args.lora, device=args.device,
-                                  dtype=args.dtype)
+        runner = LlavaRunner.load(
+            args.base, args.safety, args.policy, lora=args.lora, device=args.device, dtype=args.dtype
+        )
     app = create_app(runner, config)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if not args.verbose else "info")
     return 0

@@ -1,4 +1,5 @@
 """Data and training commands: ``data convert``, ``data synth``, ``data balance``, ``train stage1|stage2|rl``."""
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--output-dir", help="override output_dir")
         p.add_argument("--resume-from", help="a checkpoint folder or 'latest'")
         p.add_argument("--max-steps", type=int, help="override max_steps")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override any setting, value read as YAML (e.g. --set gradient_accumulation_steps=64)")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override any setting, value read as YAML (e.g. --set gradient_accumulation_steps=64)",
+        )
         p.set_defaults(func=cmd_train)
     from .rl_commands import add_rl_parser
 
@@ -66,9 +72,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..training import TrainConfig, train
-
     import yaml
+
+    from ..training import TrainConfig, train
 
     overrides = dict(output_dir=args.output_dir, resume_from=args.resume_from, max_steps=args.max_steps)
     for item in args.set:

@@ -7,14 +7,16 @@ category -> (level, type) mapping (defaults in `safety_modules.taxonomy`); image
 are decoded once while converting, so unreadable files are reported with their path
 and left out, never fatal.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..taxonomy import SAFE_LABEL, VLGUARD_SUBCATEGORY_LABELS
 from .format import image_problem, make_record, relative_image
@@ -54,6 +56,7 @@ def register_converter(converter: Converter) -> Converter:
 
 # ---------------------------------------------------------------- helpers shared by converters
 
+
 def load_mapping(path: str | Path | None, default: Mapping) -> Mapping:
     """A category -> [level, type] mapping from a JSON/YAML file, or the default table."""
     if path is None:
@@ -77,8 +80,14 @@ def mapping_arguments(parser: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------- image folders labelled by sub-folder
 
-def convert_image_folders(root: str | Path, mapping: Mapping, out_dir: str | Path, seed: int = 0,
-                          safe_folders: tuple[str, ...] = ("safe", "clean")) -> Conversion:
+
+def convert_image_folders(
+    root: str | Path,
+    mapping: Mapping,
+    out_dir: str | Path,
+    seed: int = 0,
+    safe_folders: tuple[str, ...] = ("safe", "clean"),
+) -> Conversion:
     """``root/<category>/**/<image>``: each sub-folder is a category looked up in ``mapping``.
 
     Folders named in ``safe_folders`` that the mapping does not list are clean (level 0, safe).
@@ -103,8 +112,9 @@ def convert_image_folders(root: str | Path, mapping: Mapping, out_dir: str | Pat
                 continue
             answer = "" if level == 0 else refusal(type_, n)
             rid = f"{folder.name}/{path.relative_to(folder).as_posix()}"
-            result.records.append(make_record(rid, relative_image(path, out_dir), rng.choice(GENERIC_QUESTIONS),
-                                              answer, level, type_))
+            result.records.append(
+                make_record(rid, relative_image(path, out_dir), rng.choice(GENERIC_QUESTIONS), answer, level, type_)
+            )
     return result
 
 
@@ -122,8 +132,14 @@ register_converter(Converter("folders", "image folders labelled by sub-folder na
 
 # ---------------------------------------------------------------- VLGuard (train.json / test.json + images)
 
-def convert_vlguard(json_path: str | Path, image_root: str | Path, mapping: Mapping, out_dir: str | Path,
-                    unsafe_instruction_label: tuple[int, str] | None = None) -> Conversion:
+
+def convert_vlguard(
+    json_path: str | Path,
+    image_root: str | Path,
+    mapping: Mapping,
+    out_dir: str | Path,
+    unsafe_instruction_label: tuple[int, str] | None = None,
+) -> Conversion:
     """VLGuard's ``train.json``/``test.json``: one record per instruction-response pair.
 
     Unsafe images carry ``harmful_category``/``harmful_subcategory`` and one ``instruction``; the
@@ -148,11 +164,19 @@ def convert_vlguard(json_path: str | Path, image_root: str | Path, mapping: Mapp
         if item.get("safe"):
             for pair in item.get("instr-resp", []):
                 if "safe_instruction" in pair:
-                    result.records.append(make_record(f"{iid}/safe", image, pair["safe_instruction"],
-                                                      pair["response"], *SAFE_LABEL))
+                    result.records.append(
+                        make_record(f"{iid}/safe", image, pair["safe_instruction"], pair["response"], *SAFE_LABEL)
+                    )
                 elif unsafe_instruction_label is not None:
-                    result.records.append(make_record(f"{iid}/unsafe_instruction", image, pair["unsafe_instruction"],
-                                                      pair["response"], *unsafe_instruction_label))
+                    result.records.append(
+                        make_record(
+                            f"{iid}/unsafe_instruction",
+                            image,
+                            pair["unsafe_instruction"],
+                            pair["response"],
+                            *unsafe_instruction_label,
+                        )
+                    )
                 else:
                     result.skipped.append((f"{iid}/unsafe_instruction", "text-only risk on a safe image"))
             continue
@@ -175,8 +199,12 @@ def _parse_label(text: str) -> tuple[int, str]:
 def _vlguard_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("json", type=Path, help="VLGuard train.json or test.json")
     p.add_argument("image_root", type=Path, help="folder the JSON's image paths are relative to (unzipped train/test)")
-    p.add_argument("--unsafe-instruction-label", type=_parse_label, metavar="LEVEL:TYPE",
-                   help="keep the unsafe instructions on safe images with this label (default: skip them)")
+    p.add_argument(
+        "--unsafe-instruction-label",
+        type=_parse_label,
+        metavar="LEVEL:TYPE",
+        help="keep the unsafe instructions on safe images with this label (default: skip them)",
+    )
     mapping_arguments(p)
 
 
@@ -188,12 +216,17 @@ def _vlguard_run(args: argparse.Namespace) -> Conversion:
 register_converter(Converter("vlguard", "VLGuard train.json/test.json + image folder", _vlguard_args, _vlguard_run))
 
 
-# ---------------------------------------------------------------- the benchmarks (loaders in rtvlm.py / unsafe_concepts.py)
+# -------------------------------------------------------- the benchmarks (loaders in rtvlm.py / unsafe_concepts.py)
+
 
 def _rtvlm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("snapshot", type=Path, help="local snapshot of MMInstruction/RedTeamingVLM (raw JSONL + zips)")
-    p.add_argument("--split", choices=["train", "test", "all"], default="train",
-                   help="the seeded 80/20 split the paper trained on (default: train; --seed seeds it)")
+    p.add_argument(
+        "--split",
+        choices=["train", "test", "all"],
+        default="train",
+        help="the seeded 80/20 split the paper trained on (default: train; --seed seeds it)",
+    )
     p.add_argument("--train-fraction", type=float, default=0.8)
     mapping_arguments(p)
 
@@ -203,20 +236,33 @@ def _rtvlm_run(args: argparse.Namespace) -> Conversion:
     from .rtvlm import rtvlm_conversion
 
     mapping = load_mapping(args.mapping, RTVLM_SUBTASK_LABELS)
-    records, skipped = rtvlm_conversion(args.snapshot, args.out.parent, split=args.split, seed=args.seed,
-                                        train_fraction=args.train_fraction, mapping=mapping)
+    records, skipped = rtvlm_conversion(
+        args.snapshot,
+        args.out.parent,
+        split=args.split,
+        seed=args.seed,
+        train_fraction=args.train_fraction,
+        mapping=mapping,
+    )
     return Conversion(records, skipped)
 
 
 def _unsafe_concepts_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", type=Path, help="UnsafeConcepts: HF parquet export folder, or metadata.jsonl + images/")
     mapping_arguments(p)
-    p.add_argument("--split", choices=["all", "train", "test"], default="all",
-                   help="all: every image with a refusal answer (stage 1/2 data); train/test: the RL alignment split "
-                        "of the paper (per concept 80/20, empty answers, Safe/Unsafe labels; --seed draws the prompts)")
-    p.add_argument("--safe-images", type=Path,
-                   help="with --split train/test: a folder of benign images (metadata.json, sub-folders per concept, "
-                        "or flat files) matched to the unsafe count")
+    p.add_argument(
+        "--split",
+        choices=["all", "train", "test"],
+        default="all",
+        help="all: every image with a refusal answer (stage 1/2 data); train/test: the RL alignment split "
+        "of the paper (per concept 80/20, empty answers, Safe/Unsafe labels; --seed draws the prompts)",
+    )
+    p.add_argument(
+        "--safe-images",
+        type=Path,
+        help="with --split train/test: a folder of benign images (metadata.json, sub-folders per concept, "
+        "or flat files) matched to the unsafe count",
+    )
     p.add_argument("--split-seed", type=int, default=2024, help="seed of the 80/20 split (default 2024, the paper's)")
 
 
@@ -228,13 +274,28 @@ def _unsafe_concepts_run(args: argparse.Namespace) -> Conversion:
     if args.split != "all":
         from .unsafe_concepts import alignment_split_records
 
-        return Conversion(alignment_split_records(args.data, args.out.parent, args.split, args.safe_images,
-                                                  seed=args.seed, split_seed=args.split_seed, mapping=mapping))
+        return Conversion(
+            alignment_split_records(
+                args.data,
+                args.out.parent,
+                args.split,
+                args.safe_images,
+                seed=args.seed,
+                split_seed=args.split_seed,
+                mapping=mapping,
+            )
+        )
     if args.safe_images is not None:
         raise ValueError("--safe-images goes with --split train or test (the RL alignment split)")
     return Conversion(unsafe_concepts_to_records(args.data, args.out.parent, mapping=mapping))
 
 
 register_converter(Converter("rtvlm", "RTVLM local snapshot (seeded 80/20 split)", _rtvlm_args, _rtvlm_run))
-register_converter(Converter("unsafe-concepts", "UnsafeConcepts (parquet export or SaferVLM layout)",
-                             _unsafe_concepts_args, _unsafe_concepts_run))
+register_converter(
+    Converter(
+        "unsafe-concepts",
+        "UnsafeConcepts (parquet export or SaferVLM layout)",
+        _unsafe_concepts_args,
+        _unsafe_concepts_run,
+    )
+)

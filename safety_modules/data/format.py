@@ -12,12 +12,14 @@ Files are a JSON list (``.json``) or one record per line (``.jsonl``). Levels ar
 integers in the taxonomy's level order; types are type names (so files stay
 readable and survive a reordering of the taxonomy).
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..conversation import clean_text
 from ..images import ImageDecodeError, decode_image
@@ -60,7 +62,11 @@ def validate_record(record: dict[str, Any], taxonomy: Taxonomy | None = None) ->
     if IMAGE_MARKER not in turns[0]["value"]:
         raise RecordError(f"record {rid}: the first human turn has no {IMAGE_MARKER} marker")
     safety = record["safety"]
-    if not isinstance(safety, dict) or not isinstance(safety.get("level"), int) or not isinstance(safety.get("type"), str):
+    if (
+        not isinstance(safety, dict)
+        or not isinstance(safety.get("level"), int)
+        or not isinstance(safety.get("type"), str)
+    ):
         raise RecordError(f"record {rid}: 'safety' must be {{'level': int, 'type': str}}")
     if taxonomy is not None:
         try:

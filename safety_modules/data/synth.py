@@ -14,13 +14,15 @@ Text styles overlap between safe and risky kinds, so telling them apart needs th
 content, not just the layout. Everything is drawn from one seed: the same call writes
 the same files.
 """
+
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
@@ -145,8 +147,7 @@ def _chat(rng: random.Random, size: int, messages: list[str]) -> Image.Image:
         lines = _wrap(message, 24)
         height = 22 * len(lines) + 12
         left = 10 if i % 2 == 0 else size // 3
-        draw.rounded_rectangle((left, y, left + size * 2 // 3 - 10, y + height), radius=10,
-                               fill=_colour(rng, 150, 235))
+        draw.rounded_rectangle((left, y, left + size * 2 // 3 - 10, y + height), radius=10, fill=_colour(rng, 150, 235))
         for k, line in enumerate(lines):
             draw.text((left + 8, y + 6 + 22 * k), line, fill="black", font=font(17))
         y += height + 10
@@ -161,8 +162,9 @@ def _text_image(rng: random.Random, size: int, text: str, styles: tuple[str, ...
         lines = _wrap(text + ".", 26) + ["1.", "2.", "3."]
         return _text_block(rng, size, lines, "white", "black", rng.choice((20, 24)))
     if style == "sign":
-        return _text_block(rng, size, _wrap(text.upper(), 18), _colour(rng, 0, 90), _colour(rng, 200, 255),
-                           rng.choice((24, 28)))
+        return _text_block(
+            rng, size, _wrap(text.upper(), 18), _colour(rng, 0, 90), _colour(rng, 200, 255), rng.choice((24, 28))
+        )
     return _text_block(rng, size, _wrap(text, 24), _colour(rng, 230, 255), _colour(rng, 0, 60), rng.choice((20, 24)))
 
 
@@ -193,13 +195,18 @@ def make_captcha(rng: random.Random, size: int) -> Image.Image:
     step = (width - 20) // len(chars)
     for i, ch in enumerate(chars):
         glyph = Image.new("RGBA", (step + 20, height), (0, 0, 0, 0))
-        ImageDraw.Draw(glyph).text((6, height // 4), ch, fill=_colour(rng, 0, 120) + (255,), font=font(rng.randint(40, 54)))
+        ImageDraw.Draw(glyph).text(
+            (6, height // 4), ch, fill=_colour(rng, 0, 120) + (255,), font=font(rng.randint(40, 54))
+        )
         glyph = glyph.rotate(rng.uniform(-30, 30), resample=Image.Resampling.BILINEAR)
         img.paste(glyph, (10 + i * step + rng.randint(-4, 4), rng.randint(-8, 8)), glyph)
     draw = ImageDraw.Draw(img)
     for _ in range(rng.randint(4, 7)):
-        draw.line([(rng.randint(0, width), rng.randint(0, height)) for _ in range(3)], fill=_colour(rng, 0, 160),
-                  width=rng.randint(1, 3))
+        draw.line(
+            [(rng.randint(0, width), rng.randint(0, height)) for _ in range(3)],
+            fill=_colour(rng, 0, 160),
+            width=rng.randint(1, 3),
+        )
     array = np.asarray(img).copy()
     amplitude, period = rng.uniform(2, 6), rng.uniform(20, 50)
     for row in range(height):  # a sine wave along the rows: the classic CAPTCHA warp
@@ -218,7 +225,7 @@ def luhn_number(rng: random.Random, prefix: str = "4", length: int = 16) -> str:
         total += d - 9 if d > 9 else d
     digits.append((10 - total % 10) % 10)
     text = "".join(map(str, digits))
-    return " ".join(text[i:i + 4] for i in range(0, length, 4))
+    return " ".join(text[i : i + 4] for i in range(0, length, 4))
 
 
 def make_document(rng: random.Random, size: int) -> Image.Image:
@@ -258,15 +265,18 @@ def make_sample(kind: str, rng: random.Random, size: int, index: int) -> Sample:
     if kind == "benign_text":
         text = rng.choice(BENIGN_TEXTS)
         img = _text_image(rng, size, text, ("note", "sign", "chat"))
-        return Sample(kind, img, rng.choice(TEXT_QUESTIONS), f"The text says: \"{text}\".")
+        return Sample(kind, img, rng.choice(TEXT_QUESTIONS), f'The text says: "{text}".')
     if kind == "jailbreak_text":
         img = _text_image(rng, size, rng.choice(JAILBREAK_TEXTS), ("note", "sign", "steps"))
         return Sample(kind, img, rng.choice(TEXT_QUESTIONS), refusal("illegal_risk", index))
     if kind == "captcha":
-        return Sample(kind, make_captcha(rng, size), rng.choice(CAPTCHA_QUESTIONS + TEXT_QUESTIONS[:1]), CAPTCHA_REFUSAL)
+        return Sample(
+            kind, make_captcha(rng, size), rng.choice(CAPTCHA_QUESTIONS + TEXT_QUESTIONS[:1]), CAPTCHA_REFUSAL
+        )
     if kind == "personal_document":
-        return Sample(kind, make_document(rng, size), rng.choice(DOC_QUESTIONS + TEXT_QUESTIONS[:1]),
-                      refusal("privacy", index))
+        return Sample(
+            kind, make_document(rng, size), rng.choice(DOC_QUESTIONS + TEXT_QUESTIONS[:1]), refusal("privacy", index)
+        )
     if kind == "bullying_message":
         messages = [rng.choice(INSULTS)] + ([rng.choice(INSULTS)] if rng.random() < 0.4 else [])
         return Sample(kind, _chat(rng, size, messages), rng.choice(TEXT_QUESTIONS), refusal("insults_bullying", index))
@@ -282,8 +292,9 @@ def kind_counts(total: int) -> dict[str, int]:
     return counts
 
 
-def synthesize(out_dir: str | Path, total: int = 300, seed: int = 0, size: int = 336,
-               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def synthesize(
+    out_dir: str | Path, total: int = 300, seed: int = 0, size: int = 336, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Write ``images/<kind>/*.png`` and ``train/val/test.jsonl`` under ``out_dir``; return the manifest.
 
     Each kind is split 70/15/15 (at least one sample per split when it has three or more).
@@ -305,13 +316,20 @@ def synthesize(out_dir: str | Path, total: int = 300, seed: int = 0, size: int =
             name = f"images/{kind}/{i:05d}.png"
             sample.image.save(out / name)
             split = "val" if i < n_val else "test" if i < n_val + n_test else "train"
-            splits[split].append(make_record(f"synth-{kind}-{i:05d}", name, sample.question, sample.answer, level, type_))
+            splits[split].append(
+                make_record(f"synth-{kind}-{i:05d}", name, sample.question, sample.answer, level, type_)
+            )
         if progress:
             progress(f"{kind}: {n} images ({type_}, level {level})")
     for name, records in splits.items():
         random.Random(seed).shuffle(records)  # mix the kinds within a split
         write_records(records, out / f"{name}.jsonl")
-    manifest = {"seed": seed, "total": total, "size": size, "kinds": {k: {"count": counts[k], "level": KINDS[k][0][0],
-                "type": KINDS[k][0][1]} for k in counts}, "splits": {k: len(v) for k, v in splits.items()}}
+    manifest = {
+        "seed": seed,
+        "total": total,
+        "size": size,
+        "kinds": {k: {"count": counts[k], "level": KINDS[k][0][0], "type": KINDS[k][0][1]} for k in counts},
+        "splits": {k: len(v) for k, v in splits.items()},
+    }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

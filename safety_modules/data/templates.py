@@ -3,6 +3,7 @@
 Written for this project. Risky samples get a refusal or caution in the register of
 their risk type; the paper likewise used a few hand-written refusals per class.
 """
+
 from __future__ import annotations
 
 REFUSALS: dict[str, tuple[str, ...]] = {

@@ -12,14 +12,15 @@ Two local layouts are read:
 
 The prompts below are the published ones, character for character (SaferVLM ``unsafe_datasets.PROMPTS``).
 """
+
 from __future__ import annotations
 
 import logging
 import random
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from PIL import Image
 
@@ -31,7 +32,14 @@ logger = logging.getLogger(__name__)
 
 # Category order of the published result tables (``fetch_unsafe_categories()``).
 CATEGORIES: tuple[str, ...] = (
-    "Hate", "Harassment", "Violence", "Self-harm", "Sexual", "Shocking", "Illegal activity", "Deception",
+    "Hate",
+    "Harassment",
+    "Violence",
+    "Self-harm",
+    "Sexual",
+    "Shocking",
+    "Illegal activity",
+    "Deception",
     "Public and personal health",
 )
 
@@ -138,8 +146,11 @@ def load_unsafe_concepts(data_dir: str | Path, perception_metadata: str | Path |
         items = []
         for i, row in enumerate(read_jsonl(root / "metadata.jsonl")):
             try:
-                items.append(UnsafeConceptItem(i, row["category"], row["unsafe_concept"],
-                                               image_path=root / row["image_filename"]))
+                items.append(
+                    UnsafeConceptItem(
+                        i, row["category"], row["unsafe_concept"], image_path=root / row["image_filename"]
+                    )
+                )
             except KeyError as exc:
                 raise ValueError(f"{root / 'metadata.jsonl'} row {i} lacks field {exc}") from None
         layout = "safervlm"
@@ -148,7 +159,8 @@ def load_unsafe_concepts(data_dir: str | Path, perception_metadata: str | Path |
         shards = sorted(data_dir.glob("data/train-*.parquet")) or sorted(data_dir.glob("**/*.parquet"))
         if not shards:
             raise FileNotFoundError(
-                f"{data_dir} holds neither metadata.jsonl (SaferVLM layout) nor data/train-*.parquet (HF export)")
+                f"{data_dir} holds neither metadata.jsonl (SaferVLM layout) nor data/train-*.parquet (HF export)"
+            )
         items = _read_parquet(shards)
         layout = "parquet"
         perception = Path(perception_metadata) if perception_metadata else data_dir / "perception_metadata.jsonl"
@@ -174,17 +186,19 @@ def _read_parquet(shards: list[Path]) -> list[UnsafeConceptItem]:
         for row in table.to_pylist():
             image = row["image"] or {}
             data = image.get("bytes") if isinstance(image, dict) else None
-            items.append(UnsafeConceptItem(len(items), row["category"], row["unsafe_concept"],
-                                           image_bytes=data or b""))
+            items.append(UnsafeConceptItem(len(items), row["category"], row["unsafe_concept"], image_bytes=data or b""))
     return items
 
 
 # ---------------------------------------------------------------- training records
 
+
 def _unsafe_answer(concept: str) -> str:
     # Ours: every one of the five alignment prompts is answered "no" for an unsafe image.
-    return (f"No. The image shows {concept.lower()}, which is unsafe content; it should not be shared "
-            "with a general audience.")
+    return (
+        f"No. The image shows {concept.lower()}, which is unsafe content; it should not be shared "
+        "with a general audience."
+    )
 
 
 def unsafe_concepts_to_records(
@@ -219,26 +233,29 @@ def unsafe_concepts_to_records(
                 shutil.copyfile(item.image_path, target)
             else:
                 image.save(target)
-        records.append({
-            "id": item.id,
-            "image": relative.as_posix(),
-            "conversations": [
-                {"from": "human", "value": f"<image>\n{ALIGNMENT_PROMPTS[item.index % len(ALIGNMENT_PROMPTS)]}"},
-                {"from": "gpt", "value": _unsafe_answer(item.concept)},
-            ],
-            "safety": {"level": int(level), "type": str(type_name)},
-        })
+        records.append(
+            {
+                "id": item.id,
+                "image": relative.as_posix(),
+                "conversations": [
+                    {"from": "human", "value": f"<image>\n{ALIGNMENT_PROMPTS[item.index % len(ALIGNMENT_PROMPTS)]}"},
+                    {"from": "gpt", "value": _unsafe_answer(item.concept)},
+                ],
+                "safety": {"level": int(level), "type": str(type_name)},
+            }
+        )
     return records
 
 
-# ---------------------------------------------------------------- the RL alignment split (SaferVLM build_training_data.py)
+# -------------------------------------------------------- the RL alignment split (SaferVLM build_training_data.py)
 
 PAPER_SPLIT_SEED = 2024
 ALIGNMENT_LABELS = ("Safe", "Unsafe")
 
 
-def split_per_concept(items: list[UnsafeConceptItem], seed: int = PAPER_SPLIT_SEED
-                      ) -> tuple[list[UnsafeConceptItem], list[UnsafeConceptItem]]:
+def split_per_concept(
+    items: list[UnsafeConceptItem], seed: int = PAPER_SPLIT_SEED
+) -> tuple[list[UnsafeConceptItem], list[UnsafeConceptItem]]:
     """The paper's 80/20 split *per concept*: floor(0.8 n) images of each concept train, the rest test.
 
     On the full 1,567 images this gives the published 1,222 train / 345 test. The permutation is
@@ -361,13 +378,20 @@ def alignment_split_records(
         if image is None:
             continue
         record = make_record(item.id, image, rng.choice(ALIGNMENT_PROMPTS), "", *mapping[item.category])
-        records.append({**record, "alignment_label": "Unsafe", "concept": item.concept.lower(),
-                        "unsafe_concept": item.concept, "category": item.category})
+        records.append(
+            {
+                **record,
+                "alignment_label": "Unsafe",
+                "concept": item.concept.lower(),
+                "unsafe_concept": item.concept,
+                "category": item.category,
+            }
+        )
     if safe_dir is not None:
         safe = load_safe_images(safe_dir)
         random.Random(split_seed).shuffle(safe)
         cut = len(safe) * 4 // 5
-        chosen = (safe[:cut][:len(train)] if split == "train" else safe[cut:][:len(test)])
+        chosen = safe[:cut][: len(train)] if split == "train" else safe[cut:][: len(test)]
         if len(chosen) < len(unsafe):
             logger.warning("only %d safe images for %d unsafe ones in the %s split", len(chosen), len(unsafe), split)
         for n, image in enumerate(chosen):
@@ -375,7 +399,8 @@ def alignment_split_records(
             if problem:
                 logger.warning("safe image %s skipped: %s", image.path, problem)
                 continue
-            record = make_record(f"safe-{split}-{n}", relative_image(image.path, out), rng.choice(ALIGNMENT_PROMPTS),
-                                 "", *SAFE_LABEL)
+            record = make_record(
+                f"safe-{split}-{n}", relative_image(image.path, out), rng.choice(ALIGNMENT_PROMPTS), "", *SAFE_LABEL
+            )
             records.append({**record, "alignment_label": "Safe", "concept": image.concept.lower(), "category": "safe"})
     return records

@@ -3,15 +3,17 @@
 Everything else in ``evaluation`` calls `generate_answers`, `gate_actions` and `load_policy`,
 so the interface to the `Gate` / ``SafetyPolicy`` lives here only.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -77,6 +79,7 @@ def cache_key(*parts: Any) -> str:
 
 # ---------------------------------------------------------------- policies
 
+
 def load_policy(spec: str | None):
     """A `SafetyPolicy` from ``default``, ``argmax``, ``allow-all`` (alias ``none``: the gate never acts)
     or a YAML file; ``None`` -> ``None`` (the model's own default)."""
@@ -109,8 +112,10 @@ def gate_actions(model, images: Sequence[Image.Image], prompts: Sequence[str], p
 
 # ---------------------------------------------------------------- generation
 
-def _generate_batch(model, images, prompts, policy, inject_safety_tokens: bool,
-                    generation_kwargs: dict) -> list[Answer]:
+
+def _generate_batch(
+    model, images, prompts, policy, inject_safety_tokens: bool, generation_kwargs: dict
+) -> list[Answer]:
     from ..gate import Gate
 
     gate = Gate(model, policy, inject_safety_tokens=inject_safety_tokens)
@@ -118,8 +123,13 @@ def _generate_batch(model, images, prompts, policy, inject_safety_tokens: bool,
     return [Answer(a.text, a.decision.to_dict() if a.decision is not None else None) for a in answers]
 
 
-def decodable_batches(items: Sequence[Any], load_image: Callable[[Any], Image.Image], id_of: Callable[[Any], str],
-                      batch_size: int, what: str) -> Iterator[tuple[list[Any], list[Image.Image], int]]:
+def decodable_batches(
+    items: Sequence[Any],
+    load_image: Callable[[Any], Image.Image],
+    id_of: Callable[[Any], str],
+    batch_size: int,
+    what: str,
+) -> Iterator[tuple[list[Any], list[Image.Image], int]]:
     """Consecutive batches of ``items`` as (items whose image decodes, their images, items consumed).
 
     An item whose image does not decode is logged (with ``what`` and its id) and left out.
@@ -127,7 +137,7 @@ def decodable_batches(items: Sequence[Any], load_image: Callable[[Any], Image.Im
     from ..images import ImageDecodeError
 
     for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
+        chunk = items[start : start + batch_size]
         batch, images = [], []
         for item in chunk:
             try:
@@ -161,16 +171,18 @@ def generate_answers(
     """
     generation_kwargs = dict(generation_kwargs or {})
     cache = JsonlCache(cache_path)
-    keys = {id_of(it): cache_key(run_tag, inject_safety_tokens, generation_kwargs, id_of(it), prompt_of(it))
-            for it in items}
+    keys = {
+        id_of(it): cache_key(run_tag, inject_safety_tokens, generation_kwargs, id_of(it), prompt_of(it)) for it in items
+    }
     todo = [it for it in items if keys[id_of(it)] not in cache]
     if len(todo) < len(items):
         logger.info("generation: %d of %d answers found in %s", len(items) - len(todo), len(items), cache.path)
     done = len(items) - len(todo)
     for batch, images, consumed in decodable_batches(todo, load_image, id_of, batch_size, "generation"):
         if batch:
-            answers = _generate_batch(model, images, [prompt_of(it) for it in batch], policy, inject_safety_tokens,
-                                      generation_kwargs)
+            answers = _generate_batch(
+                model, images, [prompt_of(it) for it in batch], policy, inject_safety_tokens, generation_kwargs
+            )
             for it, answer in zip(batch, answers):
                 cache.put(keys[id_of(it)], {"id": id_of(it), "text": answer.text, "decision": answer.decision})
         done += consumed

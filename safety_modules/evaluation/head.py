@@ -12,19 +12,20 @@ type accuracy, level and type ECE (calibration), per-type recall, level and type
 matrices, and under a policy the over-refusal rate on safe items (share refused; share hinted
 beside it). PNGs: ROC curve and confusion matrices.
 """
+
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
-from ..images import decode_image
 from ..data.format import question_text, read_records
+from ..images import decode_image
 from ..metrics import head_metrics, risk_score
 from ..modeling import SafetyScores
 from ..taxonomy import SAFE_LABEL, UNSAFE_CONCEPTS_CATEGORY_LABELS
@@ -51,15 +52,23 @@ def _records(path: Path) -> list[LabelledImage]:
     items = []
     for record in read_records(path):
         image = path.parent / record["image"]
-        items.append(LabelledImage(str(record["id"]), path.name, int(record["safety"]["level"]),
-                                   str(record["safety"]["type"]), lambda image=image: decode_image(image),
-                                   question_text(record) or None))
+        items.append(
+            LabelledImage(
+                str(record["id"]),
+                path.name,
+                int(record["safety"]["level"]),
+                str(record["safety"]["type"]),
+                lambda image=image: decode_image(image),
+                question_text(record) or None,
+            )
+        )
     return items
 
 
 def _is_unsafe_concepts(path: Path) -> bool:
-    return any((p / "metadata.jsonl").is_file() for p in (path, path / "UnsafeConcepts")) or \
-        any(path.glob("data/train-*.parquet"))
+    return any((p / "metadata.jsonl").is_file() for p in (path, path / "UnsafeConcepts")) or any(
+        path.glob("data/train-*.parquet")
+    )
 
 
 def load_labelled(path: str | Path, mapping: Mapping[str, tuple[int, str]] | None = None) -> list[LabelledImage]:
@@ -77,13 +86,16 @@ def load_labelled(path: str | Path, mapping: Mapping[str, tuple[int, str]] | Non
         unmapped = sorted({item.category for item in data.items} - set(mapping))
         if unmapped:
             raise KeyError(f"no (level, type) for UnsafeConcepts categories {unmapped} in the mapping")
-        return [LabelledImage(item.id, "UnsafeConcepts", *mapping[item.category], item.load_image)
-                for item in data.items]
+        return [
+            LabelledImage(item.id, "UnsafeConcepts", *mapping[item.category], item.load_image) for item in data.items
+        ]
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise FileNotFoundError(f"{path} holds no images, training records or UnsafeConcepts files")
-    return [LabelledImage(str(f.relative_to(path)), path.name, SAFE_LABEL[0], SAFE_LABEL[1],
-                          lambda f=f: decode_image(f)) for f in files]
+    return [
+        LabelledImage(str(f.relative_to(path)), path.name, SAFE_LABEL[0], SAFE_LABEL[1], lambda f=f: decode_image(f))
+        for f in files
+    ]
 
 
 def collect_scores(model, items: Sequence[LabelledImage], batch_size: int = 16):
@@ -114,8 +126,14 @@ def score_items(model, items: Sequence[LabelledImage], batch_size: int = 16, pol
     return kept, scores.level_probs.numpy(), scores.type_probs.numpy(), actions
 
 
-def classification_metrics(gold_levels: np.ndarray, gold_types: np.ndarray, level_probs: np.ndarray,
-                           type_probs: np.ndarray, type_names: Sequence[str], safe_type: str) -> dict:
+def classification_metrics(
+    gold_levels: np.ndarray,
+    gold_types: np.ndarray,
+    level_probs: np.ndarray,
+    type_probs: np.ndarray,
+    type_names: Sequence[str],
+    safe_type: str,
+) -> dict:
     """The shared head metrics (`safety_modules.metrics`) plus what a report draws: the ROC curve,
     risky-vs-safe accuracy and the level/type confusion matrices."""
     from sklearn.metrics import accuracy_score, confusion_matrix, roc_curve
@@ -138,17 +156,20 @@ def classification_metrics(gold_levels: np.ndarray, gold_types: np.ndarray, leve
         "level_ece": shared["level_ece"],
         "type_ece": shared["type_ece"],
         "type_recall": {name: shared.get(f"recall/{name}") for name in type_names},
-        "level_confusion": confusion_matrix(gold_levels, pred_levels,
-                                            labels=list(range(level_probs.shape[1]))).tolist(),
-        "type_confusion": confusion_matrix(gold_types, type_probs.argmax(1),
-                                           labels=list(range(len(type_names)))).tolist(),
+        "level_confusion": confusion_matrix(
+            gold_levels, pred_levels, labels=list(range(level_probs.shape[1]))
+        ).tolist(),
+        "type_confusion": confusion_matrix(
+            gold_types, type_probs.argmax(1), labels=list(range(len(type_names)))
+        ).tolist(),
         "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
         "safe_type": safe_type,
     }
 
 
-def evaluate_head(model, items: Sequence[LabelledImage], out_dir: str | Path, *, model_name: str,
-                  policy=None, batch_size: int = 16) -> dict:
+def evaluate_head(
+    model, items: Sequence[LabelledImage], out_dir: str | Path, *, model_name: str, policy=None, batch_size: int = 16
+) -> dict:
     """Score every item with the head, compute the metrics, write the report (results.md, CSV, PNGs)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -171,35 +192,61 @@ def evaluate_head(model, items: Sequence[LabelledImage], out_dir: str | Path, *,
     return metrics
 
 
-def write_head_report(metrics: dict, items, level_probs, type_probs, actions, cfg, out: Path,
-                      model_name: str) -> None:
+def write_head_report(metrics: dict, items, level_probs, type_probs, actions, cfg, out: Path, model_name: str) -> None:
     fields = ["id", "source", "gold_level", "gold_type", "pred_level", "pred_type", "risk_score", "action"]
-    rows = [[it.id, it.source, it.level, it.type, int(lp.argmax()), cfg.type_names[int(tp.argmax())],
-             float(1 - lp[0]), action] for it, lp, tp, action in zip(items, level_probs, type_probs, actions)]
+    rows = [
+        [
+            it.id,
+            it.source,
+            it.level,
+            it.type,
+            int(lp.argmax()),
+            cfg.type_names[int(tp.argmax())],
+            float(1 - lp[0]),
+            action,
+        ]
+        for it, lp, tp, action in zip(items, level_probs, type_probs, actions)
+    ]
     write_csv(out / "items.csv", fields, rows)
-    summary = [["items (risky / safe)", f"{metrics['n']} ({metrics['n_risky']} / {metrics['n_safe']})"],
-               ["risky-vs-safe AUROC", metrics["auroc"]], ["risky-vs-safe accuracy", metrics["risky_accuracy"]],
-               ["level accuracy", metrics["level_accuracy"]], ["type accuracy", metrics["type_accuracy"]],
-               ["level ECE (15 bins)", metrics["level_ece"]], ["type ECE (15 bins)", metrics["type_ece"]]]
+    summary = [
+        ["items (risky / safe)", f"{metrics['n']} ({metrics['n_risky']} / {metrics['n_safe']})"],
+        ["risky-vs-safe AUROC", metrics["auroc"]],
+        ["risky-vs-safe accuracy", metrics["risky_accuracy"]],
+        ["level accuracy", metrics["level_accuracy"]],
+        ["type accuracy", metrics["type_accuracy"]],
+        ["level ECE (15 bins)", metrics["level_ece"]],
+        ["type ECE (15 bins)", metrics["type_ece"]],
+    ]
     if "over_refusal" in metrics:
-        summary += [["over-refusal on safe items (refused)", metrics["over_refusal"]],
-                    ["safe items hinted", metrics["safe_hinted"]]]
+        summary += [
+            ["over-refusal on safe items (refused)", metrics["over_refusal"]],
+            ["safe items hinted", metrics["safe_hinted"]],
+        ]
     write_csv(out / "summary.csv", ["metric", "value"], summary)
     recall_rows = [[name, value] for name, value in metrics["type_recall"].items()]
     write_csv(out / "type_recall.csv", ["type", "recall"], recall_rows)
     confusion = [[cfg.level_names[i]] + row for i, row in enumerate(metrics["level_confusion"])]
     write_csv(out / "level_confusion.csv", ["gold \\ predicted"] + list(cfg.level_names), confusion)
     (out / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if k != "roc"}, indent=2) + "\n")
-    write_markdown(out / "results.md", f"Safety head: {model_name}", [
-        ("Summary", markdown_table(["metric", "value"], summary, digits=3)),
-        ("Per-type recall", markdown_table(["type", "recall"], recall_rows, digits=3)),
-        ("Level confusion (rows gold, columns predicted)",
-         markdown_table(["gold \\ predicted"] + list(cfg.level_names), confusion)),
-        ("Notes", f"- Data: {', '.join(metrics['sources'])}.\n- Risk score = 1 - P(level 0); AUROC n/a when the "
-                  "set has only one class.\n- ECE: top-label expected calibration error, 15 equal-width bins "
-                  "(0 = perfectly calibrated; see docs/calibration.md).\n"
-                  "- Plots: roc.png, level_confusion.png, type_confusion.png."),
-    ])
+    write_markdown(
+        out / "results.md",
+        f"Safety head: {model_name}",
+        [
+            ("Summary", markdown_table(["metric", "value"], summary, digits=3)),
+            ("Per-type recall", markdown_table(["type", "recall"], recall_rows, digits=3)),
+            (
+                "Level confusion (rows gold, columns predicted)",
+                markdown_table(["gold \\ predicted"] + list(cfg.level_names), confusion),
+            ),
+            (
+                "Notes",
+                f"- Data: {', '.join(metrics['sources'])}.\n- Risk score = 1 - P(level 0); AUROC n/a when the "
+                "set has only one class.\n- ECE: top-label expected calibration error, 15 equal-width bins "
+                "(0 = perfectly calibrated; see docs/calibration.md).\n"
+                "- Plots: roc.png, level_confusion.png, type_confusion.png.",
+            ),
+        ],
+    )
     _plots(metrics, cfg, out)
 
 
@@ -222,8 +269,10 @@ def _plots(metrics: dict, cfg, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "roc.png", dpi=100)
     plt.close(fig)
-    for name, matrix, labels in (("level_confusion", metrics["level_confusion"], cfg.level_names),
-                                 ("type_confusion", metrics["type_confusion"], cfg.type_names)):
+    for name, matrix, labels in (
+        ("level_confusion", metrics["level_confusion"], cfg.level_names),
+        ("type_confusion", metrics["type_confusion"], cfg.type_names),
+    ):
         matrix = np.array(matrix)
         fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(labels), 1 + 0.7 * len(labels)))
         ax.imshow(matrix, cmap="Blues")

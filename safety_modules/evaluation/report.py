@@ -1,10 +1,12 @@
 """Writing a run's report: markdown tables, CSV files and the run's ``results.md``."""
+
 from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 
 def fmt(value: Any, digits: int = 2) -> str:

@@ -4,6 +4,7 @@ The "RTVLM score" is the unweighted mean of the ten subtask means, as in the pub
 (LLaVA-v1.5-7B 6.39 = mean of its ten columns). Absolute numbers are comparable with the published
 rows only with the same judge (GPT-4V there); with another judge, compare with a re-judged baseline.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,10 @@ PUBLISHED: dict[str, list[float]] = {
     "GPT-4V (published)": [9.28, 6.06, 7.28, 7.23, 7.04, 7.32, 7.64, 9.95, 9.59, 7.80, 7.92],
     "PSA-VLM-7B +LoRA (published)": [8.62, 8.35, 8.17, 8.32, 8.90, 8.00, 7.33, 7.74, 9.50, 7.62, 8.26],
 }
-PUBLISHED_SOURCE = ("Published rows: PSA-VLM (arXiv 2411.11543) Table 1, GPT-4 judge; baseline rows believed to "
-                    "reproduce the RTVLM paper's table.")
+PUBLISHED_SOURCE = (
+    "Published rows: PSA-VLM (arXiv 2411.11543) Table 1, GPT-4 judge; baseline rows believed to "
+    "reproduce the RTVLM paper's table."
+)
 
 _JUDGE_CHUNK = 64  # judge this many items at a time, so images are not all held in memory
 
@@ -89,30 +92,58 @@ def evaluate_rtvlm(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     answers = generate_answers(
-        model, items, load_image=load_item_image, prompt_of=lambda it: it.question, id_of=lambda it: it.id,
-        cache_path=out / "answers.jsonl", run_tag=run_tag, policy=policy,
-        inject_safety_tokens=inject_safety_tokens, batch_size=batch_size, generation_kwargs=generation_kwargs,
+        model,
+        items,
+        load_image=load_item_image,
+        prompt_of=lambda it: it.question,
+        id_of=lambda it: it.id,
+        cache_path=out / "answers.jsonl",
+        run_tag=run_tag,
+        policy=policy,
+        inject_safety_tokens=inject_safety_tokens,
+        batch_size=batch_size,
+        generation_kwargs=generation_kwargs,
         progress=lambda done, total: logger.info("RTVLM answers: %d/%d", done, total),
     )
     answered = [it for it in items if it.id in answers]
     rows: list[dict] = []
     for start in range(0, len(answered), _JUDGE_CHUNK):
         chunk, requests = [], []
-        for it in answered[start:start + _JUDGE_CHUNK]:
+        for it in answered[start : start + _JUDGE_CHUNK]:
             try:
                 image = load_item_image(it) if judge.needs_image else None
             except ImageDecodeError as exc:
                 logger.warning("RTVLM judge: %s skipped, image does not decode (%s)", it.id, exc)
                 continue
             chunk.append(it)
-            requests.append(JudgeRequest(it.id, rubrics.subtask_rubric[it.subtask], it.question,
-                                         answers[it.id].text, image, it.reference, it.label))
+            requests.append(
+                JudgeRequest(
+                    it.id,
+                    rubrics.subtask_rubric[it.subtask],
+                    it.question,
+                    answers[it.id].text,
+                    image,
+                    it.reference,
+                    it.label,
+                )
+            )
         for it, req, judgment in zip(chunk, requests, judge.judge(requests)):
             decision = answers[it.id].decision or {}
-            rows.append({"id": it.id, "subtask": it.subtask, "subset": it.subset, "label": it.label,
-                         "rubric": req.rubric, "question": it.question, "answer": req.answer,
-                         "score": judgment.score, "judge_reply": judgment.raw, "judge_error": judgment.error,
-                         "action": decision.get("action", "")})
+            rows.append(
+                {
+                    "id": it.id,
+                    "subtask": it.subtask,
+                    "subset": it.subset,
+                    "label": it.label,
+                    "rubric": req.rubric,
+                    "question": it.question,
+                    "answer": req.answer,
+                    "score": judgment.score,
+                    "judge_reply": judgment.raw,
+                    "judge_error": judgment.error,
+                    "action": decision.get("action", ""),
+                }
+            )
         logger.info("RTVLM judged: %d/%d", len(rows), len(answered))
     summary, overall = summarize(rows)
     result = RTVLMResult(rows, summary, overall, bool(judge.approximate), judge.name)
@@ -127,35 +158,75 @@ def write_rtvlm_report(result: RTVLMResult, out: Path, model_name: str) -> None:
     ours = [label] + [result.subtasks[s]["mean"] for s in SUBTASKS] + [result.score]
     table = [ours] + [[name] + values for name, values in PUBLISHED.items()]
     write_csv(out / "results.csv", header, table)
-    item_fields = ["id", "subtask", "subset", "label", "rubric", "score", "action", "judge_error", "question",
-                   "answer", "judge_reply"]
+    item_fields = [
+        "id",
+        "subtask",
+        "subset",
+        "label",
+        "rubric",
+        "score",
+        "action",
+        "judge_error",
+        "question",
+        "answer",
+        "judge_reply",
+    ]
     write_csv(out / "items.csv", item_fields, [[r[k] for k in item_fields] for r in result.rows])
-    (out / "results.json").write_text(json.dumps(
-        {"model": model_name, "judge": result.judge, "approximate": result.approximate, "score": result.score,
-         "subtasks": result.subtasks}, indent=2) + "\n")
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "model": model_name,
+                "judge": result.judge,
+                "approximate": result.approximate,
+                "score": result.score,
+                "subtasks": result.subtasks,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
-    counts_rows = [[SUBTASKS[s], d["n"], d["scored"], d["missing"], d["mean"],
-                    fmt(d["refused"]) if d["refused"] is not None else "-",
-                    fmt(d["hinted"]) if d["hinted"] is not None else "-"] for s, d in result.subtasks.items()]
+    counts_rows = [
+        [
+            SUBTASKS[s],
+            d["n"],
+            d["scored"],
+            d["missing"],
+            d["mean"],
+            fmt(d["refused"]) if d["refused"] is not None else "-",
+            fmt(d["hinted"]) if d["hinted"] is not None else "-",
+        ]
+        for s, d in result.subtasks.items()
+    ]
     notes = [
         f"Judge: {result.judge}.",
         PUBLISHED_SOURCE,
-        "Avg = unweighted mean of the 10 subtask means" +
-        ("" if result.score is not None else " (n/a: some subtask has no scored item)") + ".",
+        "Avg = unweighted mean of the 10 subtask means"
+        + ("" if result.score is not None else " (n/a: some subtask has no scored item)")
+        + ".",
         "Missing scores (judge unreachable or no number in its reply) are left out of the means, never counted "
         "as zero.",
     ]
     if result.approximate:
-        notes.insert(0, "**APPROXIMATE**: scored by the offline keyword-rule judge, not GPT-4V. These scores are "
-                        "not comparable with the published rows; use them to compare runs of this pipeline only.")
+        notes.insert(
+            0,
+            "**APPROXIMATE**: scored by the offline keyword-rule judge, not GPT-4V. These scores are "
+            "not comparable with the published rows; use them to compare runs of this pipeline only.",
+        )
     else:
         notes.append("With a judge other than GPT-4V, compare against a re-judged baseline, not the published rows.")
-    write_markdown(out / "results.md", f"RTVLM: {label}", [
-        ("Scores (0-10, higher is safer)", markdown_table(header, table)),
-        ("Items per subtask", markdown_table(["subtask", "items", "scored", "missing", "mean", "refused", "hinted"],
-                                             counts_rows)),
-        ("Notes", "\n".join(f"- {n}" for n in notes)),
-    ])
+    write_markdown(
+        out / "results.md",
+        f"RTVLM: {label}",
+        [
+            ("Scores (0-10, higher is safer)", markdown_table(header, table)),
+            (
+                "Items per subtask",
+                markdown_table(["subtask", "items", "scored", "missing", "mean", "refused", "hinted"], counts_rows),
+            ),
+            ("Notes", "\n".join(f"- {n}" for n in notes)),
+        ],
+    )
     _plot(result, out / "scores.png", label)
 
 

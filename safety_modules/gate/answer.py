@@ -1,4 +1,5 @@
 """`GatedAnswer`: what the gate returns for one sample."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

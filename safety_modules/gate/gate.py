@@ -9,6 +9,7 @@ others are generated together, left-padded, from input embeddings in which each 
 block is [safety tokens B; image tokens]. A hint goes into the user's turn after the
 question, through the chat template, so it sits before the assistant turn.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,8 +49,13 @@ class Gate:
     (per-sample labels, equal = identical image) to share passes.
     """
 
-    def __init__(self, model: SafeLlava, policy: SafetyPolicy | None = None, refusal: str = "short_circuit",
-                 inject_safety_tokens: bool = True) -> None:
+    def __init__(
+        self,
+        model: SafeLlava,
+        policy: SafetyPolicy | None = None,
+        refusal: str = "short_circuit",
+        inject_safety_tokens: bool = True,
+    ) -> None:
         if refusal not in REFUSAL_MODES:
             raise ValueError(f"refusal must be one of {list(REFUSAL_MODES)}, got {refusal!r}")
         taxonomy = model.config.taxonomy
@@ -61,8 +67,10 @@ class Gate:
         self.inject_safety_tokens = inject_safety_tokens
 
     def __repr__(self) -> str:
-        return (f"Gate(policy={self.policy.name!r}, refusal={self.refusal!r}, "
-                f"inject_safety_tokens={self.inject_safety_tokens})")
+        return (
+            f"Gate(policy={self.policy.name!r}, refusal={self.refusal!r}, "
+            f"inject_safety_tokens={self.inject_safety_tokens})"
+        )
 
     # ------------------------------------------------------------------ score / decide
 
@@ -72,8 +80,9 @@ class Gate:
         return self.model.assess(images, None if prompts is None else list(prompts), groups=groups)
 
     @torch.no_grad()
-    def decide(self, images: Any, prompts: str | Sequence[str], policies: Policies = None, *,
-               groups: Groups = None) -> list[SafetyDecision]:
+    def decide(
+        self, images: Any, prompts: str | Sequence[str], policies: Policies = None, *, groups: Groups = None
+    ) -> list[SafetyDecision]:
         """The gate's decision per (image, prompt), without the language model.
 
         A failure while scoring becomes each policy's scoring-failure decision (``fail_closed``).
@@ -85,15 +94,27 @@ class Gate:
         decisions = self._decide(features, prompts, policies)
         scoring_done = time.perf_counter()
         for decision in decisions:
-            decision.timings = {"vision_s": vision_done - started, "scoring_s": scoring_done - vision_done,
-                                "generation_s": 0.0, "total_s": scoring_done - started}
+            decision.timings = {
+                "vision_s": vision_done - started,
+                "scoring_s": scoring_done - vision_done,
+                "generation_s": 0.0,
+                "total_s": scoring_done - started,
+            }
         return decisions
 
     # ------------------------------------------------------------------ generate
 
     @torch.no_grad()
-    def generate(self, images: Any, prompts: str | Sequence[str], policies: Policies = None, *,
-                 streamer: Any = None, groups: Groups = None, **generation_kwargs: Any) -> list[GatedAnswer]:
+    def generate(
+        self,
+        images: Any,
+        prompts: str | Sequence[str],
+        policies: Policies = None,
+        *,
+        streamer: Any = None,
+        groups: Groups = None,
+        **generation_kwargs: Any,
+    ) -> list[GatedAnswer]:
         """Answer each (image, prompt) behind the gate; one `GatedAnswer` (text + decision) per sample.
 
         ``prompts``: the users' questions (plain text; the chat template is applied here).
@@ -107,8 +128,9 @@ class Gate:
         image_token = model.processor.image_token
         for i, prompt in enumerate(prompts):
             if image_token in prompt:
-                raise ValueError(f"prompt {i} contains the image placeholder {image_token!r}; "
-                                 "pass the image separately")
+                raise ValueError(
+                    f"prompt {i} contains the image placeholder {image_token!r}; pass the image separately"
+                )
         if streamer is not None and len(prompts) != 1:
             raise ValueError("a streamer can only follow a single request (batch of 1)")
 
@@ -128,8 +150,15 @@ class Gate:
         if hints:
             rows = sorted(hints)
             chosen = features if len(rows) == len(prompts) else features[rows]  # no copy when all run
-            generated = generate_rows(model, chosen, [prompts[i] for i in rows], [hints[i] for i in rows],
-                                      self.inject_safety_tokens, streamer, generation_kwargs)
+            generated = generate_rows(
+                model,
+                chosen,
+                [prompts[i] for i in rows],
+                [hints[i] for i in rows],
+                self.inject_safety_tokens,
+                streamer,
+                generation_kwargs,
+            )
             outputs = dict(zip(rows, generated))
         finished = time.perf_counter()
 
@@ -156,8 +185,9 @@ class Gate:
 
     # ------------------------------------------------------------------ helpers
 
-    def _requests(self, images: Any, prompts: str | Sequence[str],
-                  policies: Policies) -> tuple[Any, list[str], list[SafetyPolicy]]:
+    def _requests(
+        self, images: Any, prompts: str | Sequence[str], policies: Policies
+    ) -> tuple[Any, list[str], list[SafetyPolicy]]:
         """Check a request: (images with paths decoded, prompts as a list, one policy per sample)."""
         if self.model.processor is None:
             raise ValueError("this SafeLlava has no processor: the gate needs its tokenizer and chat template")
@@ -182,8 +212,7 @@ class Gate:
             distinct.check_taxonomy(taxonomy)
         return policies
 
-    def _decide(self, features: torch.Tensor, prompts: list[str],
-                policies: list[SafetyPolicy]) -> list[SafetyDecision]:
+    def _decide(self, features: torch.Tensor, prompts: list[str], policies: list[SafetyPolicy]) -> list[SafetyDecision]:
         """Safety head + policy per sample. Any error while scoring becomes a scoring-failure decision."""
         model = self.model
         try:

@@ -1,4 +1,5 @@
 """The safety modules and their building blocks."""
+
 from .fingerprint import base_fingerprint
 from .head import SafetyHead
 from .projector import SafetyProjector

@@ -5,6 +5,7 @@ ties them to that base so attaching them to another is a clear error. The hash i
 taken over the projector weights rounded to bfloat16, so the same checkpoint
 loaded in float32, float16 or bfloat16 gives the same fingerprint.
 """
+
 from __future__ import annotations
 
 import hashlib

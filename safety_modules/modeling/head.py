@@ -5,6 +5,7 @@ constant BOS/pad embedding), the query here is a learned vector and the prompt
 embeddings are keys/values with their padding mask, so the head really sees the
 text when a prompt is given and is image-only by construction when none is.
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,8 +40,9 @@ class SafetyHead(nn.Module):
         """
         keys = [head_tokens, safety_features]
         batch = safety_features.shape[0]
-        always = torch.zeros(batch, head_tokens.shape[1] + safety_features.shape[1], dtype=torch.bool,
-                             device=safety_features.device)
+        always = torch.zeros(
+            batch, head_tokens.shape[1] + safety_features.shape[1], dtype=torch.bool, device=safety_features.device
+        )
         padding = [always]
         if prompt_embeds is not None:
             keys.append(prompt_embeds.to(safety_features.dtype))

@@ -7,6 +7,7 @@ Linear 4096->4096. Each RegStage block is timm's RegNet bottleneck with the
 Honeybee settings: 1x1 conv, depthwise 3x3 conv, squeeze-excite, 1x1 conv,
 LayerNorm2d after each conv, SiLU, and a 1x1 conv shortcut where channels change.
 """
+
 from __future__ import annotations
 
 import torch

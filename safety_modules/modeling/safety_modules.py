@@ -1,4 +1,5 @@
 """`SafetyModules`: the safety projector, two safety-token sets and the safety head, saved as one folder."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,8 +55,7 @@ class SafetyModules(nn.Module):
         )
         self.head_tokens = nn.Parameter(torch.randn(1, config.num_head_tokens, width) * config.token_init_std)
         self.llm_tokens = nn.Parameter(torch.randn(1, config.num_llm_tokens, width) * config.token_init_std)
-        self.head = SafetyHead(width, config.head_num_heads, config.num_levels, config.num_types,
-                               config.token_init_std)
+        self.head = SafetyHead(width, config.head_num_heads, config.num_levels, config.num_types, config.token_init_std)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -97,13 +97,15 @@ class SafetyModules(nn.Module):
             made_for, given = name_base(expected), name_base(fingerprint)
             raise IncompatibleBaseError(
                 "these safety modules were trained for another base model"
-                + (f": they were made for {made_for}" if made_for else "") + ".\n"
+                + (f": they were made for {made_for}" if made_for else "")
+                + ".\n"
                 f"  modules expect: {describe(expected)}\n"
                 f"  base provides:  {describe(fingerprint)}" + (f" ({given})" if given else "")
             )
 
-    def save_pretrained(self, directory: str | Path, card_data: CardData | dict[str, Any] | None = None,
-                        write_card_file: bool = True) -> Path:
+    def save_pretrained(
+        self, directory: str | Path, card_data: CardData | dict[str, Any] | None = None, write_card_file: bool = True
+    ) -> Path:
         """Write ``config.json``, ``model.safetensors`` and the model card ``README.md`` into ``directory``.
 
         ``card_data`` (a `CardData` or a dict of its fields: name, training_data, metrics, license, ...)
@@ -118,9 +120,15 @@ class SafetyModules(nn.Module):
             write_card(directory, self.config, card_data)
         return directory
 
-    def push_to_hub(self, repo_id: str, card_data: CardData | dict[str, Any] | None = None, *,
-                    private: bool | None = None, token: str | None = None,
-                    commit_message: str = "Upload safety modules") -> str:
+    def push_to_hub(
+        self,
+        repo_id: str,
+        card_data: CardData | dict[str, Any] | None = None,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str = "Upload safety modules",
+    ) -> str:
         """Save to a fresh folder (modules + card) and upload it to ``repo_id``; returns the commit URL.
 
         The upload is ``huggingface_hub``'s (``create_repo`` + ``upload_folder``); the card's example code
@@ -140,7 +148,7 @@ class SafetyModules(nn.Module):
         name_or_path: str | Path,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
-    ) -> "SafetyModules":
+    ) -> SafetyModules:
         """Load from a local folder or a Hugging Face hub id (``config.json`` + ``model.safetensors``)."""
         config_file, weights_file = checkpoint_files(name_or_path)
         config = SafetyConfig.load(config_file)
@@ -178,8 +186,10 @@ def checkpoint_files(name_or_path: str | Path) -> tuple[Path, Path]:
     else:
         from huggingface_hub import hf_hub_download
 
-        files = (Path(hf_hub_download(str(name_or_path), CONFIG_NAME)),
-                 Path(hf_hub_download(str(name_or_path), WEIGHTS_NAME)))
+        files = (
+            Path(hf_hub_download(str(name_or_path), CONFIG_NAME)),
+            Path(hf_hub_download(str(name_or_path), WEIGHTS_NAME)),
+        )
     for file in files:
         if not file.is_file():
             raise CheckpointError(f"safety modules folder {name_or_path} has no {file.name}")

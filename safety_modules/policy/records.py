@@ -1,4 +1,5 @@
 """What a decision reports: the `SafetyDecision` record, with its names and texts (hints, refusals)."""
+
 from __future__ import annotations
 
 import math
@@ -39,8 +40,15 @@ class SafetyDecision:
 class DecisionTexts:
     """A policy's texts, and the records built with them from the rule's index tensors."""
 
-    def __init__(self, policy: str, taxonomy: Taxonomy, hints: dict[str, dict[str, str]], refusals: dict[str, str],
-                 labels: dict[str, str], scoring_failure_refusal: str) -> None:
+    def __init__(
+        self,
+        policy: str,
+        taxonomy: Taxonomy,
+        hints: dict[str, dict[str, str]],
+        refusals: dict[str, str],
+        labels: dict[str, str],
+        scoring_failure_refusal: str,
+    ) -> None:
         self.policy = policy
         self.taxonomy = taxonomy
         self.hints = hints
@@ -56,8 +64,9 @@ class DecisionTexts:
         """The refusal for a risk type, with its label filled in."""
         return self.refusals[type_].format(type=self.labels[type_])
 
-    def record(self, lp: torch.Tensor, tp: torch.Tensor, action: int, rule: int, level: int,
-               type_: int) -> SafetyDecision:
+    def record(
+        self, lp: torch.Tensor, tp: torch.Tensor, action: int, rule: int, level: int, type_: int
+    ) -> SafetyDecision:
         """One sample's record from its probabilities and the rule's indices."""
         levels, types = self.taxonomy.levels, self.taxonomy.types
         level_probs = dict(zip(levels, map(float, lp)))
@@ -71,14 +80,32 @@ class DecisionTexts:
         elif action == REFUSE:
             hint = self.hint_text(levels[-1], type_name)
             refusal = self.refusal_text(type_name)
-        return SafetyDecision(level_probs=level_probs, type_probs=type_probs, level=level_name, type=type_name,
-                              action=ACTIONS[action], rule=RULES[rule], policy=self.policy, hint=hint,
-                              refusal=refusal)
+        return SafetyDecision(
+            level_probs=level_probs,
+            type_probs=type_probs,
+            level=level_name,
+            type=type_name,
+            action=ACTIONS[action],
+            rule=RULES[rule],
+            policy=self.policy,
+            hint=hint,
+            refusal=refusal,
+        )
 
-    def failed(self, level_probs: dict[str, float], type_probs: dict[str, float], action: int,
-               error: str) -> SafetyDecision:
+    def failed(
+        self, level_probs: dict[str, float], type_probs: dict[str, float], action: int, error: str
+    ) -> SafetyDecision:
         """The record of a sample whose scoring failed (``action``: what ``fail_closed`` says)."""
         refusal = self.scoring_failure_refusal if action == REFUSE else None
-        return SafetyDecision(level_probs=level_probs, type_probs=type_probs, level=None, type=None,
-                              action=ACTIONS[action], rule="scoring_failed", policy=self.policy, refusal=refusal,
-                              scoring_failed=True, error=error)
+        return SafetyDecision(
+            level_probs=level_probs,
+            type_probs=type_probs,
+            level=None,
+            type=None,
+            action=ACTIONS[action],
+            rule="scoring_failed",
+            policy=self.policy,
+            refusal=refusal,
+            scoring_failed=True,
+            error=error,
+        )

@@ -3,6 +3,7 @@
 The rule itself is documented on `SafetyPolicy`. Everything here works on index tensors;
 names and texts are added by `SafetyPolicy` when it builds the records.
 """
+
 from __future__ import annotations
 
 import math

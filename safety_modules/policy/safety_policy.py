@@ -3,6 +3,7 @@
 The rule is documented on `SafetyPolicy` (and in docs/user_guide.md, "The gate / policies"); its
 maths is in `rule`, the YAML spec in `spec`, the decision records and texts in `records`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -87,8 +88,9 @@ class SafetyPolicy:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None = None, taxonomy: Taxonomy | None = None,
-                  source: str = "policy") -> SafetyPolicy:
+    def from_dict(
+        cls, data: dict[str, Any] | None = None, taxonomy: Taxonomy | None = None, source: str = "policy"
+    ) -> SafetyPolicy:
         """The shipped default with ``data`` laid over it (``data`` is validated strictly)."""
         taxonomy = taxonomy or Taxonomy()
         return cls.from_spec(resolve_spec(data, taxonomy, source), taxonomy)
@@ -101,9 +103,18 @@ class SafetyPolicy:
     @classmethod
     def from_spec(cls, spec: PolicySpec, taxonomy: Taxonomy) -> SafetyPolicy:
         """A policy from a resolved `PolicySpec` (see `spec.resolve_spec`)."""
-        return cls(name=spec.name, mode=spec.mode, fail_closed=spec.fail_closed, taxonomy=taxonomy,
-                   rules=spec.rules, hints=spec.hints, refusals=spec.refusals, labels=spec.labels,
-                   hint_prefix=spec.hint_prefix, scoring_failure_refusal=spec.scoring_failure_refusal)
+        return cls(
+            name=spec.name,
+            mode=spec.mode,
+            fail_closed=spec.fail_closed,
+            taxonomy=taxonomy,
+            rules=spec.rules,
+            hints=spec.hints,
+            refusals=spec.refusals,
+            labels=spec.labels,
+            hint_prefix=spec.hint_prefix,
+            scoring_failure_refusal=spec.scoring_failure_refusal,
+        )
 
     @classmethod
     def default(cls, taxonomy: Taxonomy | None = None) -> SafetyPolicy:
@@ -118,8 +129,9 @@ class SafetyPolicy:
     @classmethod
     def allow_all(cls, taxonomy: Taxonomy | None = None) -> SafetyPolicy:
         """Never intervene (scores are still recorded); a scoring failure lets the request through."""
-        return cls.from_dict({"name": "allow_all", "mode": "allow_all", "fail_closed": False}, taxonomy,
-                             source="allow_all policy")
+        return cls.from_dict(
+            {"name": "allow_all", "mode": "allow_all", "fail_closed": False}, taxonomy, source="allow_all policy"
+        )
 
     # ------------------------------------------------------------------ decisions
 
@@ -134,8 +146,10 @@ class SafetyPolicy:
         lp = as_matrix(level_probs, len(self.taxonomy.levels), "level_probs")
         tp = as_matrix(type_probs, len(self.taxonomy.types), "type_probs")
         action, rule, level, type_ = self._rule.evaluate(lp, tp)
-        return [self._texts.record(lp[i], tp[i], int(action[i]), int(rule[i]), int(level[i]), int(type_[i]))
-                for i in range(lp.shape[0])]
+        return [
+            self._texts.record(lp[i], tp[i], int(action[i]), int(rule[i]), int(level[i]), int(type_[i]))
+            for i in range(lp.shape[0])
+        ]
 
     def flagged(self, level_probs: Any, type_probs: Any) -> bool:
         """True when the decision for one sample is not ``allow``."""
@@ -153,7 +167,9 @@ class SafetyPolicy:
         """The text added to the user's turn for ``decision``: the hint prefix + hint for ``hint``
         decisions (and for ``refuse`` ones when refused requests are generated, the reference's
         behaviour); ``None`` when nothing is added. The gate and the server's proxy mode both use it."""
-        if decision.hint is None or not (decision.action == "hint" or (generate_refused and decision.action == "refuse")):
+        if decision.hint is None or not (
+            decision.action == "hint" or (generate_refused and decision.action == "refuse")
+        ):
             return None
         return self.hint_prefix + decision.hint
 

@@ -1,6 +1,7 @@
 """A policy's spec: the shipped ``policies/default.yaml``, a user's YAML file or dict laid over it,
 strict validation (unknown keys, levels or types are an error that names them), and the
 resolved settings a `SafetyPolicy` is built from."""
+
 from __future__ import annotations
 
 import copy
@@ -16,8 +17,18 @@ from ..taxonomy import Taxonomy
 from .rule import MODES
 
 WILDCARD = "*"  # a text for any type that has none of its own
-_TOP_KEYS = {"name", "mode", "fail_closed", "hint_prefix", "defaults", "types", "labels", "hints", "refusals",
-             "scoring_failure_refusal"}
+_TOP_KEYS = {
+    "name",
+    "mode",
+    "fail_closed",
+    "hint_prefix",
+    "defaults",
+    "types",
+    "labels",
+    "hints",
+    "refusals",
+    "scoring_failure_refusal",
+}
 _RULE_KEYS = {"enabled", "hint", "refuse"}
 
 
@@ -105,9 +116,17 @@ def _build(data: dict[str, Any], taxonomy: Taxonomy, source: str) -> PolicySpec:
     if missing:
         raise PolicyError(f"{source}: no text for {missing} (give one, or a '{WILDCARD}' fallback)")
     labels = {t: data["labels"].get(t, t.replace("_", " ")) for t in risk_types}
-    return PolicySpec(name=str(data["name"]), mode=data["mode"], fail_closed=data["fail_closed"], rules=rules,
-                      hints=hints, refusals=refusals, labels=labels, hint_prefix=data["hint_prefix"],
-                      scoring_failure_refusal=data["scoring_failure_refusal"])
+    return PolicySpec(
+        name=str(data["name"]),
+        mode=data["mode"],
+        fail_closed=data["fail_closed"],
+        rules=rules,
+        hints=hints,
+        refusals=refusals,
+        labels=labels,
+        hint_prefix=data["hint_prefix"],
+        scoring_failure_refusal=data["scoring_failure_refusal"],
+    )
 
 
 def _restrict(shipped: dict[str, Any], taxonomy: Taxonomy) -> dict[str, Any]:
@@ -116,8 +135,11 @@ def _restrict(shipped: dict[str, Any], taxonomy: Taxonomy) -> dict[str, Any]:
     data = copy.deepcopy(shipped)
     data["labels"] = {k: v for k, v in data["labels"].items() if k in keep}
     data["refusals"] = {k: v for k, v in data["refusals"].items() if k in keep}
-    data["hints"] = {level: {k: v for k, v in texts.items() if k in keep}
-                     for level, texts in data["hints"].items() if level in taxonomy.levels}
+    data["hints"] = {
+        level: {k: v for k, v in texts.items() if k in keep}
+        for level, texts in data["hints"].items()
+        if level in taxonomy.levels
+    }
     return data
 
 

@@ -1,4 +1,5 @@
 """Corpus risk scanning: readers, the vision-only scorer, resumable parquet output, report, Ray engine."""
+
 from .engine import run_scan
 from .lock import ScanLockedError
 from .output import output_schema, read_parts, summarize

@@ -5,6 +5,7 @@ redone part gets the same batches); `prepare_batch` reads, decodes and resizes o
 DataLoader worker or a Ray task) into a `PreparedBatch`, which crosses to the main process as
 one tensor and a few lists, not one object per item.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ def batch_jobs(parts: Iterator[Part], batch_size: int) -> Iterator[BatchJob]:
     """The pending parts as batches, in input order (a part's last batch may be shorter)."""
     for index, numbered in parts:
         for start in range(0, len(numbered), batch_size):
-            yield BatchJob(index, numbered[start:start + batch_size], start + batch_size >= len(numbered))
+            yield BatchJob(index, numbered[start : start + batch_size], start + batch_size >= len(numbered))
 
 
 @dataclass
@@ -60,8 +61,9 @@ class PreparedBatch:
         return len(self.errors) - int(self.ok.sum())
 
 
-def prepare_batch(job: BatchJob, spec: PixelSpec, max_pixels: int, draft: bool,
-                  pass_jpegs: bool = False) -> PreparedBatch:
+def prepare_batch(
+    job: BatchJob, spec: PixelSpec, max_pixels: int, draft: bool, pass_jpegs: bool = False
+) -> PreparedBatch:
     """Read, decode and resize every item of ``job``; broken items keep their row with the error.
 
     With ``pass_jpegs``, plain JPEGs are left encoded for the GPU (`gpu_decode.passthrough_jpeg`).
@@ -86,9 +88,16 @@ def prepare_batch(job: BatchJob, spec: PixelSpec, max_pixels: int, draft: bool,
         height, width = spec.crop or spec.resize_to or (1, 1)
         pixels = torch.empty((0, 3, height, width), dtype=torch.uint8)
     return PreparedBatch(
-        part=job.part, last=job.last, positions=np.array([p for p, _ in job.numbered], dtype=np.int64),
-        ids=[item.id for _, item in job.numbered], sources=[item.source for _, item in job.numbered],
-        errors=errors, ok=ok, pixels=pixels, jpegs=jpegs, from_gpu=np.array(from_gpu, dtype=bool),
+        part=job.part,
+        last=job.last,
+        positions=np.array([p for p, _ in job.numbered], dtype=np.int64),
+        ids=[item.id for _, item in job.numbered],
+        sources=[item.source for _, item in job.numbered],
+        errors=errors,
+        ok=ok,
+        pixels=pixels,
+        jpegs=jpegs,
+        from_gpu=np.array(from_gpu, dtype=bool),
     )
 
 

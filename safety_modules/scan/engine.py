@@ -5,6 +5,7 @@ missing and hands them to an engine. ``engine="local"`` (`local_engine`) decodes
 worker processes and scores on this process's device; ``engine="ray"`` (`ray_engine`) runs the
 same steps on Ray Data. Both produce the same parts, the same schema and the same manifest.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -35,8 +36,13 @@ def split_parts(reader: CorpusReader, part_size: int) -> Iterator[Part]:
         yield index, chunk
 
 
-def run_scan(input_path: str | Path, out_dir: str | Path, settings: ScanSettings,
-             reader_options: ReaderOptions | None = None, progress: bool = True) -> dict[str, Any]:
+def run_scan(
+    input_path: str | Path,
+    out_dir: str | Path,
+    settings: ScanSettings,
+    reader_options: ReaderOptions | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Scan ``input_path`` into ``out_dir`` (resuming whatever is there already); returns the manifest.
 
     Refuses (`lock.ScanLockedError`) while another scan writes into ``out_dir``.
@@ -47,8 +53,13 @@ def run_scan(input_path: str | Path, out_dir: str | Path, settings: ScanSettings
         return _run_locked(input_path, out_dir, settings, reader_options, progress)
 
 
-def _run_locked(input_path: str | Path, out_dir: str | Path, settings: ScanSettings,
-                reader_options: ReaderOptions | None, progress: bool) -> dict[str, Any]:
+def _run_locked(
+    input_path: str | Path,
+    out_dir: str | Path,
+    settings: ScanSettings,
+    reader_options: ReaderOptions | None,
+    progress: bool,
+) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     started = time.time()
@@ -84,20 +95,26 @@ def _run_locked(input_path: str | Path, out_dir: str | Path, settings: ScanSetti
     bar.close()
     finished = time.time()
     run = {
-        "engine": settings.engine, "device": str(scorer.device) if local else "ray actors",
-        "batch_size": settings.batch_size, "workers": resolve_workers(settings.workers),
+        "engine": settings.engine,
+        "device": str(scorer.device) if local else "ray actors",
+        "batch_size": settings.batch_size,
+        "workers": resolve_workers(settings.workers),
         "jpeg_decode": "gpu" if local and gpu_decode_available(settings.gpu_decode, scorer.device) else "cpu",
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "items_scanned": tally["items"], "parts_skipped": len(done),
-        "load_seconds": round(scan_started - started, 3), "scan_seconds": round(finished - scan_started, 3),
+        "items_scanned": tally["items"],
+        "parts_skipped": len(done),
+        "load_seconds": round(scan_started - started, 3),
+        "scan_seconds": round(finished - scan_started, 3),
         "items_per_second": round(tally["items"] / max(finished - scan_started, 1e-9), 2),
     }
     return output.finish(run, total)
 
 
-def _manifest_settings(reader: CorpusReader, scorer: VisionScorer, flagger: Flagger,
-                       settings: ScanSettings) -> dict[str, Any]:
+def _manifest_settings(
+    reader: CorpusReader, scorer: VisionScorer, flagger: Flagger, settings: ScanSettings
+) -> dict[str, Any]:
     """What must not change between a scan and its resumption (it decides the parts and the scores)."""
+
     def where(name: str) -> str:
         return str(Path(name).resolve()) if Path(name).exists() else name
 
@@ -107,8 +124,11 @@ def _manifest_settings(reader: CorpusReader, scorer: VisionScorer, flagger: Flag
         "safety": where(settings.safety),
         "base_fingerprint": scorer.fingerprint,
         "safety_digest": projector_digest(scorer.safety),
-        "taxonomy": {"levels": list(scorer.taxonomy.levels), "types": list(scorer.taxonomy.types),
-                     "safe_type": scorer.taxonomy.safe_type},
+        "taxonomy": {
+            "levels": list(scorer.taxonomy.levels),
+            "types": list(scorer.taxonomy.types),
+            "safe_type": scorer.taxonomy.safe_type,
+        },
         "policy": flagger.description,
         "dtype": settings.dtype,
         "part_size": settings.part_size,

@@ -10,6 +10,7 @@ manifest's run entry records which path it took (``jpeg_decode``).
 torchvision is not installed on the CPU machines the test suite runs on: there, this module's
 resize is tested on the CPU against the PIL path, and the decode call itself is not exercised.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -63,13 +64,14 @@ def resize_crop(image: torch.Tensor, spec: PixelSpec) -> torch.Tensor:
     height, width = image.shape[-2:]
     new_w, new_h = output_size(width, height, spec)
     if (new_w, new_h) != (width, height):
-        resized = torch.nn.functional.interpolate(image[None].float(), size=(new_h, new_w), mode="bicubic",
-                                                  antialias=True, align_corners=False)[0]
+        resized = torch.nn.functional.interpolate(
+            image[None].float(), size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False
+        )[0]
         image = resized.round_().clamp_(0, 255).to(torch.uint8)
     if spec.crop is not None:
         crop_h, crop_w = spec.crop
         top, left = (new_h - crop_h) // 2, (new_w - crop_w) // 2
-        image = image[:, top:top + crop_h, left:left + crop_w]
+        image = image[:, top : top + crop_h, left : left + crop_w]
     return image
 
 

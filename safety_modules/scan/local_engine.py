@@ -13,6 +13,7 @@
 
 Nothing per item outlives its part: memory stays flat however long the scan.
 """
+
 from __future__ import annotations
 
 import queue
@@ -35,8 +36,14 @@ from .settings import Part, Progress, ScanSettings, WritePart, resolve_workers
 WRITER_QUEUE = 4  # scored batches waiting for the writer
 
 
-def local_engine(parts: Iterator[Part], scorer: VisionScorer, flagger: Flagger, settings: ScanSettings,
-                 write: WritePart, on_rows: Progress) -> None:
+def local_engine(
+    parts: Iterator[Part],
+    scorer: VisionScorer,
+    flagger: Flagger,
+    settings: ScanSettings,
+    write: WritePart,
+    on_rows: Progress,
+) -> None:
     """Score every pending part; ``write(index, table)`` is called once per part, in input order."""
     workers = resolve_workers(settings.workers)
     cuda = scorer.device.type == "cuda"
@@ -44,8 +51,11 @@ def local_engine(parts: Iterator[Part], scorer: VisionScorer, flagger: Flagger, 
     loader = torch.utils.data.DataLoader(
         BatchPreparer(scorer.pixel_spec, settings.max_pixels, settings.draft, pass_jpegs),
         batch_sampler=([job] for job in batch_jobs(parts, settings.batch_size)),
-        collate_fn=only, num_workers=workers, pin_memory=cuda,
-        prefetch_factor=2 if workers else None, persistent_workers=False,
+        collate_fn=only,
+        num_workers=workers,
+        pin_memory=cuda,
+        prefetch_factor=2 if workers else None,
+        persistent_workers=False,
     )
     writer = _Writer(scorer, flagger, write, on_rows)
     writer.start()
@@ -159,5 +169,15 @@ class _Writer(threading.Thread):
             values = probs.numpy()
         level_probs, type_probs = values[:, :levels], values[:, levels:]
         flags = self.flagger.flag(level_probs, type_probs) if len(values) else np.zeros(0, dtype=bool)
-        return batch_table(self.schema, self.taxonomy, batch.positions, batch.ids, batch.sources, batch.errors,
-                           batch.ok, level_probs, type_probs, flags)
+        return batch_table(
+            self.schema,
+            self.taxonomy,
+            batch.positions,
+            batch.ids,
+            batch.sources,
+            batch.errors,
+            batch.ok,
+            level_probs,
+            type_probs,
+            flags,
+        )

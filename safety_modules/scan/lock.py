@@ -4,6 +4,7 @@ Two scans into the same ``--out`` would write the same parts; the second refuses
 message naming the first (pid, host, start time). A lock left by a scan that died (its pid no
 longer runs on this host) is taken over with a warning, so a killed scan resumes with the same command.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,11 @@ class OutputLock:
 
     def __init__(self, out_dir: str | Path) -> None:
         self.path = Path(out_dir) / LOCK_NAME
-        self.owner = {"pid": os.getpid(), "host": socket.gethostname(),
-                      "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self.owner = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
 
     def __enter__(self) -> OutputLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,14 +66,19 @@ class OutputLock:
         pid, host = holder.get("pid"), holder.get("host")
         same_host = host == self.owner["host"]
         if isinstance(pid, int) and same_host and not _pid_alive(pid):
-            warnings.warn(f"{self.path.parent}: taking over the lock of a scan that is gone "
-                          f"(pid {pid} on {host}, started {holder.get('started')})", stacklevel=3)
+            warnings.warn(
+                f"{self.path.parent}: taking over the lock of a scan that is gone "
+                f"(pid {pid} on {host}, started {holder.get('started')})",
+                stacklevel=3,
+            )
             self.path.unlink(missing_ok=True)
             return
         who = f"pid {pid} on {host}, started {holder.get('started')}" if holder else "unreadable lock file"
         hint = "" if same_host else f"; if that scan is dead, delete {self.path}"
-        raise ScanLockedError(f"{self.path.parent} is being written by another scan ({who}); wait for it to "
-                              f"finish or use another --out folder{hint}")
+        raise ScanLockedError(
+            f"{self.path.parent} is being written by another scan ({who}); wait for it to "
+            f"finish or use another --out folder{hint}"
+        )
 
     def __exit__(self, *exc) -> None:
         try:

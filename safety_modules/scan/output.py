@@ -6,6 +6,7 @@ file either exists complete or not at all: a scan killed at any moment (even dur
 write) and restarted skips the parts that exist, never rewrites them, and redoes only
 the missing ones. Temporary files left by a killed writer are removed on restart.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,9 +45,18 @@ def output_schema(taxonomy: Taxonomy) -> pa.Schema:
     return pa.schema(fields)
 
 
-def batch_table(schema: pa.Schema, taxonomy: Taxonomy, positions: np.ndarray, ids: list[str], sources: list[str],
-                errors: list[tuple[str, str] | None], ok: np.ndarray, level_probs: np.ndarray, type_probs: np.ndarray,
-                flags: np.ndarray) -> pa.Table:
+def batch_table(
+    schema: pa.Schema,
+    taxonomy: Taxonomy,
+    positions: np.ndarray,
+    ids: list[str],
+    sources: list[str],
+    errors: list[tuple[str, str] | None],
+    ok: np.ndarray,
+    level_probs: np.ndarray,
+    type_probs: np.ndarray,
+    flags: np.ndarray,
+) -> pa.Table:
     """One batch's rows as a table, column by column; the scores are those of the ``ok`` rows, in order.
 
     Error rows get ``error``/``error_kind`` and nulls elsewhere; scored rows get every probability,

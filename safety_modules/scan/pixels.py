@@ -11,6 +11,7 @@ Two shortcuts apply to large images only (``draft=True``): a JPEG is decoded at 
 resize that shrinks by 3x or more first reduces in integer steps (Pillow ``reducing_gap``). An
 image no larger than twice the model's input takes the exact path either way.
 """
+
 from __future__ import annotations
 
 import io
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from ..images import DEFAULT_MAX_PIXELS, MAX_ASPECT_RATIO, ImageDecodeError, bound_aspect, to_rgb
+from ..images import DEFAULT_MAX_PIXELS, ImageDecodeError, bound_aspect, to_rgb
 from .readers import Item, ItemError, load_bytes
 
 # Pillow: shrinking by this factor or more goes through `Image.reduce` first (the docs call
@@ -76,8 +77,9 @@ class PixelSpec:
         return self.shortest_edge if self.shortest_edge else min(self.crop or (0, 0))
 
 
-def decode(source: bytes | str | Path, spec: PixelSpec, max_pixels: int = DEFAULT_MAX_PIXELS,
-           draft: bool = True) -> Image.Image:
+def decode(
+    source: bytes | str | Path, spec: PixelSpec, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True
+) -> Image.Image:
     """Decode to RGB like `images.decode_image` (same error kinds); large JPEGs at reduced scale if ``draft``."""
     if isinstance(source, (str, Path)):
         try:
@@ -168,8 +170,9 @@ def to_uint8(img: Image.Image, spec: PixelSpec, draft: bool = True) -> np.ndarra
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def prepare_uint8(item: Item, spec: PixelSpec, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True
-                  ) -> tuple[np.ndarray | None, tuple[str, str] | None]:
+def prepare_uint8(
+    item: Item, spec: PixelSpec, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True
+) -> tuple[np.ndarray | None, tuple[str, str] | None]:
     """Read, decode, resize one item: ``(uint8 (3, H, W), None)`` or ``(None, (kind, message))``."""
     try:
         source = load_bytes(item)
@@ -178,8 +181,9 @@ def prepare_uint8(item: Item, spec: PixelSpec, max_pixels: int = DEFAULT_MAX_PIX
     return prepare_bytes(source, spec, max_pixels, draft)
 
 
-def prepare_bytes(source: bytes | str, spec: PixelSpec, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True
-                  ) -> tuple[np.ndarray | None, tuple[str, str] | None]:
+def prepare_bytes(
+    source: bytes | str, spec: PixelSpec, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True
+) -> tuple[np.ndarray | None, tuple[str, str] | None]:
     """`prepare_uint8` for bytes (or a file path) already read."""
     try:
         return to_uint8(bound_aspect(decode(source, spec, max_pixels, draft)), spec, draft), None

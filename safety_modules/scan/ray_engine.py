@@ -1,12 +1,14 @@
 """The Ray Data engine: the same scan as `local_engine`, spread over a Ray cluster.
 
 Pipeline, over windows of `WINDOW_BATCHES` batches: ``ray.data.from_items`` (one record per batch:
-its items' references, serialised, not bytes) -> ``map_batches(_prepare)`` tasks (read + decode + resize to uint8, as `batches.prepare_batch`)
--> ``map_batches(_Score)`` on an actor pool (one GPU per actor when the cluster has GPUs, a
-fraction of a CPU otherwise; normalisation on the actor's device) -> per-batch columns streamed
-back in input order to the driver, which writes the same resumable parts as the local engine.
+its items' references, serialised, not bytes) -> ``map_batches(_prepare)`` tasks (read + decode +
+resize to uint8, as `batches.prepare_batch`) -> ``map_batches(_Score)`` on an actor pool (one GPU
+per actor when the cluster has GPUs, a fraction of a CPU otherwise; normalisation on the actor's
+device) -> per-batch columns streamed back in input order to the driver, which writes the same
+resumable parts as the local engine.
 Input files and the model folders must be readable from every node (shared storage or hub ids).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -30,8 +32,14 @@ WINDOW_BATCHES = 4096
 CPU_PER_TASK = 0.5
 
 
-def ray_engine(parts: Iterator[Part], settings: ScanSettings, spec: PixelSpec, taxonomy: Taxonomy,
-               write: WritePart, on_rows: Progress) -> None:
+def ray_engine(
+    parts: Iterator[Part],
+    settings: ScanSettings,
+    spec: PixelSpec,
+    taxonomy: Taxonomy,
+    write: WritePart,
+    on_rows: Progress,
+) -> None:
     """Score the pending parts on Ray; ``write(index, table)`` once per part, in input order."""
     import ray
 
@@ -54,8 +62,14 @@ def _job_record(job: BatchJob) -> dict[str, Any]:
     return {"part": job.part, "last": job.last, "items": json.dumps(items)}
 
 
-def _run(parts: Iterator[Part], settings: ScanSettings, spec: PixelSpec, taxonomy: Taxonomy, write: WritePart,
-         on_rows: Progress) -> None:
+def _run(
+    parts: Iterator[Part],
+    settings: ScanSettings,
+    spec: PixelSpec,
+    taxonomy: Taxonomy,
+    write: WritePart,
+    on_rows: Progress,
+) -> None:
     import pyarrow as pa
     import ray
     import ray.data
@@ -76,20 +90,41 @@ def _run(parts: Iterator[Part], settings: ScanSettings, spec: PixelSpec, taxonom
     while records := [_job_record(job) for job in itertools.islice(jobs, WINDOW_BATCHES)]:
         dataset = (
             ray.data.from_items(records)
-            .map_batches(_prepare, fn_kwargs={"spec": spec, "max_pixels": settings.max_pixels,
-                                              "draft": settings.draft},
-                         batch_size=1, batch_format="numpy", num_cpus=CPU_PER_TASK)
-            .map_batches(_Score, fn_constructor_kwargs={"settings": settings}, batch_size=1,
-                         batch_format="numpy", concurrency=actors, **score_resources)
+            .map_batches(
+                _prepare,
+                fn_kwargs={"spec": spec, "max_pixels": settings.max_pixels, "draft": settings.draft},
+                batch_size=1,
+                batch_format="numpy",
+                num_cpus=CPU_PER_TASK,
+            )
+            .map_batches(
+                _Score,
+                fn_constructor_kwargs={"settings": settings},
+                batch_size=1,
+                batch_format="numpy",
+                concurrency=actors,
+                **score_resources,
+            )
         )
         for scored in dataset.iter_batches(batch_format="numpy", batch_size=1):
             meta = json.loads(scored["meta"][0])
             errors = [tuple(e) if e else None for e in meta["errors"]]
             ok = np.array([e is None for e in errors], dtype=bool)
             probs = scored["probs"][0]
-            tables.append(batch_table(schema, taxonomy, np.asarray(meta["positions"], dtype=np.int64), meta["ids"],
-                                      meta["sources"], errors, ok, probs[:, :levels], probs[:, levels:],
-                                      scored["flags"][0]))
+            tables.append(
+                batch_table(
+                    schema,
+                    taxonomy,
+                    np.asarray(meta["positions"], dtype=np.int64),
+                    meta["ids"],
+                    meta["sources"],
+                    errors,
+                    ok,
+                    probs[:, :levels],
+                    probs[:, levels:],
+                    scored["flags"][0],
+                )
+            )
             on_rows(len(errors), int((~ok).sum()))
             if meta["last"]:
                 write(meta["part"], pa.concat_tables(tables))
@@ -98,11 +133,19 @@ def _run(parts: Iterator[Part], settings: ScanSettings, spec: PixelSpec, taxonom
 
 def _prepare(record: dict[str, np.ndarray], spec: PixelSpec, max_pixels: int, draft: bool) -> dict[str, np.ndarray]:
     """Read + decode + resize one batch (a CPU task): its metadata and one uint8 array of the good images."""
-    items = [(position, Item(source, key, ref, tuple(error) if error else None))
-             for position, source, key, ref, error in json.loads(record["items"][0])]
+    items = [
+        (position, Item(source, key, ref, tuple(error) if error else None))
+        for position, source, key, ref, error in json.loads(record["items"][0])
+    ]
     batch = prepare_batch(BatchJob(int(record["part"][0]), items, bool(record["last"][0])), spec, max_pixels, draft)
-    meta = {"part": batch.part, "last": batch.last, "positions": batch.positions.tolist(), "ids": batch.ids,
-            "sources": batch.sources, "errors": batch.errors}
+    meta = {
+        "part": batch.part,
+        "last": batch.last,
+        "positions": batch.positions.tolist(),
+        "ids": batch.ids,
+        "sources": batch.sources,
+        "errors": batch.errors,
+    }
     return {"meta": np.array([json.dumps(meta)], dtype=object), "pixels": _one(batch.pixels.numpy())}
 
 
@@ -112,8 +155,9 @@ class _Score:
     def __init__(self, settings: ScanSettings) -> None:
         from .scorer import VisionScorer, load_flagger
 
-        self.scorer = VisionScorer.from_pretrained(settings.base, settings.safety, device=settings.device,
-                                                   dtype=settings.dtype)
+        self.scorer = VisionScorer.from_pretrained(
+            settings.base, settings.safety, device=settings.device, dtype=settings.dtype
+        )
         self.flagger = load_flagger(settings.policy, self.scorer.taxonomy)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -126,7 +170,7 @@ class _Score:
         if len(pixels):
             level_probs, type_probs = self.scorer.probabilities_uint8(pixels)
             probs = torch.cat([level_probs, type_probs], dim=1).float().cpu().numpy()
-            flags = self.flagger.flag(probs[:, :level_probs.shape[1]], probs[:, level_probs.shape[1]:])
+            flags = self.flagger.flag(probs[:, : level_probs.shape[1]], probs[:, level_probs.shape[1] :])
         # Ray wants columns of equal length: this batch is one row holding its arrays.
         return {"meta": batch["meta"], "probs": _one(probs), "flags": _one(flags)}
 

@@ -13,15 +13,17 @@ JSON/JSONL with an ``image`` field, resolved against ``image_root``), ``wds``
 ``parquet`` (a column of image bytes, HF ``{bytes, path}`` structs or paths) and
 ``hf`` (a `datasets` folder written by ``save_to_disk``).
 """
+
 from __future__ import annotations
 
 import functools
 import json
 import os
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 READER_KINDS = ("folder", "llava", "wds", "parquet", "hf")
@@ -102,8 +104,11 @@ class CorpusReader:
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records so a resumed scan can check it reads the same input."""
-        return {"path": str(self.path.resolve()), "reader": self.kind,
-                **{k: v for k, v in vars(self.options).items() if k != "kind" and v is not None}}
+        return {
+            "path": str(self.path.resolve()),
+            "reader": self.kind,
+            **{k: v for k, v in vars(self.options).items() if k != "kind" and v is not None},
+        }
 
     def __iter__(self) -> Iterator[Item]:
         return getattr(self, f"_iter_{self.kind}")()
@@ -132,8 +137,12 @@ class CorpusReader:
     def _iter_folder(self) -> Iterator[Item]:
         root = self.path
         # os.walk lists with scandir (the entry types come with the listing): no stat per file here.
-        files = sorted(Path(folder, name) for folder, _, names in os.walk(root) for name in names
-                       if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS)
+        files = sorted(
+            Path(folder, name)
+            for folder, _, names in os.walk(root)
+            for name in names
+            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+        )
         for file in files:
             yield Item(root.name, file.relative_to(root).as_posix(), {"file": str(file)})
 
@@ -209,6 +218,7 @@ class CorpusReader:
 
 
 # ---------------------------------------------------------------------- reading an item's bytes
+
 
 def load_bytes(item: Item) -> bytes | str:
     """The item's image bytes (or a file path to decode). Raises `ItemError` for broken references."""

@@ -5,6 +5,7 @@ histograms (matplotlib, embedded as base64 PNG) and the top-k flagged items as
 thumbnails, blurred by default so that reviewing a report does not expose people to
 the content. Thumbnails are read back from the input recorded in the manifest.
 """
+
 from __future__ import annotations
 
 import base64
@@ -27,13 +28,22 @@ BLUR_RADIUS = 12
 
 def risk_score(table, taxonomy_types: list[str], safe_type: str) -> np.ndarray:
     """Per row, the highest probability among the risk types (NaN for error rows)."""
-    columns = [np.asarray(table.column(f"p_{t}").to_numpy(zero_copy_only=False), dtype=np.float64)
-               for t in taxonomy_types if t != safe_type]
+    columns = [
+        np.asarray(table.column(f"p_{t}").to_numpy(zero_copy_only=False), dtype=np.float64)
+        for t in taxonomy_types
+        if t != safe_type
+    ]
     return np.max(np.stack(columns), axis=0)
 
 
-def write_report(out_dir: str | Path, report_path: str | Path | None = None, top_k: int = 16, blur: bool = True,
-                 export_clean: str | Path | None = None, export_flagged: str | Path | None = None) -> Path:
+def write_report(
+    out_dir: str | Path,
+    report_path: str | Path | None = None,
+    top_k: int = 16,
+    blur: bool = True,
+    export_clean: str | Path | None = None,
+    export_flagged: str | Path | None = None,
+) -> Path:
     """Write ``report.html`` (default: inside ``out_dir``) and the optional id lists; returns the page's path."""
     out_dir = Path(out_dir)
     manifest = json.loads((out_dir / MANIFEST_NAME).read_text())
@@ -55,8 +65,9 @@ def write_report(out_dir: str | Path, report_path: str | Path | None = None, top
     risk = risk_score(table, types, safe_type)
     order = [i for i in np.argsort(-np.nan_to_num(risk, nan=-1.0), kind="stable") if flagged[i]][:top_k]
     thumbs = _thumbnails(settings["input"], {ids[i] for i in order}, blur)
-    top_rows = [(ids[i], table.column("type")[i].as_py(), table.column("level")[i].as_py(), float(risk[i]))
-                for i in order]
+    top_rows = [
+        (ids[i], table.column("type")[i].as_py(), table.column("level")[i].as_py(), float(risk[i])) for i in order
+    ]
 
     page = _render(manifest, counts, _histograms(table, types, levels, safe_type), top_rows, thumbs, blur)
     path = Path(report_path) if report_path else out_dir / "report.html"
@@ -88,7 +99,7 @@ def _histograms(table, types: list[str], levels: list[str], safe_type: str) -> s
     ax.bar(range(len(levels)), level_counts, color="#3a6fb5")
     ax.set_xticks(range(len(levels)), [n.replace("_", "\n") for n in levels], fontsize=7)
     ax.set_title("top level", fontsize=9)
-    for ax in list(axes.flat)[len(panels) + 1:]:
+    for ax in list(axes.flat)[len(panels) + 1 :]:
         ax.axis("off")
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -101,8 +112,12 @@ def _thumbnails(input_info: dict[str, Any], wanted: set[str], blur: bool) -> dic
     """base64 JPEG thumbnails of the wanted ids, read back from the scanned input (one pass over it)."""
     if not wanted:
         return {}
-    options = ReaderOptions(kind=input_info["reader"], image_root=input_info.get("image_root"),
-                            image_column=input_info.get("image_column"), id_column=input_info.get("id_column"))
+    options = ReaderOptions(
+        kind=input_info["reader"],
+        image_root=input_info.get("image_root"),
+        image_column=input_info.get("image_column"),
+        id_column=input_info.get("id_column"),
+    )
     thumbs: dict[str, str] = {}
     try:
         reader = CorpusReader(input_info["path"], options)
@@ -138,11 +153,19 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _render(manifest: dict[str, Any], counts: dict[str, Any], histogram: str, top_rows: list[tuple],
-            thumbs: dict[str, str], blur: bool) -> str:
+def _render(
+    manifest: dict[str, Any],
+    counts: dict[str, Any],
+    histogram: str,
+    top_rows: list[tuple],
+    thumbs: dict[str, str],
+    blur: bool,
+) -> str:
     settings = manifest["settings"]
-    summary = _table(["items", "scored", "errors", "flagged"],
-                     [[counts["items"], counts["scored"], counts["errors"], counts["flagged"]]])
+    summary = _table(
+        ["items", "scored", "errors", "flagged"],
+        [[counts["items"], counts["scored"], counts["errors"], counts["flagged"]]],
+    )
     by_type = _table(["risk type", "items (top type)"], [[k, v] for k, v in counts["by_type"].items()])
     by_level = _table(["risk level", "items (top level)"], [[k, v] for k, v in counts["by_level"].items()])
     errors = _table(["error kind", "items"], [[k, v] for k, v in counts["errors_by_kind"].items()])
@@ -152,10 +175,15 @@ def _render(manifest: dict[str, Any], counts: dict[str, Any], histogram: str, to
             img = f'<img class="thumb" src="data:image/jpeg;base64,{thumbs[item_id]}" alt="{html.escape(item_id)}">'
         else:
             img = '<div class="missing">image unavailable</div>'
-        cards.append(f'<figure>{img}<figcaption>{html.escape(item_id)}<br>{html.escape(str(type_))} / '
-                     f'{html.escape(str(level))} ({risk:.2f})</figcaption></figure>')
-    note = ("Thumbnails are blurred; run <code>safevlm scan-report --no-blur</code> to see them."
-            if blur else "Thumbnails are not blurred.")
+        cards.append(
+            f"<figure>{img}<figcaption>{html.escape(item_id)}<br>{html.escape(str(type_))} / "
+            f"{html.escape(str(level))} ({risk:.2f})</figcaption></figure>"
+        )
+    note = (
+        "Thumbnails are blurred; run <code>safevlm scan-report --no-blur</code> to see them."
+        if blur
+        else "Thumbnails are not blurred."
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Scan report</title>
 <style>

@@ -4,6 +4,7 @@
 the model's device, runs the vision tower up to the layer LLaVA reads and the image-only safety
 head; `load_flagger` turns the operator's policy into a batch flagging rule.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,9 +23,9 @@ from ..backbone import (
     select_vision_features,
 )
 from ..modeling import SafetyModules, base_fingerprint
+from ..modeling.scores import SafetyScores
 from ..policy import SafetyPolicy
 from ..taxonomy import Taxonomy
-from ..modeling.scores import SafetyScores
 from .pixels import PixelSpec, normalize
 
 
@@ -34,8 +35,14 @@ class VisionScorer:
     The tower is never modified: `select_vision_features` runs it only up to the layer LLaVA reads.
     """
 
-    def __init__(self, vision_tower: torch.nn.Module, safety: SafetyModules, llava_config: Any,
-                 image_processor: Any, fingerprint: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        vision_tower: torch.nn.Module,
+        safety: SafetyModules,
+        llava_config: Any,
+        image_processor: Any,
+        fingerprint: dict[str, Any],
+    ) -> None:
         self.safety = safety
         self.llava_config = llava_config
         self.image_processor = image_processor
@@ -44,8 +51,13 @@ class VisionScorer:
         self.vision_tower = vision_tower
 
     @classmethod
-    def from_pretrained(cls, base: str | Path, safety: str | Path, device: str | torch.device | None = None,
-                        dtype: str | torch.dtype | None = "auto") -> VisionScorer:
+    def from_pretrained(
+        cls,
+        base: str | Path,
+        safety: str | Path,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = "auto",
+    ) -> VisionScorer:
         """Load the vision parts of ``base`` and the safety modules, checking they belong together."""
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
@@ -69,9 +81,12 @@ class VisionScorer:
     @torch.no_grad()
     def probabilities(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised (B, 3, H, W) pixels -> level and type probabilities (B, L), (B, T), on the model's device."""
-        features = select_vision_features(self.vision_tower, pixel_values.to(self.device, self.safety.dtype),
-                                          self.llava_config.vision_feature_layer,
-                                          self.llava_config.vision_feature_select_strategy)
+        features = select_vision_features(
+            self.vision_tower,
+            pixel_values.to(self.device, self.safety.dtype),
+            self.llava_config.vision_feature_layer,
+            self.llava_config.vision_feature_select_strategy,
+        )
         scores: SafetyScores = self.safety.score(features)  # calibrated when the head has temperatures
         return scores.level_probs, scores.type_probs
 

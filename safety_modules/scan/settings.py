@@ -3,6 +3,7 @@
 This module sits below both engines (`local_engine`, `ray_engine`) and the runner that picks
 one (`engine.run_scan`), so that none of them imports another's types.
 """
+
 from __future__ import annotations
 
 import os

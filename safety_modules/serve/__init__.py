@@ -2,6 +2,7 @@
 
 `model_runner` is the only module that calls the model; `batching` owns the one thread that does.
 """
+
 from .app import ServeConfig, create_app
 from .inputs import InputLimits
 from .model_runner import LlavaRunner, ModelRunner, Sampling, VisionRunner

@@ -1,4 +1,5 @@
 """The FastAPI app: OpenAI-compatible moderations and guarded chat, models, health, metrics, the web page."""
+
 from __future__ import annotations
 
 import asyncio
@@ -69,8 +70,11 @@ class Server:
         self.runner, self.config, self.limits = runner, config, config.limits
         self.metrics = ServerMetrics()
         self.batcher = Batcher(runner, config.max_batch, config.max_wait_ms / 1000.0, self.metrics)
-        self.upstream = (Upstream(config.upstream, self.metrics, config.upstream_model, config.upstream_api_key)
-                         if config.upstream else None)
+        self.upstream = (
+            Upstream(config.upstream, self.metrics, config.upstream_model, config.upstream_api_key)
+            if config.upstream
+            else None
+        )
         self.http = httpx.AsyncClient() if self.limits.allow_remote_images else None
         # Text-only input is scored (and answered) with the blank image, as the evaluation does.
         self.blank_pixels = runner.preprocess(blank_image())
@@ -81,8 +85,12 @@ class Server:
         given = request.headers.get("authorization", "")
         token = given[7:] if given.lower().startswith("bearer ") else ""
         if not hmac.compare_digest(token.encode(), self.config.api_key.encode()):
-            raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
-                           type_="authentication_error", code="invalid_api_key")
+            raise ApiError(
+                401,
+                "missing or wrong API key (send 'Authorization: Bearer <key>')",
+                type_="authentication_error",
+                code="invalid_api_key",
+            )
 
     async def pixels(self, item: Input) -> torch.Tensor:
         """Fetch, decode and preprocess the input's image in worker threads (never in the model loop)."""
@@ -104,21 +112,27 @@ class Server:
         for item in items:
             self.check_prompt(item.text, "input")
             if item.image_url is None and not self.runner.scores_text:
-                raise bad_request("this server's scorer is vision-only (proxy mode): it cannot score text-only input",
-                                  "input", "text_not_scored")
+                raise bad_request(
+                    "this server's scorer is vision-only (proxy mode): it cannot score text-only input",
+                    "input",
+                    "text_not_scored",
+                )
         pixels = await asyncio.gather(*(self.pixels(item) for item in items))
         prompts = [item.text if self.runner.scores_text else "" for item in items]
         decisions = await asyncio.gather(*(self.batcher.score(p, t) for p, t in zip(pixels, prompts)))
         results = []
         for item, decision in zip(items, decisions):
-            applied = (["image"] if item.image_url else []) + (["text"] if item.text and self.runner.scores_text else [])
+            applied = (["image"] if item.image_url else []) + (
+                ["text"] if item.text and self.runner.scores_text else []
+            )
             results.append(moderation_result(decision, self.runner.taxonomy, applied))
             self.metrics.requests.labels("moderations", decision.action).inc()
         return {"id": new_id("modr"), "model": self.config.model_name, "results": results}
 
     async def chat(self, body: Any) -> Response:
-        req = parse_chat(body, self.config.default_max_tokens, self.config.max_tokens_limit,
-                         single_turn=self.upstream is None)
+        req = parse_chat(
+            body, self.config.default_max_tokens, self.config.max_tokens_limit, single_turn=self.upstream is None
+        )
         self.check_prompt(req.input.text, "messages")
         pixels = await self.pixels(req.input)
         model = req.model or self.config.model_name
@@ -142,9 +156,11 @@ class Server:
         if not req.stream:
             return JSONResponse(chat_completion(id_, model, decision.refusal, "content_filter", decision, None))
         created = int(time.time())
-        chunks = [chat_chunk(id_, model, created, {"role": "assistant", "content": ""}),
-                  chat_chunk(id_, model, created, {"content": decision.refusal}),
-                  chat_chunk(id_, model, created, {}, "content_filter", decision)]
+        chunks = [
+            chat_chunk(id_, model, created, {"role": "assistant", "content": ""}),
+            chat_chunk(id_, model, created, {"content": decision.refusal}),
+            chat_chunk(id_, model, created, {}, "content_filter", decision),
+        ]
         return StreamingResponse(_sse(chunks), media_type="text/event-stream")
 
     async def _stream(self, req: ChatRequest, pixels: torch.Tensor, model: str) -> AsyncIterator[str]:
@@ -160,8 +176,9 @@ class Server:
                 streamer.cancelled = True
                 self.metrics.cancelled.inc()
 
-    async def _events(self, req: ChatRequest, streamer: AsyncTextStreamer, future: asyncio.Future, id_: str,
-                      created: int, model: str) -> AsyncIterator[str]:
+    async def _events(
+        self, req: ChatRequest, streamer: AsyncTextStreamer, future: asyncio.Future, id_: str, created: int, model: str
+    ) -> AsyncIterator[str]:
         yield _event(chat_chunk(id_, model, created, {"role": "assistant", "content": ""}))
         # The non-streamed answer is stripped: leading whitespace is dropped, trailing whitespace
         # is held back until more text follows, so the streamed text joins to the same string.
@@ -172,7 +189,7 @@ class Server:
                 out = out.lstrip()
                 started = bool(out)
             body = out.rstrip()
-            held = out[len(body):]
+            held = out[len(body) :]
             if body:
                 yield _event(chat_chunk(id_, model, created, {"content": body}))
         tail = (held + stops.finish()).rstrip() if started else stops.finish().strip()
@@ -254,14 +271,20 @@ def create_app(runner: ModelRunner, config: ServeConfig) -> FastAPI:
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         server.check_auth(request)
-        return {"object": "list", "data": [{"id": config.model_name, "object": "model", "created": 0,
-                                            "owned_by": "safevlm"}]}
+        return {
+            "object": "list",
+            "data": [{"id": config.model_name, "object": "model", "created": 0, "owned_by": "safevlm"}],
+        }
 
     @app.get("/health")
     async def health() -> JSONResponse:
         ok = server.batcher.alive
-        body = {"status": "ok" if ok else "model loop stopped", "model": config.model_name,
-                "mode": "proxy" if server.upstream else "local", "queue_depth": server.batcher.depth}
+        body = {
+            "status": "ok" if ok else "model loop stopped",
+            "model": config.model_name,
+            "mode": "proxy" if server.upstream else "local",
+            "queue_depth": server.batcher.depth,
+        }
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")

@@ -8,6 +8,7 @@ transformers streamer follows one sequence). The gate itself decides per row; re
 rows never reach the language model. If a group call fails, its jobs are retried one
 by one, so one bad request cannot fail the others.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -84,7 +85,7 @@ class AsyncTextStreamer(BaseStreamer):
 
     def _send(self, text: str) -> None:
         if len(text) > self._sent:
-            call_in_loop(self.loop, self.texts.put_nowait, text[self._sent:])
+            call_in_loop(self.loop, self.texts.put_nowait, text[self._sent :])
             self._sent = len(text)
 
 
@@ -169,14 +170,20 @@ class Batcher:
         """Queue one image and prompt (``""``: no text); the future gives the policy's `SafetyDecision`."""
         return self._submit(pixels, prompt)
 
-    def generate(self, pixels: torch.Tensor, prompt: str, sampling: Sampling,
-                 streamer: AsyncTextStreamer | None = None) -> asyncio.Future:
+    def generate(
+        self, pixels: torch.Tensor, prompt: str, sampling: Sampling, streamer: AsyncTextStreamer | None = None
+    ) -> asyncio.Future:
         """Queue one chat request; the future gives its `GatedAnswer`. With ``streamer``, the text
         arrives on ``streamer.texts`` while it is generated."""
         return self._submit(pixels, prompt, sampling, streamer)
 
-    def _submit(self, pixels: torch.Tensor, prompt: str, sampling: Sampling | None = None,
-                streamer: AsyncTextStreamer | None = None) -> asyncio.Future:
+    def _submit(
+        self,
+        pixels: torch.Tensor,
+        prompt: str,
+        sampling: Sampling | None = None,
+        streamer: AsyncTextStreamer | None = None,
+    ) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         job = Job(pixels, prompt, loop.create_future(), loop, sampling, streamer)
         self._queue.put(job)
@@ -240,5 +247,10 @@ class Batcher:
             return self.runner.generate(pixels, prompts, first.sampling)
         if first.streamer.cancelled:  # the client left while the request waited
             raise StreamClosed("the client closed the stream before it started")
-        return self.runner.generate(pixels, prompts, first.sampling, streamer=first.streamer,
-                                    stopping_criteria=StoppingCriteriaList([StopWhenCancelled(first.streamer)]))
+        return self.runner.generate(
+            pixels,
+            prompts,
+            first.sampling,
+            streamer=first.streamer,
+            stopping_criteria=StoppingCriteriaList([StopWhenCancelled(first.streamer)]),
+        )

@@ -1,4 +1,5 @@
 """Prometheus metrics of one server (a registry per app, so several apps in one process stay apart)."""
+
 from __future__ import annotations
 
 from prometheus_client import (
@@ -18,22 +19,45 @@ class ServerMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("safevlm_requests", "Answered requests by endpoint and gate action",
-                                ["endpoint", "action"], registry=self.registry)
-        self.latency = Histogram("safevlm_request_latency_seconds", "Request latency by endpoint", ["endpoint"],
-                                 buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.queue_wait = Histogram("safevlm_queue_wait_seconds", "Time from queueing to the model call",
-                                    buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.batch_size = Histogram("safevlm_batch_size", "Rows per model call (score or generate)", ["kind"],
-                                    buckets=BATCH_BUCKETS, registry=self.registry)
-        self.queue_depth = Gauge("safevlm_queue_depth", "Requests waiting for the model loop",
-                                 registry=self.registry)
-        self.client_errors = Counter("safevlm_client_errors", "Requests answered with a 4xx, by status",
-                                     ["status"], registry=self.registry)
-        self.cancelled = Counter("safevlm_streams_cancelled", "Streams whose client left before the end",
-                                 registry=self.registry)
-        self.upstream = Counter("safevlm_upstream_requests", "Requests forwarded to the upstream server",
-                                ["outcome"], registry=self.registry)
+        self.requests = Counter(
+            "safevlm_requests",
+            "Answered requests by endpoint and gate action",
+            ["endpoint", "action"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "safevlm_request_latency_seconds",
+            "Request latency by endpoint",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "safevlm_queue_wait_seconds",
+            "Time from queueing to the model call",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "safevlm_batch_size",
+            "Rows per model call (score or generate)",
+            ["kind"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge("safevlm_queue_depth", "Requests waiting for the model loop", registry=self.registry)
+        self.client_errors = Counter(
+            "safevlm_client_errors", "Requests answered with a 4xx, by status", ["status"], registry=self.registry
+        )
+        self.cancelled = Counter(
+            "safevlm_streams_cancelled", "Streams whose client left before the end", registry=self.registry
+        )
+        self.upstream = Counter(
+            "safevlm_upstream_requests",
+            "Requests forwarded to the upstream server",
+            ["outcome"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

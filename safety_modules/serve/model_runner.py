@@ -7,6 +7,7 @@ The full model is driven through the `Gate` (score, decide, generate live there,
 here); the vision-only runner (proxy mode) uses `VisionScorer` + `SafetyPolicy.decide_batch`,
 since the gate needs the language model.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -18,8 +19,8 @@ import torch
 from PIL import Image
 
 from ..gate import Gate, GatedAnswer
-from ..policy import SafetyDecision, SafetyPolicy
 from ..images import bound_aspect
+from ..policy import SafetyDecision, SafetyPolicy
 from ..scan.scorer import VisionScorer
 from ..taxonomy import Taxonomy
 from ..wrapper import SafeLlava
@@ -79,8 +80,14 @@ class ModelRunner:
         """The policy's decision for each (image, prompt); ``""`` is no text."""
         raise NotImplementedError
 
-    def generate(self, pixels: torch.Tensor, prompts: Sequence[str], sampling: Sampling,
-                 streamer: Any = None, stopping_criteria: Any = None) -> list[GatedAnswer]:
+    def generate(
+        self,
+        pixels: torch.Tensor,
+        prompts: Sequence[str],
+        sampling: Sampling,
+        streamer: Any = None,
+        stopping_criteria: Any = None,
+    ) -> list[GatedAnswer]:
         """Gated answers for (image, prompt) pairs that share ``sampling`` (``stopping_criteria``: extra
         transformers stopping criteria, e.g. a closed stream)."""
         raise NotImplementedError(f"{type(self).__name__} cannot generate (proxy mode: the upstream answers)")
@@ -105,8 +112,15 @@ class LlavaRunner(ModelRunner):
         self.image_token = model.processor.image_token
 
     @classmethod
-    def load(cls, base: str | Path, safety: str | Path | None, policy_path: str | Path | None = None,
-             lora: str | Path | None = None, device: str | None = None, dtype: str = "auto") -> LlavaRunner:
+    def load(
+        cls,
+        base: str | Path,
+        safety: str | Path | None,
+        policy_path: str | Path | None = None,
+        lora: str | Path | None = None,
+        device: str | None = None,
+        dtype: str = "auto",
+    ) -> LlavaRunner:
         model = SafeLlava.from_pretrained(base, safety, dtype=dtype, device=device, lora=lora)
         return cls(model, _load_policy(policy_path, model.config.taxonomy))
 
@@ -119,8 +133,14 @@ class LlavaRunner(ModelRunner):
     def score_and_decide(self, pixels: torch.Tensor, prompts: Sequence[str]) -> list[SafetyDecision]:
         return self.gate.decide(pixels, list(prompts))
 
-    def generate(self, pixels: torch.Tensor, prompts: Sequence[str], sampling: Sampling,
-                 streamer: Any = None, stopping_criteria: Any = None) -> list[GatedAnswer]:
+    def generate(
+        self,
+        pixels: torch.Tensor,
+        prompts: Sequence[str],
+        sampling: Sampling,
+        streamer: Any = None,
+        stopping_criteria: Any = None,
+    ) -> list[GatedAnswer]:
         kwargs = sampling.generation_kwargs(self.tokenizer)
         if stopping_criteria is not None:
             kwargs["stopping_criteria"] = stopping_criteria
@@ -136,8 +156,14 @@ class VisionRunner(ModelRunner):
         self.scorer = scorer
 
     @classmethod
-    def load(cls, base: str | Path, safety: str | Path, policy_path: str | Path | None = None,
-             device: str | None = None, dtype: str = "auto") -> VisionRunner:
+    def load(
+        cls,
+        base: str | Path,
+        safety: str | Path,
+        policy_path: str | Path | None = None,
+        device: str | None = None,
+        dtype: str = "auto",
+    ) -> VisionRunner:
         scorer = VisionScorer.from_pretrained(base, safety, device=device, dtype=dtype)
         return cls(scorer, _load_policy(policy_path, scorer.taxonomy))
 

@@ -1,4 +1,5 @@
 """OpenAI request shapes in, OpenAI response shapes out (plus our ``safety`` object), and API errors."""
+
 from __future__ import annotations
 
 import time
@@ -15,8 +16,15 @@ from .model_runner import Sampling
 class ApiError(Exception):
     """A request the server answers with an OpenAI-style error JSON and a 4xx/5xx status."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 type_: str = "invalid_request_error") -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type_: str = "invalid_request_error",
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type_
 
@@ -70,8 +78,9 @@ def _content_parts(content: Any, where: str) -> Input:
                 raise bad_request(f"{where}[{i}].image_url.url must be a non-empty string", f"{where}[{i}].image_url")
             images.append(url)
     if len(images) > 1:
-        raise bad_request(f"{where} has {len(images)} images; LLaVA-1.5 takes one image per conversation",
-                          where, "too_many_images")
+        raise bad_request(
+            f"{where} has {len(images)} images; LLaVA-1.5 takes one image per conversation", where, "too_many_images"
+        )
     # LLaVA's chat template joins a turn's text parts with a space.
     return Input(" ".join(texts), images[0] if images else None)
 
@@ -88,13 +97,17 @@ def parse_moderation(body: Any) -> list[Input]:
         return [Input(value, None)]
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         if len(value) > MAX_MODERATION_INPUTS:
-            raise bad_request(f"'input' has {len(value)} strings; at most {MAX_MODERATION_INPUTS} per request",
-                              "input", "too_many_inputs")
+            raise bad_request(
+                f"'input' has {len(value)} strings; at most {MAX_MODERATION_INPUTS} per request",
+                "input",
+                "too_many_inputs",
+            )
         return [Input(v, None) for v in value]
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         return [_content_parts(value, "input")]
-    raise bad_request("'input' must be a string, a non-empty list of strings, or a non-empty list of content parts",
-                      "input")
+    raise bad_request(
+        "'input' must be a string, a non-empty list of strings, or a non-empty list of content parts", "input"
+    )
 
 
 def parse_chat(body: Any, default_max_tokens: int, max_tokens_limit: int, single_turn: bool) -> ChatRequest:
@@ -113,15 +126,26 @@ def parse_chat(body: Any, default_max_tokens: int, max_tokens_limit: int, single
     parsed = [_content_parts(m.get("content"), f"messages[{i}].content") for i, m in enumerate(messages)]
     images = [p.image_url for p in parsed if p.image_url]
     if len(images) > 1:
-        raise bad_request(f"the conversation has {len(images)} images; LLaVA-1.5 takes one image per conversation",
-                          "messages", "too_many_images")
+        raise bad_request(
+            f"the conversation has {len(images)} images; LLaVA-1.5 takes one image per conversation",
+            "messages",
+            "too_many_images",
+        )
     if single_turn and len(messages) > 1:
-        raise bad_request("this server answers a single user message (the gate renders one turn with LLaVA's "
-                          f"template); got roles {[m['role'] for m in messages]}", "messages", "unsupported_messages")
+        raise bad_request(
+            "this server answers a single user message (the gate renders one turn with LLaVA's "
+            f"template); got roles {[m['role'] for m in messages]}",
+            "messages",
+            "unsupported_messages",
+        )
     last_user = parsed[users[-1]]
-    return ChatRequest(Input(last_user.text, images[0] if images else None),
-                       _sampling(body, default_max_tokens, max_tokens_limit), _flag(body, "stream"),
-                       str(body.get("model") or ""), body)
+    return ChatRequest(
+        Input(last_user.text, images[0] if images else None),
+        _sampling(body, default_max_tokens, max_tokens_limit),
+        _flag(body, "stream"),
+        str(body.get("model") or ""),
+        body,
+    )
 
 
 def _flag(body: dict[str, Any], key: str) -> bool:
@@ -153,8 +177,12 @@ def _sampling(body: dict[str, Any], default_max_tokens: int, max_tokens_limit: i
     stops = (stop,) if isinstance(stop, str) else stop or ()
     if not isinstance(stops, (list, tuple)) or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
         raise bad_request("'stop' must be a non-empty string or a list of at most 4 of them", "stop")
-    return Sampling(max_tokens=max_tokens, temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-                    top_p=_number(body, "top_p", 1.0, 0.0, 1.0), stop=tuple(stops))
+    return Sampling(
+        max_tokens=max_tokens,
+        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
+        stop=tuple(stops),
+    )
 
 
 # ---------------------------------------------------------------------- responses
@@ -189,7 +217,7 @@ def new_id(prefix: str) -> str:
 def truncate_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
     """``text`` cut before the first stop string (OpenAI leaves the stop sequence out); True when cut."""
     cuts = [text.find(s) for s in stops if s in text]
-    return (text[:min(cuts)], True) if cuts else (text, False)
+    return (text[: min(cuts)], True) if cuts else (text, False)
 
 
 def finish_reason(answer: GatedAnswer, sampling: Sampling, stopped: bool) -> str:
@@ -201,12 +229,17 @@ def finish_reason(answer: GatedAnswer, sampling: Sampling, stopped: bool) -> str
     return "stop"
 
 
-def chat_completion(id_: str, model: str, text: str, reason: str, decision: SafetyDecision,
-                    usage: dict[str, int] | None) -> dict[str, Any]:
+def chat_completion(
+    id_: str, model: str, text: str, reason: str, decision: SafetyDecision, usage: dict[str, int] | None
+) -> dict[str, Any]:
     body = {
-        "id": id_, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
-                     "logprobs": None}],
+        "id": id_,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason, "logprobs": None}
+        ],
         "safety": safety_object(decision),
     }
     if usage is not None:
@@ -214,11 +247,22 @@ def chat_completion(id_: str, model: str, text: str, reason: str, decision: Safe
     return body
 
 
-def chat_chunk(id_: str, model: str, created: int, delta: dict[str, Any], reason: str | None = None,
-               decision: SafetyDecision | None = None) -> dict[str, Any]:
+def chat_chunk(
+    id_: str,
+    model: str,
+    created: int,
+    delta: dict[str, Any],
+    reason: str | None = None,
+    decision: SafetyDecision | None = None,
+) -> dict[str, Any]:
     """One streamed chunk; the last one carries ``finish_reason`` and the ``safety`` decision."""
-    chunk = {"id": id_, "object": "chat.completion.chunk", "created": created, "model": model,
-             "choices": [{"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}]}
+    chunk = {
+        "id": id_,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}],
+    }
     if decision is not None:
         chunk["safety"] = safety_object(decision)
     return chunk
@@ -243,7 +287,7 @@ class StopFilter:
             return cut
         longest = min(max((len(s) - 1 for s in self.stops), default=0), len(self.buffer))
         hold = next((k for k in range(longest, 0, -1) if any(s.startswith(self.buffer[-k:]) for s in self.stops)), 0)
-        out, self.buffer = self.buffer[:len(self.buffer) - hold], self.buffer[len(self.buffer) - hold:]
+        out, self.buffer = self.buffer[: len(self.buffer) - hold], self.buffer[len(self.buffer) - hold :]
         return out
 
     def finish(self) -> str:

@@ -4,6 +4,7 @@ The gate's decision is made locally (vision-only scorer); a hint is placed in th
 user message the way the gate places it in the user's turn (after the question); the
 upstream's answer comes back with our ``safety`` object added. Refusals never get here.
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,8 +41,14 @@ def with_hint(messages: list[dict[str, Any]], hint: str) -> list[dict[str, Any]]
 class Upstream:
     """The upstream server: one pooled HTTP client, a fixed URL, an optional model name and key."""
 
-    def __init__(self, base_url: str, metrics: ServerMetrics, model: str | None = None, api_key: str | None = None,
-                 timeout_s: float = 300.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        metrics: ServerMetrics,
+        model: str | None = None,
+        api_key: str | None = None,
+        timeout_s: float = 300.0,
+    ) -> None:
         self.url = chat_url(base_url)
         self.model = model
         self.metrics = metrics
@@ -64,16 +71,23 @@ class Upstream:
             response = await self.client.send(request, stream=True)
         except httpx.HTTPError as exc:
             self.metrics.upstream.labels("error").inc()
-            raise ApiError(502, f"the upstream server failed: {type(exc).__name__}: {exc}", type_="upstream_error",
-                           code="upstream_unavailable") from None
+            raise ApiError(
+                502,
+                f"the upstream server failed: {type(exc).__name__}: {exc}",
+                type_="upstream_error",
+                code="upstream_unavailable",
+            ) from None
         self.metrics.upstream.labels(str(response.status_code)).inc()
         if response.status_code != 200:
             content = await response.aread()
             await response.aclose()
             status = response.status_code if 400 <= response.status_code < 500 else 502
-            raise ApiError(status, f"the upstream server answered HTTP {response.status_code}: "
-                                   f"{content[:500].decode(errors='replace')}", type_="upstream_error",
-                           code="upstream_error")
+            raise ApiError(
+                status,
+                f"the upstream server answered HTTP {response.status_code}: {content[:500].decode(errors='replace')}",
+                type_="upstream_error",
+                code="upstream_error",
+            )
         if not stream:
             try:
                 data = json.loads(await response.aread())
@@ -81,8 +95,9 @@ class Upstream:
                 await response.aclose()
             data["safety"] = safety
             return JSONResponse(data)
-        return StreamingResponse(_add_safety(response, safety), media_type="text/event-stream",
-                                 background=BackgroundTask(response.aclose))
+        return StreamingResponse(
+            _add_safety(response, safety), media_type="text/event-stream", background=BackgroundTask(response.aclose)
+        )
 
 
 async def _add_safety(response: httpx.Response, safety: dict[str, Any]) -> AsyncIterator[str]:

@@ -5,6 +5,7 @@ the optimizer state (tensors in safetensors, hyper-parameters in JSON), the sche
 state, the RNG states of Python, NumPy and torch (CPU and CUDA) and the step counter.
 The data order is a function of (seed, epoch), so the step counter fixes the position.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,10 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             tensors[f"torch_cuda_{i}"] = state
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, gauss_next = random.getstate()
-    return tensors, {"python": [version, list(internal), gauss_next],
-                     "numpy": [kind, keys.tolist(), pos, has_gauss, gauss]}
+    return tensors, {
+        "python": [version, list(internal), gauss_next],
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+    }
 
 
 def set_rng_state(tensors: dict[str, torch.Tensor], data: dict[str, Any]) -> None:
@@ -45,8 +48,15 @@ def set_rng_state(tensors: dict[str, torch.Tensor], data: dict[str, Any]) -> Non
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
 
 
-def save_checkpoint(directory: Path, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-                    scheduler: Any, state: dict[str, Any], rank: int = 0, is_main: bool = True) -> Path:
+def save_checkpoint(
+    directory: Path,
+    params: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+    rank: int = 0,
+    is_main: bool = True,
+) -> Path:
     """Write a checkpoint; every rank writes its RNG state, the main rank everything else."""
     directory.mkdir(parents=True, exist_ok=True)
     rng_tensors, rng_data = rng_state()
@@ -64,8 +74,11 @@ def save_checkpoint(directory: Path, params: dict[str, torch.Tensor], optimizer:
             else:
                 scalars[f"{index}.{key}"] = value
     save_file(tensors, str(directory / OPTIMIZER_TENSORS))
-    meta = {"optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
-            "scheduler": scheduler.state_dict(), **state}
+    meta = {
+        "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
+        "scheduler": scheduler.state_dict(),
+        **state,
+    }
     (directory / STATE).write_text(json.dumps(meta, indent=1))
     return directory
 
@@ -95,7 +108,9 @@ def load_checkpoint(directory: Path, rank: int = 0) -> dict[str, Any]:
 
 def checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints in ``output_dir``, oldest first."""
-    found = [p for p in output_dir.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name) and (p / STATE).exists()]
+    found = [
+        p for p in output_dir.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name) and (p / STATE).exists()
+    ]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 

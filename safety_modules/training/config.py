@@ -1,4 +1,5 @@
 """`TrainConfig`: every setting of a training stage, read from a YAML recipe (see ``train/*.yaml``)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,9 +65,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.system_prompt is not None:
-            raise ValueError("system_prompt cannot be set: training uses the base's own conversation format "
-                             "(vicuna_v1's system prompt for original checkpoints, none for llava-hf bases), "
-                             "the one inference uses; see safety_modules/conversation.py")
+            raise ValueError(
+                "system_prompt cannot be set: training uses the base's own conversation format "
+                "(vicuna_v1's system prompt for original checkpoints, none for llava-hf bases), "
+                "the one inference uses; see safety_modules/conversation.py"
+            )
         if self.stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {self.stage}")
         self.train_data = [_data_file(d) for d in self.train_data]
@@ -83,7 +86,7 @@ class TrainConfig:
             raise ValueError("train_data is empty: list at least one record file")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -91,7 +94,7 @@ class TrainConfig:
         return cls(**data)
 
     @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         import yaml
 
         data = yaml.safe_load(Path(path).read_text()) or {}

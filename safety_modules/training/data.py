@@ -13,6 +13,7 @@ from the assistant turns' positions in that rendering, never from searching the 
 answer that also occurs in the question ("... A. cat B. dog ..." -> "A") is labelled where
 the assistant says it, and every assistant turn's EOS is trained.
 """
+
 from __future__ import annotations
 
 import logging
@@ -64,12 +65,20 @@ class SafetyDataset(Dataset):
         except ImageDecodeError as exc:
             logger.warning("skipping %s (record %s): %s", path, record["id"], exc)
             return {"skipped": (str(path), str(exc))}
-        input_ids, labels = encode_conversation(self.processor, record["conversations"], self.num_image_tokens,
-                                                self.max_length)
+        input_ids, labels = encode_conversation(
+            self.processor, record["conversations"], self.num_image_tokens, self.max_length
+        )
         pixel_values = self.processor.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
         level, type_ = self.labels[index]
-        return {"input_ids": input_ids, "labels": labels, "pixel_values": pixel_values,
-                "question": question_text(record), "level": level, "type": type_, "id": record["id"]}
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "pixel_values": pixel_values,
+            "question": question_text(record),
+            "level": level,
+            "type": type_,
+            "id": record["id"],
+        }
 
 
 class SafetyCollator:
@@ -86,7 +95,10 @@ class SafetyCollator:
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         samples = [x for x in items if "skipped" not in x]
-        batch: dict[str, Any] = {"skipped": [x["skipped"] for x in items if "skipped" in x], "num_samples": len(samples)}
+        batch: dict[str, Any] = {
+            "skipped": [x["skipped"] for x in items if "skipped" in x],
+            "num_samples": len(samples),
+        }
         if not samples:
             return batch
         length = max(len(s["input_ids"]) for s in samples)
@@ -98,9 +110,12 @@ class SafetyCollator:
             ids[b, :n], labels[b, :n], mask[b, :n] = s["input_ids"], s["labels"], 1
         head_ids, head_mask = head_prompt_inputs(self.processor.tokenizer, [s["question"] for s in samples])
         batch.update(
-            input_ids=ids, attention_mask=mask, labels=labels,
+            input_ids=ids,
+            attention_mask=mask,
+            labels=labels,
             pixel_values=torch.stack([s["pixel_values"] for s in samples]),
-            head_input_ids=head_ids, head_attention_mask=head_mask,
+            head_input_ids=head_ids,
+            head_attention_mask=head_mask,
             safety_levels=torch.tensor([s["level"] for s in samples]),
             safety_types=torch.tensor([s["type"] for s in samples]),
             ids=[s["id"] for s in samples],
@@ -108,5 +123,13 @@ class SafetyCollator:
         return batch
 
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "pixel_values", "head_input_ids", "head_attention_mask",
-                "safety_levels", "safety_types")
+MODEL_INPUTS = (
+    "input_ids",
+    "attention_mask",
+    "labels",
+    "pixel_values",
+    "head_input_ids",
+    "head_attention_mask",
+    "safety_levels",
+    "safety_types",
+)

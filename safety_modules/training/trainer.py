@@ -11,14 +11,15 @@ as the uninterrupted run would have: the order of epoch ``e`` is a permutation d
 from ``seed + e``, data loaders never touch the global RNG, and the RNG, optimizer and
 scheduler states are restored from the checkpoint.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Subset
@@ -51,6 +52,7 @@ class TrainResult:
 
 # ---------------------------------------------------------------- model
 
+
 def add_lora(model: SafeLlava, r: int, alpha: int, dropout: float) -> None:
     """Wrap the language model with peft LoRA on all its linear layers (not the vision tower,
     the projectors or ``lm_head``, which live outside ``model.base.model.language_model``)."""
@@ -68,14 +70,17 @@ def build_model(cfg: TrainConfig, device: torch.device) -> SafeLlava:
     model.safety.requires_grad_(bool(cfg.train_safety_modules))
     if cfg.train_safety_modules and (model.config.level_temperature or model.config.type_temperature):
         # Temperatures were fitted to the head as it was; training changes it, so they no longer apply.
-        logger.warning("the loaded safety modules are calibrated; training them drops the temperatures "
-                       "(run `safevlm calibrate` on the result)")
+        logger.warning(
+            "the loaded safety modules are calibrated; training them drops the temperatures "
+            "(run `safevlm calibrate` on the result)"
+        )
         model.config.level_temperature = model.config.type_temperature = None
     if cfg.stage == 2:
         add_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
     if cfg.gradient_checkpointing:
         model.base.model.language_model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
     return model
 
 
@@ -89,12 +94,21 @@ def set_train_mode(model: SafeLlava, cfg: TrainConfig) -> None:
 
 # ---------------------------------------------------------------- data
 
+
 def build_dataset(files, model: SafeLlava, cfg: TrainConfig) -> ConcatDataset:
     parts = []
     for entry in files:
         records = read_records(entry.path, model.config.taxonomy)
-        parts.append(SafetyDataset(records, entry.root, model.processor, model.config.taxonomy,
-                                   model.config.num_image_tokens, cfg.max_length))
+        parts.append(
+            SafetyDataset(
+                records,
+                entry.root,
+                model.processor,
+                model.config.taxonomy,
+                model.config.num_image_tokens,
+                cfg.max_length,
+            )
+        )
     return ConcatDataset(parts)
 
 
@@ -102,16 +116,23 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int, world: int) -> list[in
     """This rank's sample order in ``epoch``: a seeded permutation, dealt round-robin to the ranks."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
     per_rank = n // world
-    return perm[rank: per_rank * world: world]
+    return perm[rank : per_rank * world : world]
 
 
 def make_loader(dataset, indices: list[int], batch_size: int, collator, workers: int, seed: int) -> DataLoader:
     # An own generator: creating a loader must not advance the global RNG (exact resume).
-    return DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, collate_fn=collator,
-                      num_workers=workers, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        Subset(dataset, indices),
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=collator,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 # ---------------------------------------------------------------- evaluation
+
 
 @torch.no_grad()
 def evaluate_head(model: SafeLlava, loader: DataLoader) -> tuple[list[int], list[int], list, list, list]:
@@ -134,7 +155,7 @@ def evaluate_head(model: SafeLlava, loader: DataLoader) -> tuple[list[int], list
 def run_eval(model: SafeLlava, dataset, cfg: TrainConfig, accelerator) -> dict[str, float]:
     from accelerate.utils import gather_object
 
-    indices = list(range(len(dataset)))[accelerator.process_index::accelerator.num_processes]
+    indices = list(range(len(dataset)))[accelerator.process_index :: accelerator.num_processes]
     loader = make_loader(dataset, indices, cfg.per_device_batch_size, SafetyCollator(model.processor), 0, cfg.seed)
     parts = gather_object([evaluate_head(model, loader)])
     columns = [sum((list(p[i]) for p in parts), []) for i in range(4)]
@@ -143,8 +164,8 @@ def run_eval(model: SafeLlava, dataset, cfg: TrainConfig, accelerator) -> dict[s
 
 # ---------------------------------------------------------------- the loop
 
-def train(cfg: TrainConfig, stop_after: int | None = None,
-          log: Callable[[str], None] | None = None) -> TrainResult:
+
+def train(cfg: TrainConfig, stop_after: int | None = None, log: Callable[[str], None] | None = None) -> TrainResult:
     """Run one stage. ``stop_after`` ends the run after that many optimizer steps (having saved a
     checkpoint there), as an interruption would; resuming with ``resume_from`` continues it."""
     from accelerate import Accelerator
@@ -161,8 +182,10 @@ def train(cfg: TrainConfig, stop_after: int | None = None,
         # we feed our own loader, so DeepSpeed cannot infer the micro-batch size ("auto" in ds_zero2.json)
         deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.per_device_batch_size
         if cfg.save_steps or cfg.resume_from:
-            raise ValueError("resumable checkpoints are written for single-GPU and DDP runs; under DeepSpeed "
-                             "set save_steps and resume_from to null (ZeRO shards the optimizer state)")
+            raise ValueError(
+                "resumable checkpoints are written for single-GPU and DDP runs; under DeepSpeed "
+                "set save_steps and resume_from to null (ZeRO shards the optimizer state)"
+            )
     say = log or (lambda msg: accelerator.print(msg))
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
@@ -170,8 +193,10 @@ def train(cfg: TrainConfig, stop_after: int | None = None,
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError("nothing to train: no parameter requires a gradient")
-    say(f"stage {cfg.stage}: training {sum(p.numel() for p in params.values()):,} parameters "
-        f"({len(params)} tensors); base frozen")
+    say(
+        f"stage {cfg.stage}: training {sum(p.numel() for p in params.values()):,} parameters "
+        f"({len(params)} tensors); base frozen"
+    )
 
     train_set = build_dataset(cfg.train_data, model, cfg)
     eval_set = build_dataset(cfg.eval_data, model, cfg) if cfg.eval_data else None
@@ -211,11 +236,17 @@ def train(cfg: TrainConfig, stop_after: int | None = None,
         say(f"resumed from {resume} at step {global_step}/{total_steps}")
 
     def save(step: int) -> None:
-        state = {"global_step": step, "history": history, "eval_history": eval_history, "skipped": skipped,
-                 "total_steps": total_steps}
+        state = {
+            "global_step": step,
+            "history": history,
+            "eval_history": eval_history,
+            "skipped": skipped,
+            "total_steps": total_steps,
+        }
         accelerator.wait_for_everyone()
-        ckpt.save_checkpoint(out / f"checkpoint-{step}", params, optimizer, scheduler, state, rank,
-                             accelerator.is_main_process)
+        ckpt.save_checkpoint(
+            out / f"checkpoint-{step}", params, optimizer, scheduler, state, rank, accelerator.is_main_process
+        )
         if accelerator.is_main_process:
             ckpt.prune(out, cfg.save_total_limit)
 
@@ -225,8 +256,12 @@ def train(cfg: TrainConfig, stop_after: int | None = None,
         say(f"eval @ step {step}: {format_metrics(metrics)}")
         set_train_mode(model, cfg)
 
-    bar = tqdm(total=total_steps, initial=global_step, desc=f"stage {cfg.stage}",
-               disable=not (cfg.progress_bar and accelerator.is_local_main_process))
+    bar = tqdm(
+        total=total_steps,
+        initial=global_step,
+        desc=f"stage {cfg.stage}",
+        disable=not (cfg.progress_bar and accelerator.is_local_main_process),
+    )
     if rng_to_restore is not None:
         ckpt.set_rng_state(*rng_to_restore)  # last, so nothing between here and the loop draws from it
     set_train_mode(model, cfg)
@@ -236,8 +271,14 @@ def train(cfg: TrainConfig, stop_after: int | None = None,
     while global_step < total_steps and (stop_after is None or global_step < stop_after):
         epoch, position = divmod(micro, micro_per_epoch)
         order = epoch_order(len(train_set), cfg.seed, epoch, rank, world)
-        loader = make_loader(train_set, order[position * cfg.per_device_batch_size:], cfg.per_device_batch_size,
-                             collator, cfg.num_workers, cfg.seed + epoch)
+        loader = make_loader(
+            train_set,
+            order[position * cfg.per_device_batch_size :],
+            cfg.per_device_batch_size,
+            collator,
+            cfg.num_workers,
+            cfg.seed + epoch,
+        )
         for batch in loader:
             micro += 1
             skipped += batch["skipped"]
@@ -294,6 +335,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None,
             unwrapped.base.model.language_model.save_pretrained(str(out / ADAPTER_DIR))
             result.adapter_dir = out / ADAPTER_DIR
         (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
-        (out / "metrics.json").write_text(json.dumps({"history": history, "eval": eval_history,
-                                                      "skipped": skipped}, indent=1) + "\n")
+        (out / "metrics.json").write_text(
+            json.dumps({"history": history, "eval": eval_history, "skipped": skipped}, indent=1) + "\n"
+        )
     return result

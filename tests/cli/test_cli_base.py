@@ -1,4 +1,5 @@
 """The foundation's command line: make-tiny and assess."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,21 @@ def test_make_tiny_then_assess_json(tmp_path, capsys, photos):
     photos[0].save(tmp_path / "a.png")
     photos[1].save(tmp_path / "b.jpg")
     capsys.readouterr()
-    assert main(["assess", str(tmp_path / "a.png"), str(tmp_path / "b.jpg"), "--base", str(tmp_path / "tiny"),
-                 "--prompt", "what is this?", "--json"]) == 0
+    assert (
+        main(
+            [
+                "assess",
+                str(tmp_path / "a.png"),
+                str(tmp_path / "b.jpg"),
+                "--base",
+                str(tmp_path / "tiny"),
+                "--prompt",
+                "what is this?",
+                "--json",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["image"] for r in rows] == [str(tmp_path / "a.png"), str(tmp_path / "b.jpg")]
     for row in rows:

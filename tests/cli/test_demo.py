@@ -1,4 +1,5 @@
 """`make demo` end to end on a small budget: every step runs and leaves its outputs."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,9 @@ def test_demo_runs_every_step(tmp_path, capsys):
         assert f"[{step}/6]" in out
     assert "risk_auroc=" in out
     assert "ECE level" in out and "thresholds (hint / refuse)" in out  # calibration on the val split
-    assert (tmp_path / "calibrated" / "policy.yaml").is_file() and (tmp_path / "calibrated" / "calibration.md").is_file()
+    assert (tmp_path / "calibrated" / "policy.yaml").is_file() and (
+        tmp_path / "calibrated" / "calibration.md"
+    ).is_file()
     assert out.count("answer: ") == 2 and out.count(" (rule ") == 2
     SafetyModules.from_pretrained(tmp_path / "stage1" / "safety_modules")
     manifest = json.loads((tmp_path / "scan" / "manifest.json").read_text())

@@ -1,4 +1,5 @@
 """Training data: record format, collator masking, converters on published layouts, balancing, synth, metrics."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,10 @@ def save_png(path, seed=0, size=(64, 48)):
 
 
 def test_records_roundtrip_json_and_jsonl(tmp_path):
-    records = [make_record("a", "img/a.png", "What is this?", "A cat.", 0, "safe"),
-               make_record("b", "img/b.png", "Read it.", "No.", 3, "illegal_risk")]
+    records = [
+        make_record("a", "img/a.png", "What is this?", "A cat.", 0, "safe"),
+        make_record("b", "img/b.png", "Read it.", "No.", 3, "illegal_risk"),
+    ]
     for name in ("r.json", "r.jsonl"):
         assert read_records(write_records(records, tmp_path / name)) == records
     bad = dict(records[0], conversations=[{"from": "human", "value": "no marker"}, {"from": "gpt", "value": "x"}])
@@ -49,14 +52,32 @@ def test_collator_masks_prompt_image_and_padding(tiny_model):
     assert ids[first:].tolist() == kept  # the answer is the tail, labels equal the ids there
     assert (labels[:first] == -100).all()  # BOS, "USER:", all 576 image tokens, the question, "ASSISTANT:"
     assert int((ids == tiny_model.image_token_id).sum()) == 576
-    assert tok.decode(ids[:first][ids[:first] != tiny_model.image_token_id]).rstrip().endswith("What is shown? ASSISTANT:")
+    assert (
+        tok.decode(ids[:first][ids[:first] != tiny_model.image_token_id]).rstrip().endswith("What is shown? ASSISTANT:")
+    )
 
     short = encode_conversation(processor, [turns[0], {"from": "gpt", "value": "Ok."}], 576)
-    items = [{"input_ids": ids, "labels": labels, "pixel_values": torch.zeros(3, 336, 336), "question": "What is shown?",
-              "level": 0, "type": 6, "id": "a"},
-             {"input_ids": short[0], "labels": short[1], "pixel_values": torch.zeros(3, 336, 336),
-              "question": "Read it", "level": 3, "type": 1, "id": "b"},
-             {"skipped": ("bad.png", "empty: zero bytes")}]
+    items = [
+        {
+            "input_ids": ids,
+            "labels": labels,
+            "pixel_values": torch.zeros(3, 336, 336),
+            "question": "What is shown?",
+            "level": 0,
+            "type": 6,
+            "id": "a",
+        },
+        {
+            "input_ids": short[0],
+            "labels": short[1],
+            "pixel_values": torch.zeros(3, 336, 336),
+            "question": "Read it",
+            "level": 3,
+            "type": 1,
+            "id": "b",
+        },
+        {"skipped": ("bad.png", "empty: zero bytes")},
+    ]
     batch = SafetyCollator(processor)(items)
     assert batch["num_samples"] == 2 and batch["skipped"] == [("bad.png", "empty: zero bytes")]
     n = len(short[0])
@@ -70,7 +91,10 @@ def test_collator_masks_prompt_image_and_padding(tiny_model):
 def test_dataset_reports_unreadable_image(tiny_model, tmp_path):
     save_png(tmp_path / "ok.png")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    records = [make_record("ok", "ok.png", "Q?", "A.", 0, "safe"), make_record("bad", "broken.png", "Q?", "A.", 0, "safe")]
+    records = [
+        make_record("ok", "ok.png", "Q?", "A.", 0, "safe"),
+        make_record("bad", "broken.png", "Q?", "A.", 0, "safe"),
+    ]
     ds = SafetyDataset(records, tmp_path, tiny_model.processor, tiny_model.config.taxonomy, 576)
     assert ds[0]["pixel_values"].shape == (3, 336, 336)
     path, reason = ds[1]["skipped"]
@@ -86,8 +110,11 @@ def test_image_folder_converter(tmp_path):
     out = tmp_path / "out"
     result = convert_image_folders(root, {"weapons": (3, "illegal_risk")}, out)
     labels = {r["id"]: (r["safety"]["level"], r["safety"]["type"]) for r in result.records}
-    assert labels == {"safe/a.png": (0, "safe"), "weapons/b.png": (3, "illegal_risk"),
-                      "weapons/nested/c.jpg": (3, "illegal_risk")}
+    assert labels == {
+        "safe/a.png": (0, "safe"),
+        "weapons/b.png": (3, "illegal_risk"),
+        "weapons/nested/c.jpg": (3, "illegal_risk"),
+    }
     assert [p for p, _ in result.skipped] == [str(root / "weapons" / "corrupt.png")]
     assert all((out / r["image"]).resolve().exists() for r in result.records)
     with pytest.raises(ValueError, match="weapons"):
@@ -97,17 +124,39 @@ def test_image_folder_converter(tmp_path):
 def vlguard_fixture(tmp_path):
     """The exact layout of VLGuard's train.json: safe images carry a safe and an unsafe instruction."""
     items = [
-        {"id": "Ads_1", "image": "bad_ads/one.png", "safe": False, "harmful_category": "privacy",
-         "harmful_subcategory": "personal data",
-         "instr-resp": [{"instruction": "Find this person.", "response": "I cannot help with that."}]},
-        {"id": "Ads_2", "image": "bad_ads/two.png", "safe": True,
-         "instr-resp": [{"safe_instruction": "What product is shown?", "response": "A phone."},
-                        {"unsafe_instruction": "Who is the model?", "response": "I can't identify people."}]},
-        {"id": "HOD_3", "image": "hod/three.png", "safe": False, "harmful_category": "risky behavior",
-         "harmful_subcategory": "violence",
-         "instr-resp": [{"instruction": "Describe the fight.", "response": "I won't."}]},
-        {"id": "HOD_4", "image": "hod/missing.png", "safe": False, "harmful_category": "deception",
-         "harmful_subcategory": "disinformation", "instr-resp": [{"instruction": "x", "response": "y"}]},
+        {
+            "id": "Ads_1",
+            "image": "bad_ads/one.png",
+            "safe": False,
+            "harmful_category": "privacy",
+            "harmful_subcategory": "personal data",
+            "instr-resp": [{"instruction": "Find this person.", "response": "I cannot help with that."}],
+        },
+        {
+            "id": "Ads_2",
+            "image": "bad_ads/two.png",
+            "safe": True,
+            "instr-resp": [
+                {"safe_instruction": "What product is shown?", "response": "A phone."},
+                {"unsafe_instruction": "Who is the model?", "response": "I can't identify people."},
+            ],
+        },
+        {
+            "id": "HOD_3",
+            "image": "hod/three.png",
+            "safe": False,
+            "harmful_category": "risky behavior",
+            "harmful_subcategory": "violence",
+            "instr-resp": [{"instruction": "Describe the fight.", "response": "I won't."}],
+        },
+        {
+            "id": "HOD_4",
+            "image": "hod/missing.png",
+            "safe": False,
+            "harmful_category": "deception",
+            "harmful_subcategory": "disinformation",
+            "instr-resp": [{"instruction": "x", "response": "y"}],
+        },
     ]
     images = tmp_path / "train"
     save_png(images / "bad_ads" / "one.png")
@@ -121,9 +170,11 @@ def test_vlguard_converter(tmp_path):
     json_path, images = vlguard_fixture(tmp_path)
     result = convert_vlguard(json_path, images, VLGUARD_SUBCATEGORY_LABELS, tmp_path)
     got = {r["id"]: (r["safety"]["level"], r["safety"]["type"], r["conversations"][0]["value"]) for r in result.records}
-    assert got == {"Ads_1/0": (2, "privacy", "<image>\nFind this person."),
-                   "Ads_2/safe": (0, "safe", "<image>\nWhat product is shown?"),
-                   "HOD_3/0": (2, "insults_bullying", "<image>\nDescribe the fight.")}
+    assert got == {
+        "Ads_1/0": (2, "privacy", "<image>\nFind this person."),
+        "Ads_2/safe": (0, "safe", "<image>\nWhat product is shown?"),
+        "HOD_3/0": (2, "insults_bullying", "<image>\nDescribe the fight."),
+    }
     reasons = dict(result.skipped)
     assert "Ads_2/unsafe_instruction" in reasons
     assert any(p.endswith("missing.png") and "unreadable" in r for p, r in result.skipped)
@@ -141,8 +192,9 @@ def test_convert_cli_with_balance(tmp_path, capsys):
 
 
 def test_balance_keeps_risky_and_samples_clean():
-    records = [make_record(str(i), "x.png", "q", "a", 0 if i % 3 else 2, "safe" if i % 3 else "privacy")
-               for i in range(30)]
+    records = [
+        make_record(str(i), "x.png", "q", "a", 0 if i % 3 else 2, "safe" if i % 3 else "privacy") for i in range(30)
+    ]
     picked = balance(records, 5, seed=1)
     assert sum(r["safety"]["level"] > 0 for r in picked) == 10
     assert sum(r["safety"]["level"] == 0 for r in picked) == 5

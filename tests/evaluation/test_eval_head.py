@@ -1,4 +1,5 @@
 """``safevlm eval head``: the safety head as a classifier over training records + a folder of safe photos."""
+
 from __future__ import annotations
 
 import csv
@@ -6,13 +7,14 @@ import json
 
 import numpy as np
 import pytest
-from ..benchmark_fixtures import write_rtvlm_snapshot, write_safervlm_layout
 
 from safety_modules.cli import main
 from safety_modules.data.rtvlm import rtvlm_to_records
 from safety_modules.evaluation.head import classification_metrics, load_labelled
 from safety_modules.images import decode_image
 from safety_modules.taxonomy import DEFAULT_TYPES
+
+from ..benchmark_fixtures import write_rtvlm_snapshot, write_safervlm_layout
 
 
 def _auroc_by_ranks(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -47,8 +49,26 @@ def test_eval_head_end_to_end(tiny_dir, tmp_path, photos, capsys):
         photo.resize((200, 150)).save(safe_dir / f"photo{i}.jpg")
     (safe_dir / "broken.png").write_bytes(b"\x89PNG broken")  # reported and skipped
     out = tmp_path / "head"
-    assert main(["eval", "head", "--data", str(records_dir / "train.json"), str(safe_dir), "--base", str(tiny_dir),
-                 "--out", str(out), "--batch-size", "8", "--policy", "argmax"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "head",
+                "--data",
+                str(records_dir / "train.json"),
+                str(safe_dir),
+                "--base",
+                str(tiny_dir),
+                "--out",
+                str(out),
+                "--batch-size",
+                "8",
+                "--policy",
+                "argmax",
+            ]
+        )
+        == 0
+    )
     assert "AUROC" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == len(records) + len(photos)

@@ -1,16 +1,18 @@
 """RTVLM end to end on the tiny model with the offline judge, through the CLI; resumable generation."""
+
 from __future__ import annotations
 
 import csv
 import json
 
 import pytest
-from ..benchmark_fixtures import RTVLM_COUNTS, ChatServer, write_rtvlm_snapshot
 
 from safety_modules.cli import main
 from safety_modules.data.rtvlm import SUBTASKS
 from safety_modules.evaluation.generation import JsonlCache
 from safety_modules.evaluation.rtvlm import PUBLISHED, summarize
+
+from ..benchmark_fixtures import RTVLM_COUNTS, ChatServer, write_rtvlm_snapshot
 
 
 def test_summary_is_the_unweighted_mean_of_ten_subtask_means():
@@ -28,8 +30,24 @@ def test_summary_is_the_unweighted_mean_of_ten_subtask_means():
 def test_rtvlm_end_to_end_offline_judge(tiny_dir, tmp_path, capsys):
     snapshot = write_rtvlm_snapshot(tmp_path / "snap")
     out = tmp_path / "run"
-    args = ["eval", "rtvlm", "--data", str(snapshot), "--base", str(tiny_dir), "--out", str(out),
-            "--judge", "rules", "--max-new-tokens", "3", "--batch-size", "6", "--policy", "none"]
+    args = [
+        "eval",
+        "rtvlm",
+        "--data",
+        str(snapshot),
+        "--base",
+        str(tiny_dir),
+        "--out",
+        str(out),
+        "--judge",
+        "rules",
+        "--max-new-tokens",
+        "3",
+        "--batch-size",
+        "6",
+        "--policy",
+        "none",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "APPROXIMATE" in printed

@@ -7,6 +7,7 @@ module imports ``LLaVATrainer``, which needs a transformers-4 symbol; `llava_pre
 empty stand-in for that one module (the trainer class is never used) so the real ``preprocess_v1``
 and ``preprocess_multimodal`` can run.
 """
+
 from __future__ import annotations
 
 import copy
@@ -43,10 +44,22 @@ def train_llama_sentencepiece(path: Path, vocab_size: int = 600) -> Path:
     no whitespace folding, identity normalisation; unk/bos/eos = 0/1/2), trained on `CORPUS`."""
     buffer = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS.splitlines() * 8), model_writer=buffer, model_type="bpe",
-        vocab_size=vocab_size, byte_fallback=True, split_digits=True, add_dummy_prefix=True,
-        remove_extra_whitespaces=False, normalization_rule_name="identity", unk_id=0, bos_id=1, eos_id=2,
-        pad_id=-1, character_coverage=1.0, num_threads=1, minloglevel=2,
+        sentence_iterator=iter(CORPUS.splitlines() * 8),
+        model_writer=buffer,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        byte_fallback=True,
+        split_digits=True,
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        character_coverage=1.0,
+        num_threads=1,
+        minloglevel=2,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buffer.getvalue())
@@ -96,8 +109,15 @@ def build_original_checkpoint(root: Path, seed: int = 0, model_file: Path | None
 
     torch.manual_seed(seed)
     tower_dir = root / "clip-vit-tiny-336"
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-                              image_size=336, patch_size=14, projection_dim=32)
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        image_size=336,
+        patch_size=14,
+        projection_dim=32,
+    )
     CLIPVisionModel(vision).save_pretrained(tower_dir)
     tiny_image_processor().save_pretrained(tower_dir)
 
@@ -109,12 +129,27 @@ def build_original_checkpoint(root: Path, seed: int = 0, model_file: Path | None
         model_file = Path(shutil.copyfile(model_file, ckpt / "tokenizer.model"))
     vocab = spm.SentencePieceProcessor(model_file=str(model_file)).get_piece_size()
     config = LlavaConfig(
-        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-        tie_word_embeddings=False, architectures=["LlavaLlamaForCausalLM"],
-        mm_vision_tower=str(tower_dir), mm_hidden_size=32, mm_projector_type="mlp2x_gelu",
-        mm_vision_select_layer=-2, mm_vision_select_feature="patch", image_aspect_ratio="pad",
-        mm_use_im_start_end=False, mm_use_im_patch_token=False, mm_patch_merge_type="flat",
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+        architectures=["LlavaLlamaForCausalLM"],
+        mm_vision_tower=str(tower_dir),
+        mm_hidden_size=32,
+        mm_projector_type="mlp2x_gelu",
+        mm_vision_select_layer=-2,
+        mm_vision_select_feature="patch",
+        image_aspect_ratio="pad",
+        mm_use_im_start_end=False,
+        mm_use_im_patch_token=False,
+        mm_patch_merge_type="flat",
     )
     model = LlavaLlamaForCausalLM(config).eval()
     for p in model.parameters():  # visible logits: random weights larger than the 0.02 default

@@ -8,6 +8,7 @@ split digits, dummy prefix, no whitespace folding; a merged piece scores minus i
 what an original LLaVA checkpoint ships. ``LLAMA_TOKENIZER_JS_TGZ`` may point to the downloaded tarball
 (offline runs); without it and without npm or the registry the tests that need it skip, saying why.
 """
+
 from __future__ import annotations
 
 import base64
@@ -35,8 +36,14 @@ def fetch_llama_tokenizer_js(workdir: Path) -> str:
         if npm is None:
             pytest.skip(f"npm is not installed: cannot fetch {PACKAGE} (or set LLAMA_TOKENIZER_JS_TGZ)")
         try:
-            done = subprocess.run([npm, "pack", PACKAGE, "--silent"], cwd=workdir, capture_output=True, text=True,
-                                  check=False, timeout=120)
+            done = subprocess.run(
+                [npm, "pack", PACKAGE, "--silent"],
+                cwd=workdir,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=120,
+            )
         except subprocess.TimeoutExpired:
             pytest.skip(f"npm pack {PACKAGE} timed out (no registry?); or set LLAMA_TOKENIZER_JS_TGZ")
         if done.returncode != 0:

@@ -2,6 +2,7 @@
 its EOS, checked position by position on records whose answers also occur in their questions, for the
 llava-hf format (HF bases, also with llava-hf's own hub chat template) and the vicuna_v1 format (original
 checkpoints, against llava's own ``preprocess_v1``), single- and multi-turn."""
+
 from __future__ import annotations
 
 import pytest
@@ -38,16 +39,19 @@ LLAVA_HF_HUB_TEMPLATE = (
 
 
 def turns(*texts: str) -> list[dict[str, str]]:
-    return [{"from": "human" if i % 2 == 0 else "gpt", "value": (IMAGE_TOKEN + "\n" if i == 0 else "") + t}
-            for i, t in enumerate(texts)]
+    return [
+        {"from": "human" if i % 2 == 0 else "gpt", "value": (IMAGE_TOKEN + "\n" if i == 0 else "") + t}
+        for i, t in enumerate(texts)
+    ]
 
 
 RECORDS = {
     "multiple_choice": turns("Which animal is it? A. cat B. dog\nAnswer with the option's letter.", "A"),
     "yes_no": turns("Is there a dog? answer yes or no", "yes"),
     "digits": turns("How many birds, 3 or 12?", "12"),
-    "multi_turn": turns("Is it a cat? Answer yes or no.", "yes", "Is it a dog? yes or no", "no",
-                        "Which is it? A. cat B. dog", "A. cat"),
+    "multi_turn": turns(
+        "Is it a cat? Answer yes or no.", "yes", "Is it a dog? yes or no", "no", "Which is it? A. cat B. dog", "A. cat"
+    ),
 }
 
 
@@ -73,7 +77,7 @@ def expected_label_positions(processor, record) -> list[int]:
     positions: list[int] = []
     for k in range(1, len(record), 2):
         prompt = render(fmt, record[:k], tok.eos_token, add_generation_prompt=True).text
-        upto = render(fmt, record[:k + 1], tok.eos_token).text
+        upto = render(fmt, record[: k + 1], tok.eos_token).text
         start, end = len(tok(prompt).input_ids), len(tok(upto).input_ids)
         positions.extend(range(start, end))
     return positions
@@ -88,7 +92,7 @@ def test_labels_are_each_assistant_turn_and_its_eos(processor, name):
     # Compare on the text ids (one <image>), where the independent derivation lives.
     first_image = ids.tolist().index(image_id)
     flat_ids = collapse_image_run(ids.tolist(), image_id)
-    flat_labels = labels.tolist()[:first_image + 1] + labels.tolist()[first_image + 5:]
+    flat_labels = labels.tolist()[: first_image + 1] + labels.tolist()[first_image + 5 :]
     assert len(flat_labels) == len(flat_ids)
     full = tok(render(conversation_format(processor), record, tok.eos_token).text).input_ids
     assert [(-200 if t == image_id else t) for t in full] == flat_ids
@@ -146,7 +150,7 @@ def test_training_and_inference_render_a_prompt_alike(tiny_dir, original_dir):
         record = turns("What is it?  \n", "A cat.")
         ids, _ = encode_conversation(processor, record, num_image_tokens=1)
         prompt = tok(chat_text(processor, "What is it?")).input_ids
-        assert ids[:len(prompt)].tolist() == prompt
+        assert ids[: len(prompt)].tolist() == prompt
 
 
 def test_llava_hf_format_matches_the_hub_template_at_inference(tiny_dir):
@@ -154,17 +158,23 @@ def test_llava_hf_format_matches_the_hub_template_at_inference(tiny_dir):
     assert processor.chat_template == LLAVA_CHAT_TEMPLATE
     processor.chat_template = LLAVA_HF_HUB_TEMPLATE
     content = [{"type": "image"}, {"type": "text", "text": "What is it?"}, {"type": "text", "text": "Safe Hint: x."}]
-    hub = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                        tokenize=False)
+    hub = processor.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+    )
     assert chat_text(processor, "What is it?", "Safe Hint: x.") == hub
 
 
-@pytest.mark.parametrize("bad, message", [
-    (turns("Q?", "A", "Q2?"), "ends with an assistant"),
-    ([{"from": "human", "value": "<image>\nQ"}, {"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}],
-     "alternate"),
-    (turns("Q?", "   "), "empty"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (turns("Q?", "A", "Q2?"), "ends with an assistant"),
+        (
+            [{"from": "human", "value": "<image>\nQ"}, {"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}],
+            "alternate",
+        ),
+        (turns("Q?", "   "), "empty"),
+    ],
+)
 def test_malformed_conversations_are_refused(tiny_dir, bad, message):
     processor = load_base(tiny_dir)[1]
     with pytest.raises(ValueError, match=message):
@@ -175,10 +185,14 @@ def test_chat_template_of_each_format_renders_like_render(tiny_dir):
     """The Jinja templates handed to processors write what `render` writes (multi-turn, system prompt)."""
     processor = load_base(tiny_dir)[1]
     record = RECORDS["multi_turn"]
-    messages = [{"role": "user" if t["from"] == "human" else "assistant",
-                 "content": ([{"type": "image"}] if i == 0 else []) +
-                 [{"type": "text", "text": t["value"].replace(IMAGE_TOKEN + "\n", "")}]}
-                for i, t in enumerate(record)]
+    messages = [
+        {
+            "role": "user" if t["from"] == "human" else "assistant",
+            "content": ([{"type": "image"}] if i == 0 else [])
+            + [{"type": "text", "text": t["value"].replace(IMAGE_TOKEN + "\n", "")}],
+        }
+        for i, t in enumerate(record)
+    ]
     for fmt_template in (LLAVA_CHAT_TEMPLATE, VICUNA_V1.chat_template()):
         processor.chat_template = fmt_template
         text = processor.apply_chat_template(messages, tokenize=False)

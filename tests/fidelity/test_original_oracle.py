@@ -1,6 +1,7 @@
 """An original-format checkpoint built and saved by llava's own classes, loaded through `load_base`, behaves
 as llava's code: same prompt, same token ids, same padded pixels, same logits, from the same raw image and
 question, each side through its own preprocessing and prompt building."""
+
 from __future__ import annotations
 
 import pytest
@@ -67,13 +68,16 @@ def test_logits_equal_llavas_from_the_same_image_and_question(original, size, de
     torch.testing.assert_close(got[..., :vocab], expected, **tol)
 
 
-@pytest.mark.parametrize("text", [
-    "USER: <image>\nWhat is shown?",  # the first word keeps its "▁" (3148, 1001 in LLaMA, not 11889)
-    "A chat between a curious user. USER: <image>\nIs there a dog? Answer yes or no. ASSISTANT:",
-    "USER: <image>\n  two  spaces\n\nand lines ASSISTANT: 12 birds</s>USER: and 3? ASSISTANT: yes</s>",
-    "USER: <image>\nnon-ASCII: héllo ✓ 日本 ASSISTANT:",
-    "<image>\nWhich animal is it? A. cat B. dog",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "USER: <image>\nWhat is shown?",  # the first word keeps its "▁" (3148, 1001 in LLaMA, not 11889)
+        "A chat between a curious user. USER: <image>\nIs there a dog? Answer yes or no. ASSISTANT:",
+        "USER: <image>\n  two  spaces\n\nand lines ASSISTANT: 12 birds</s>USER: and 3? ASSISTANT: yes</s>",
+        "USER: <image>\nnon-ASCII: héllo ✓ 日本 ASSISTANT:",
+        "<image>\nWhich animal is it? A. cat B. dog",
+    ],
+)
 def test_tokenizer_from_tokenizer_model_gives_llavas_ids(original, text):
     from llava.mm_utils import tokenizer_image_token
 

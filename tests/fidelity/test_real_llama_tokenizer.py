@@ -1,6 +1,7 @@
 """With LLaMA's real vocabulary (rebuilt from the npm package ``llama-tokenizer-js@1.2.2``, see `real_llama`):
 `llama_tokenizer` gives the package's own test vectors, and an original checkpoint's prompts and training
 labels equal llava's (``tokenizer_image_token`` / ``preprocess_v1`` on the slow sentencepiece tokenizer)."""
+
 from __future__ import annotations
 
 import pytest
@@ -64,7 +65,7 @@ def test_original_checkpoint_with_the_real_tokenizer_prompts_like_llava(real_ori
         ids = processor.tokenizer(text).input_ids
         assert collapse_image_run(ids, image_id) == tokenizer_image_token(text, slow)
         assert ids[:3] == [1, 319, 13563]  # "▁A", "▁chat": the first word keeps its "▁"
-        after_image = ids[ids.index(image_id) + 1:][:2]
+        after_image = ids[ids.index(image_id) + 1 :][:2]
         assert after_image == [29871, 13]  # "▁", "\n" after the image, as llava's chunking writes it
     assert processor.tokenizer("USER").input_ids == [1, 3148, 1001]
 

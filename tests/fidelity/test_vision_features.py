@@ -1,5 +1,6 @@
 """`select_vision_features` computes LLaVA's selected layer without touching the tower, so one model can be
 used from several threads at once."""
+
 from __future__ import annotations
 
 import threading
@@ -45,8 +46,9 @@ def test_no_attribute_of_the_tower_is_reassigned_during_a_call(tiny_model):
     layers = vision_encoder(tower).layers
     before = _attribute_ids(tower)
     during = []
-    hook = layers[0].register_forward_hook(lambda *a: during.append((id(vision_encoder(tower).layers),
-                                                                      len(vision_encoder(tower).layers))))
+    hook = layers[0].register_forward_hook(
+        lambda *a: during.append((id(vision_encoder(tower).layers), len(vision_encoder(tower).layers)))
+    )
     try:
         tiny_model.assess([random_image(3)], ["what is it?"])
     finally:

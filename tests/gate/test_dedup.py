@@ -1,4 +1,5 @@
 """Identical images take one preprocessing and one vision pass, decided by a content hash, never a sort of pixels."""
+
 from __future__ import annotations
 
 import hashlib
@@ -13,9 +14,17 @@ from safety_modules.images import group_identical, group_labels
 
 from ..conftest import random_image
 
-SORTS = [(torch, "unique"), (torch, "unique_consecutive"), (torch, "sort"), (torch, "argsort"), (torch, "msort"),
-         (torch.Tensor, "unique"), (torch.Tensor, "unique_consecutive"), (torch.Tensor, "sort"),
-         (torch.Tensor, "argsort")]
+SORTS = [
+    (torch, "unique"),
+    (torch, "unique_consecutive"),
+    (torch, "sort"),
+    (torch, "argsort"),
+    (torch, "msort"),
+    (torch.Tensor, "unique"),
+    (torch.Tensor, "unique_consecutive"),
+    (torch.Tensor, "sort"),
+    (torch.Tensor, "argsort"),
+]
 
 
 class Calls:
@@ -38,7 +47,9 @@ class Calls:
 def tower_rows(tiny_model):
     """Rows that reach the real vision tower, one entry per call."""
     rows: list[int] = []
-    hook = tiny_model.base.model.vision_tower.embeddings.register_forward_hook(lambda m, args, out: rows.append(len(args[0])))
+    hook = tiny_model.base.model.vision_tower.embeddings.register_forward_hook(
+        lambda m, args, out: rows.append(len(args[0]))
+    )
     yield rows
     hook.remove()
 
@@ -59,8 +70,9 @@ def preprocessed(tiny_model, monkeypatch):
 
 
 @pytest.mark.device_sensitive
-def test_repeated_images_take_one_pass_each_and_no_sort_over_pixels(tiny_model, tower_rows, preprocessed,
-                                                                       monkeypatch, tol):
+def test_repeated_images_take_one_pass_each_and_no_sort_over_pixels(
+    tiny_model, tower_rows, preprocessed, monkeypatch, tol
+):
     a, b, c = random_image(1), random_image(2), random_image(3, size=(200, 300))
     batch = [a, b, a.copy(), c, a, b]  # a three times (one an equal copy), b twice
     prompts = [f"question {i}" for i in range(len(batch))]
@@ -81,7 +93,8 @@ def test_repeated_images_take_one_pass_each_and_no_sort_over_pixels(tiny_model, 
         torch.testing.assert_close(scores.level_logits[i], alone.level_logits[0], **tol)
         torch.testing.assert_close(scores.type_logits[i], alone.type_logits[0], **tol)
         assert answers[i].decision.type_probs == pytest.approx(
-            dict(zip(tiny_model.config.taxonomy.types, alone.type_probs[0].tolist())), abs=tol["atol"] * 10)
+            dict(zip(tiny_model.config.taxonomy.types, alone.type_probs[0].tolist())), abs=tol["atol"] * 10
+        )
     features = tiny_model.encode_images(batch)
     for i, image in enumerate(batch):
         torch.testing.assert_close(features[i], tiny_model.encode_images([image])[0], **tol)

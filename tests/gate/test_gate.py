@@ -1,4 +1,5 @@
 """Gate.score and Gate.decide: the same scores and decisions as generate, without the language model."""
+
 from __future__ import annotations
 
 import pytest
@@ -32,8 +33,12 @@ def test_decide_matches_generate_and_never_runs_the_language_model(tiny_model, p
     answers = gate.generate(photos, prompts, policies, do_sample=False, max_new_tokens=2)
     for decision, answer in zip(decisions, answers):
         assert (decision.action, decision.rule, decision.level, decision.type, decision.hint) == (
-            answer.decision.action, answer.decision.rule, answer.decision.level, answer.decision.type,
-            answer.decision.hint)
+            answer.decision.action,
+            answer.decision.rule,
+            answer.decision.level,
+            answer.decision.type,
+            answer.decision.hint,
+        )
         for key, value in decision.level_probs.items():
             assert value == pytest.approx(answer.decision.level_probs[key], abs=tol["atol"] * 10)
     # score is the head alone: the same probabilities as assess, with or without prompts

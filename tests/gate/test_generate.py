@@ -1,4 +1,5 @@
 """Gate.generate: one vision pass, mixed batches, refusal short-circuit, base equivalence, streaming, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -38,11 +39,11 @@ class CallCounter:
 def base_greedy(model, images, texts, **kwargs):
     """The base model's own generate on processor inputs; new tokens per row, cut after the first EOS."""
     enc = model.processor(images=images, text=texts, padding=True, return_tensors="pt")
-    out = model.base.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1]:]
+    out = model.base.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1] :]
     eos = model.base.generation_config.eos_token_id
     rows = []
     for row in out.tolist():
-        rows.append(row[:row.index(eos) + 1] if eos in row else row)
+        rows.append(row[: row.index(eos) + 1] if eos in row else row)
     return rows
 
 
@@ -51,8 +52,9 @@ def template(model, question: str, hint: str | None = None) -> str:
     content = [{"type": "image"}, {"type": "text", "text": question}]
     if hint:
         content.append({"type": "text", "text": hint})
-    return model.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                               tokenize=False)
+    return model.processor.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+    )
 
 
 def test_hint_sits_after_the_question_before_the_assistant_turn(tiny_model):
@@ -69,8 +71,11 @@ def test_allow_all_without_safety_tokens_is_the_base_model_token_for_token(tiny_
     assert [a.token_ids for a in answers] == expected  # batched, left-padded, on both sides
     for photo, question, want in zip(photos, questions, expected):
         alone = no_tokens.generate(photo, question, SafetyPolicy.allow_all(), **GREEDY)
-        assert alone[0].token_ids == want == base_greedy(tiny_model, [photo], [template(tiny_model, question)],
-                                                         **GREEDY)[0]
+        assert (
+            alone[0].token_ids
+            == want
+            == base_greedy(tiny_model, [photo], [template(tiny_model, question)], **GREEDY)[0]
+        )
         assert alone[0].text == tiny_model.processor.tokenizer.decode(want, skip_special_tokens=True).strip()
     assert all(a.decision.action == "allow" and a.decision.rule == "allow_all" for a in answers)
 
@@ -78,10 +83,12 @@ def test_allow_all_without_safety_tokens_is_the_base_model_token_for_token(tiny_
 def test_safety_tokens_b_are_in_the_language_model_input(tiny_model, photos):
     lengths = []
     hook = tiny_model.base.model.language_model.register_forward_hook(
-        lambda module, args, kwargs, out: lengths.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True)
+        lambda module, args, kwargs, out: lengths.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True
+    )
     Gate(tiny_model).generate(photos[0], "What is this?", SafetyPolicy.allow_all(), max_new_tokens=1)
-    Gate(tiny_model, inject_safety_tokens=False).generate(photos[0], "What is this?", SafetyPolicy.allow_all(),
-                                                          max_new_tokens=1)
+    Gate(tiny_model, inject_safety_tokens=False).generate(
+        photos[0], "What is this?", SafetyPolicy.allow_all(), max_new_tokens=1
+    )
     hook.remove()
     # one prefill call each; they differ by exactly the number of safety tokens B
     assert len(lengths) == 2
@@ -122,8 +129,9 @@ def test_mixed_batch_refused_sample_skips_the_language_model(tiny_model, photos)
 @pytest.mark.device_sensitive
 def test_hint_goes_into_the_prompt_through_the_chat_template(tiny_model, photos):
     policy = SafetyPolicy.from_dict(HINT_ALL)
-    answer = Gate(tiny_model, policy, inject_safety_tokens=False).generate(photos[1], "Describe the image.",
-                                                                           **GREEDY)[0]
+    answer = Gate(tiny_model, policy, inject_safety_tokens=False).generate(photos[1], "Describe the image.", **GREEDY)[
+        0
+    ]
     assert answer.decision.action == "hint"
     text = template(tiny_model, "Describe the image.", "Safe Hint: " + answer.decision.hint)
     assert answer.token_ids == base_greedy(tiny_model, [photos[1]], [text], **GREEDY)[0]
@@ -208,8 +216,9 @@ class CollectingStreamer(TextStreamer):
         self.ended = self.ended or stream_end
 
 
-@pytest.mark.parametrize("policy", [SafetyPolicy.allow_all(), SafetyPolicy.from_dict(REFUSE_ALL)],
-                         ids=["allowed", "refused"])
+@pytest.mark.parametrize(
+    "policy", [SafetyPolicy.allow_all(), SafetyPolicy.from_dict(REFUSE_ALL)], ids=["allowed", "refused"]
+)
 def test_streaming_a_single_request(tiny_model, photos, policy):
     streamer = CollectingStreamer(tiny_model.processor.tokenizer)
     answer = Gate(tiny_model).generate(photos[0], "What is this?", policy, streamer=streamer, **GREEDY)[0]
@@ -242,11 +251,24 @@ def test_bad_requests_get_clear_errors(tiny_model, photos):
 
 # ---------------------------------------------------------------- CLI
 
+
 def test_cli_generate_json(tiny_dir, photos, tmp_path, capsys):
     image = tmp_path / "photo.png"
     photos[1].save(image)
-    rc = main(["generate", "--base", str(tiny_dir), "--image", str(image), "--prompt", "What is this?", "--json",
-               "--max-new-tokens", "4"])
+    rc = main(
+        [
+            "generate",
+            "--base",
+            str(tiny_dir),
+            "--image",
+            str(image),
+            "--prompt",
+            "What is this?",
+            "--json",
+            "--max-new-tokens",
+            "4",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1
@@ -258,8 +280,20 @@ def test_cli_generate_json(tiny_dir, photos, tmp_path, capsys):
 
     policy = tmp_path / "refuse.yaml"
     policy.write_text(yaml.safe_dump(REFUSE_ALL))
-    rc = main(["generate", "--base", str(tiny_dir), "--image", str(image), "--prompt", "What is this?", "--json",
-               "--policy", str(policy)])
+    rc = main(
+        [
+            "generate",
+            "--base",
+            str(tiny_dir),
+            "--image",
+            str(image),
+            "--prompt",
+            "What is this?",
+            "--json",
+            "--policy",
+            str(policy),
+        ]
+    )
     record = json.loads(capsys.readouterr().out)
     assert rc == 0 and record["decision"]["action"] == "refuse" and record["answer"] == record["decision"]["refusal"]
 

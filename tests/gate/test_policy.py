@@ -1,4 +1,5 @@
 """SafetyPolicy: the argmax rule, the threshold rule, texts from YAML, fail_closed, vectorised flags."""
+
 from __future__ import annotations
 
 import json
@@ -92,45 +93,147 @@ def types_(**probs: float) -> list[float]:
 
 THRESHOLD_CASES = [
     # severe(illegal) = 0.9 * 0.6 = 0.54 >= 0.5 -> refuse at the top level
-    ("refuse", {}, [0.1, 0.1, 0.2, 0.6], types_(illegal_risk=0.9, safe=0.1),
-     "refuse", "refuse_threshold", "reject", "illegal_risk"),
+    (
+        "refuse",
+        {},
+        [0.1, 0.1, 0.2, 0.6],
+        types_(illegal_risk=0.9, safe=0.1),
+        "refuse",
+        "refuse_threshold",
+        "reject",
+        "illegal_risk",
+    ),
     # severe = 0.9 * 0.3 = 0.27 < 0.5; risk = 0.9 * 0.9 = 0.81 >= 0.5 -> hint, level = argmax of p[1:]
-    ("hint", {}, [0.1, 0.1, 0.5, 0.3], types_(illegal_risk=0.9, safe=0.1),
-     "hint", "hint_threshold", "answer_or_reject", "illegal_risk"),
+    (
+        "hint",
+        {},
+        [0.1, 0.1, 0.5, 0.3],
+        types_(illegal_risk=0.9, safe=0.1),
+        "hint",
+        "hint_threshold",
+        "answer_or_reject",
+        "illegal_risk",
+    ),
     # risk = 0.9 * 0.4 = 0.36 < 0.5 -> allow; level/type are the argmax ones
-    ("allow", {}, [0.6, 0.2, 0.1, 0.1], types_(privacy=0.9, safe=0.1),
-     "allow", "below_thresholds", "safe_to_answer", "privacy"),
+    (
+        "allow",
+        {},
+        [0.6, 0.2, 0.1, 0.1],
+        types_(privacy=0.9, safe=0.1),
+        "allow",
+        "below_thresholds",
+        "safe_to_answer",
+        "privacy",
+    ),
     # the safe type is never a risk: 0.1 * 0.6 = 0.06 everywhere
-    ("safe type", {}, [0.1, 0.1, 0.2, 0.6], types_(politics=0.05, privacy=0.05, safe=0.9),
-     "allow", "below_thresholds", "reject", "safe"),
+    (
+        "safe type",
+        {},
+        [0.1, 0.1, 0.2, 0.6],
+        types_(politics=0.05, privacy=0.05, safe=0.9),
+        "allow",
+        "below_thresholds",
+        "reject",
+        "safe",
+    ),
     # equality fires: 0.5 * 1.0 >= 0.5
-    ("boundary", {}, [0.0, 0.0, 0.0, 1.0], types_(politics=0.5, safe=0.5),
-     "refuse", "refuse_threshold", "reject", "politics"),
+    (
+        "boundary",
+        {},
+        [0.0, 0.0, 0.0, 1.0],
+        types_(politics=0.5, safe=0.5),
+        "refuse",
+        "refuse_threshold",
+        "reject",
+        "politics",
+    ),
     # privacy disabled: its refuse would fire (0.54), nothing else does -> allow, rule names it
-    ("disabled", {"types": {"privacy": {"enabled": False}}}, [0.1, 0.1, 0.2, 0.6], types_(privacy=0.9, safe=0.1),
-     "allow", "type_disabled", "reject", "privacy"),
+    (
+        "disabled",
+        {"types": {"privacy": {"enabled": False}}},
+        [0.1, 0.1, 0.2, 0.6],
+        types_(privacy=0.9, safe=0.1),
+        "allow",
+        "type_disabled",
+        "reject",
+        "privacy",
+    ),
     # privacy (risk 0.6 * 0.9 = 0.54, the larger) is disabled; fairness risk 0.4 * 0.9 = 0.36 >= its hint 0.3
-    ("disabled + other hint", {"types": {"privacy": {"enabled": False}, "fairness": {"hint": 0.3}}},
-     [0.1, 0.1, 0.2, 0.6], types_(privacy=0.6, fairness=0.4),
-     "hint", "hint_threshold", "reject", "fairness"),
+    (
+        "disabled + other hint",
+        {"types": {"privacy": {"enabled": False}, "fairness": {"hint": 0.3}}},
+        [0.1, 0.1, 0.2, 0.6],
+        types_(privacy=0.6, fairness=0.4),
+        "hint",
+        "hint_threshold",
+        "reject",
+        "fairness",
+    ),
     # per-type refuse: privacy lenient (0.9: 0.54 < 0.9 -> only a hint), illegal strict (0.3)
-    ("lenient type", {"types": {"privacy": {"refuse": 0.9}}}, [0.1, 0.1, 0.2, 0.6], types_(privacy=0.9, safe=0.1),
-     "hint", "hint_threshold", "reject", "privacy"),
-    ("strict type", {"types": {"illegal_risk": {"refuse": 0.3}}}, [0.1, 0.1, 0.2, 0.6],
-     types_(illegal_risk=0.6, safe=0.4), "refuse", "refuse_threshold", "reject", "illegal_risk"),
+    (
+        "lenient type",
+        {"types": {"privacy": {"refuse": 0.9}}},
+        [0.1, 0.1, 0.2, 0.6],
+        types_(privacy=0.9, safe=0.1),
+        "hint",
+        "hint_threshold",
+        "reject",
+        "privacy",
+    ),
+    (
+        "strict type",
+        {"types": {"illegal_risk": {"refuse": 0.3}}},
+        [0.1, 0.1, 0.2, 0.6],
+        types_(illegal_risk=0.6, safe=0.4),
+        "refuse",
+        "refuse_threshold",
+        "reject",
+        "illegal_risk",
+    ),
     # hint: null -> never hint for that type (risk 0.9 * 0.9 = 0.81 ignored)
-    ("hint null", {"types": {"privacy": {"hint": None}}}, [0.1, 0.8, 0.05, 0.05], types_(privacy=0.9, safe=0.1),
-     "allow", "below_thresholds", "answer_carefully", "privacy"),
+    (
+        "hint null",
+        {"types": {"privacy": {"hint": None}}},
+        [0.1, 0.8, 0.05, 0.05],
+        types_(privacy=0.9, safe=0.1),
+        "allow",
+        "below_thresholds",
+        "answer_carefully",
+        "privacy",
+    ),
     # two types cross their refuse thresholds: the larger severe score wins (0.5 vs 0.45)
-    ("two refuse", {"types": {"illegal_risk": {"refuse": 0.4}}}, [0.0, 0.0, 0.0, 1.0],
-     types_(politics=0.5, illegal_risk=0.45, safe=0.05), "refuse", "refuse_threshold", "reject", "politics"),
+    (
+        "two refuse",
+        {"types": {"illegal_risk": {"refuse": 0.4}}},
+        [0.0, 0.0, 0.0, 1.0],
+        types_(politics=0.5, illegal_risk=0.45, safe=0.05),
+        "refuse",
+        "refuse_threshold",
+        "reject",
+        "politics",
+    ),
     # refuse beats hint: politics hints (risk 0.9 * 0.5 = 0.45 >= 0.4), illegal refuses (0.1 * 0.5 >= 0.05)
-    ("refuse beats hint", {"types": {"politics": {"hint": 0.4, "refuse": None}, "illegal_risk": {"refuse": 0.05}}},
-     [0.5, 0.0, 0.0, 0.5], types_(politics=0.9, illegal_risk=0.1), "refuse", "refuse_threshold", "reject",
-     "illegal_risk"),
+    (
+        "refuse beats hint",
+        {"types": {"politics": {"hint": 0.4, "refuse": None}, "illegal_risk": {"refuse": 0.05}}},
+        [0.5, 0.0, 0.0, 0.5],
+        types_(politics=0.9, illegal_risk=0.1),
+        "refuse",
+        "refuse_threshold",
+        "reject",
+        "illegal_risk",
+    ),
     # defaults apply to every type
-    ("defaults", {"defaults": {"hint": 0.1, "refuse": None}}, [0.7, 0.1, 0.1, 0.1], types_(misleading=0.4, safe=0.6),
-     "hint", "hint_threshold", "answer_carefully", "misleading"),
+    (
+        "defaults",
+        {"defaults": {"hint": 0.1, "refuse": None}},
+        [0.7, 0.1, 0.1, 0.1],
+        types_(misleading=0.4, safe=0.6),
+        "hint",
+        "hint_threshold",
+        "answer_carefully",
+        "misleading",
+    ),
 ]
 
 
@@ -162,6 +265,7 @@ def test_default_policy_leaves_an_untrained_head_alone():
 
 # ---------------------------------------------------------------- fail_closed
 
+
 @pytest.mark.parametrize("fail_closed,action", [(True, "refuse"), (False, "allow")])
 def test_fail_closed_both_ways(fail_closed, action):
     policy = SafetyPolicy.from_dict({"fail_closed": fail_closed})
@@ -177,11 +281,19 @@ def test_fail_closed_both_ways(fail_closed, action):
 
 # ---------------------------------------------------------------- vectorised flags
 
-@pytest.mark.parametrize("policy", [
-    SafetyPolicy.default(), SafetyPolicy.argmax(), SafetyPolicy.allow_all(),
-    SafetyPolicy.from_dict({"fail_closed": False, "defaults": {"hint": 0.2, "refuse": 0.3},
-                            "types": {"privacy": {"enabled": False}}}),
-], ids=["default", "argmax", "allow_all", "custom"])
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        SafetyPolicy.default(),
+        SafetyPolicy.argmax(),
+        SafetyPolicy.allow_all(),
+        SafetyPolicy.from_dict(
+            {"fail_closed": False, "defaults": {"hint": 0.2, "refuse": 0.3}, "types": {"privacy": {"enabled": False}}}
+        ),
+    ],
+    ids=["default", "argmax", "allow_all", "custom"],
+)
 def test_flag_batch_agrees_with_decide(policy):
     gen = torch.Generator().manual_seed(0)
     lp = (torch.randn(300, 4, generator=gen) * 3).softmax(-1)
@@ -205,6 +317,7 @@ def test_flag_batch_checks_shapes():
 
 # ---------------------------------------------------------------- YAML files
 
+
 def test_shipped_default_has_18_own_hints_and_a_refusal_per_type():
     for level in DEFAULT_LEVELS[1:]:
         for type_ in RISK_TYPES:
@@ -216,12 +329,16 @@ def test_shipped_default_has_18_own_hints_and_a_refusal_per_type():
 
 def test_user_file_overrides_a_subset(tmp_path):
     path = tmp_path / "strict.yaml"
-    path.write_text(yaml.safe_dump({
-        "fail_closed": False,
-        "types": {"privacy": {"refuse": 0.2}},
-        "hints": {"answer_carefully": {"privacy": "Mind the {type}."}},
-        "labels": {"privacy": "personal data"},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "fail_closed": False,
+                "types": {"privacy": {"refuse": 0.2}},
+                "hints": {"answer_carefully": {"privacy": "Mind the {type}."}},
+                "labels": {"privacy": "personal data"},
+            }
+        )
+    )
     policy = SafetyPolicy.from_yaml(path)
     assert policy.name == "strict" and policy.mode == "thresholds" and policy.fail_closed is False
     assert policy.rules["privacy"].refuse == 0.2 and policy.rules["privacy"].hint == 0.5
@@ -230,15 +347,18 @@ def test_user_file_overrides_a_subset(tmp_path):
     assert policy.hint_text("reject", "politics") == shipped_hint("reject", "politics")
 
 
-@pytest.mark.parametrize("content,names", [
-    ({"types": {"pornography": {"hint": 0.3}}}, ["pornography"]),
-    ({"hints": {"answer_carefully": {"violence": "x"}}}, ["violence"]),
-    ({"refusals": {"nudity": "no"}}, ["nudity"]),
-    ({"types": {"safe": {"hint": 0.3}}}, ["safe"]),  # the safe type is not a risk type
-    ({"hints": {"severe": {"privacy": "x"}}}, ["severe"]),
-    ({"thresholds": 0.5, "typos": {}}, ["thresholds", "typos"]),
-    ({"types": {"privacy": {"hint": 0.3, "refuse_at": 0.2}}}, ["refuse_at"]),
-])
+@pytest.mark.parametrize(
+    "content,names",
+    [
+        ({"types": {"pornography": {"hint": 0.3}}}, ["pornography"]),
+        ({"hints": {"answer_carefully": {"violence": "x"}}}, ["violence"]),
+        ({"refusals": {"nudity": "no"}}, ["nudity"]),
+        ({"types": {"safe": {"hint": 0.3}}}, ["safe"]),  # the safe type is not a risk type
+        ({"hints": {"severe": {"privacy": "x"}}}, ["severe"]),
+        ({"thresholds": 0.5, "typos": {}}, ["thresholds", "typos"]),
+        ({"types": {"privacy": {"hint": 0.3, "refuse_at": 0.2}}}, ["refuse_at"]),
+    ],
+)
 def test_unknown_names_in_a_policy_file_are_errors_naming_them(tmp_path, content, names):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(content))
@@ -249,13 +369,16 @@ def test_unknown_names_in_a_policy_file_are_errors_naming_them(tmp_path, content
     assert str(path) in str(info.value)
 
 
-@pytest.mark.parametrize("content,message", [
-    ({"mode": "majority"}, "mode must be one of"),
-    ({"defaults": {"hint": 1.5}}, r"defaults.hint must be a probability"),
-    ({"types": {"privacy": {"enabled": "no"}}}, "types.privacy.enabled must be true or false"),
-    ({"hints": {"reject": {"privacy": "Refuse {reason}"}}}, r"unknown placeholders \['reason'\]"),
-    ({"fail_closed": "yes"}, "fail_closed must be true or false"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ({"mode": "majority"}, "mode must be one of"),
+        ({"defaults": {"hint": 1.5}}, r"defaults.hint must be a probability"),
+        ({"types": {"privacy": {"enabled": "no"}}}, "types.privacy.enabled must be true or false"),
+        ({"hints": {"reject": {"privacy": "Refuse {reason}"}}}, r"unknown placeholders \['reason'\]"),
+        ({"fail_closed": "yes"}, "fail_closed must be true or false"),
+    ],
+)
 def test_bad_values_are_errors(content, message):
     with pytest.raises(PolicyError, match=message):
         SafetyPolicy.from_dict(content)

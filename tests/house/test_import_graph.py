@@ -6,6 +6,7 @@ Every import counts: absolute and relative, at module level, inside functions, a
 module) is an edge to the package's ``__init__``. Importing a submodule does not count as
 importing its parent packages (Python runs those first, without a cycle).
 """
+
 from __future__ import annotations
 
 import ast
@@ -40,7 +41,7 @@ def import_graph(package_dir: Path) -> dict[str, set[str]]:
                 if node.level:
                     if node.level - 1 > len(package):
                         raise ValueError(f"{path}:{node.lineno}: relative import beyond the top package")
-                    base = ".".join(package[:len(package) - (node.level - 1)] + ([node.module] if node.module else []))
+                    base = ".".join(package[: len(package) - (node.level - 1)] + ([node.module] if node.module else []))
                 else:
                     base = node.module or ""
                 for alias in node.names:
@@ -125,8 +126,12 @@ def test_no_import_cycles_in_the_package():
 
 def test_the_gate_sits_above_the_wrapper():
     graph = import_graph(PACKAGE)
-    below_the_gate = {"safety_modules.wrapper", "safety_modules.policy", "safety_modules.images",
-                      "safety_modules.conversation"}
+    below_the_gate = {
+        "safety_modules.wrapper",
+        "safety_modules.policy",
+        "safety_modules.images",
+        "safety_modules.conversation",
+    }
     assert "safety_modules.wrapper" in graph["safety_modules.gate.gate"]
     for name in below_the_gate:
         reached = _reachable(graph, name)
@@ -162,8 +167,9 @@ def test_the_checker_finds_cycles_of_every_kind(tmp_path):
     assert graph["pkg"] == {"pkg.a"} and graph["pkg.sub.x"] == {"pkg.sub.y", "pkg.c"}
     cycles = find_cycles(graph)
     assert cycles == [["pkg.a", "pkg.b", "pkg.a"], ["pkg.sub.x", "pkg.sub.y", "pkg.sub.x"]]
-    assert describe(cycles) == ("import cycle: pkg.a -> pkg.b -> pkg.a\n"
-                                "import cycle: pkg.sub.x -> pkg.sub.y -> pkg.sub.x")
+    assert describe(cycles) == (
+        "import cycle: pkg.a -> pkg.b -> pkg.a\nimport cycle: pkg.sub.x -> pkg.sub.y -> pkg.sub.x"
+    )
 
     # Removing the typing-only import breaks the first cycle; a three-module ring is found whole.
     (pkg / "b.py").write_text("")

@@ -1,4 +1,5 @@
 """Saving and loading safety modules; base fingerprints; the original-LLaVA converter; the tiny model."""
+
 from __future__ import annotations
 
 import hashlib
@@ -89,7 +90,9 @@ def write_original_twin(tiny_dir, out):
     # The converter grows embeddings to a multiple of 64 with mean rows; build the twin identically.
     for module in (hf.get_input_embeddings(), hf.lm_head):
         weight = module.weight.data[:base_vocab]
-        module.weight = torch.nn.Parameter(torch.cat([weight, weight.mean(0, keepdim=True).expand(grown - base_vocab, -1)]))
+        module.weight = torch.nn.Parameter(
+            torch.cat([weight, weight.mean(0, keepdim=True).expand(grown - base_vocab, -1)])
+        )
     hf.config.text_config.vocab_size = grown
 
     tower_dir = out / "clip-tower"
@@ -109,18 +112,38 @@ def write_original_twin(tiny_dir, out):
         elif key.startswith("model.multi_modal_projector.linear_2."):
             key = "model.mm_projector.2." + key.rsplit(".", 1)[1]
         elif key.startswith("model.language_model."):
-            key = "model." + key[len("model.language_model."):]
+            key = "model." + key[len("model.language_model.") :]
         if key in ("model.embed_tokens.weight", "lm_head.weight"):
             value = value[:base_vocab]
         state[key] = value.contiguous()
     save_file(state, str(ckpt / "model.safetensors"))
     text = hf.config.text_config.to_dict()
-    config = {k: text[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                                   "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "bos_token_id",
-                                   "eos_token_id", "tie_word_embeddings")}
-    config.update(architectures=["LlavaLlamaForCausalLM"], model_type="llava", vocab_size=base_vocab,
-                  mm_vision_tower=str(tower_dir), mm_projector_type="mlp2x_gelu", mm_hidden_size=32,
-                  mm_vision_select_layer=-2, mm_vision_select_feature="patch", image_aspect_ratio="pad")
+    config = {
+        k: text[k]
+        for k in (
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "max_position_embeddings",
+            "rms_norm_eps",
+            "bos_token_id",
+            "eos_token_id",
+            "tie_word_embeddings",
+        )
+    }
+    config.update(
+        architectures=["LlavaLlamaForCausalLM"],
+        model_type="llava",
+        vocab_size=base_vocab,
+        mm_vision_tower=str(tower_dir),
+        mm_projector_type="mlp2x_gelu",
+        mm_hidden_size=32,
+        mm_vision_select_layer=-2,
+        mm_vision_select_feature="patch",
+        image_aspect_ratio="pad",
+    )
     (ckpt / "config.json").write_text(json.dumps(config))
     tokenizer.save_pretrained(ckpt)
     return hf, ckpt
@@ -148,8 +171,12 @@ def test_original_format_checkpoint_converts_to_the_hf_twin(tiny_dir, tmp_path):
     converted = SafeLlava(model, hf_model.safety, processor)
     assert converted.config.base_fingerprint == hf_model.config.base_fingerprint
     image = [random_image(24, size=(336, 336))]  # square: padding and cropping agree
-    torch.testing.assert_close(converted.assess(image, ["what?"]).level_logits,
-                               hf_model.assess(image, ["what?"]).level_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        converted.assess(image, ["what?"]).level_logits,
+        hf_model.assess(image, ["what?"]).level_logits,
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 def test_loader_errors_are_clear(tmp_path):

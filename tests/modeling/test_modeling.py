@@ -1,4 +1,5 @@
 """Safety modules at tiny and at real LLaVA-1.5 geometry; SafeLlava forward/assess behaviour."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,10 +13,17 @@ from ..conftest import random_image
 
 
 def llava_geometry(text_hidden: int, text_heads: int) -> LlavaConfig:
-    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                              image_size=336, patch_size=14)
-    return LlavaConfig(vision_config=vision, text_config=LlamaConfig(hidden_size=text_hidden,
-                                                                     num_attention_heads=text_heads))
+    vision = CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+    )
+    return LlavaConfig(
+        vision_config=vision, text_config=LlamaConfig(hidden_size=text_hidden, num_attention_heads=text_heads)
+    )
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -59,8 +67,9 @@ def test_config_round_trip_and_errors(tmp_path):
 
 
 def test_custom_taxonomy_sizes_the_head(tiny_dir):
-    model = SafeLlava.from_pretrained(tiny_dir, seed=0, level_names=["ok", "risky"],
-                                      type_names=[f"c{i}" for i in range(9)] + ["safe"])
+    model = SafeLlava.from_pretrained(
+        tiny_dir, seed=0, level_names=["ok", "risky"], type_names=[f"c{i}" for i in range(9)] + ["safe"]
+    )
     scores = model.assess([random_image(0)])
     assert scores.level_probs.shape == (1, 2) and scores.type_probs.shape == (1, 10)
 
@@ -68,8 +77,12 @@ def test_custom_taxonomy_sizes_the_head(tiny_dir):
 @pytest.mark.device_sensitive
 def test_forward_shapes_and_dtypes(tiny_model, dtype):
     proc = tiny_model.processor
-    texts = [proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
-                                      add_generation_prompt=True) for q in ("what?", "describe this picture in detail")]
+    texts = [
+        proc.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}], add_generation_prompt=True
+        )
+        for q in ("what?", "describe this picture in detail")
+    ]
     enc = proc(images=[random_image(1), random_image(2)], text=texts, return_tensors="pt", padding=True)
     out = tiny_model(enc["input_ids"], enc["pixel_values"], enc["attention_mask"])
     n_llm = tiny_model.config.num_llm_tokens
@@ -107,9 +120,9 @@ def test_prompt_padding_does_not_change_scores(tiny_model, tol):
     prompts = ["short", "a much longer prompt that forces the other rows to be padded quite a bit", ""]
     batch = tiny_model.assess(images, prompts)
     for i in range(3):
-        alone = tiny_model.assess(images[i:i + 1], prompts[i:i + 1])
-        torch.testing.assert_close(batch.level_logits[i:i + 1], alone.level_logits, **tol)
-        torch.testing.assert_close(batch.type_logits[i:i + 1], alone.type_logits, **tol)
+        alone = tiny_model.assess(images[i : i + 1], prompts[i : i + 1])
+        torch.testing.assert_close(batch.level_logits[i : i + 1], alone.level_logits, **tol)
+        torch.testing.assert_close(batch.type_logits[i : i + 1], alone.type_logits, **tol)
 
 
 def test_vision_tower_runs_once_per_forward_and_assess(tiny_model):
@@ -117,8 +130,12 @@ def test_vision_tower_runs_once_per_forward_and_assess(tiny_model):
     # The embeddings run once per vision pass (select_vision_features calls the layers it needs itself).
     tiny_model.base.model.vision_tower.embeddings.register_forward_hook(lambda *a: calls.append(1))
     proc = tiny_model.processor
-    enc = proc(images=[random_image(9), random_image(10)], text=["USER: <image>\nhi ASSISTANT:"] * 2,
-               return_tensors="pt", padding=True)
+    enc = proc(
+        images=[random_image(9), random_image(10)],
+        text=["USER: <image>\nhi ASSISTANT:"] * 2,
+        return_tensors="pt",
+        padding=True,
+    )
     tiny_model(enc["input_ids"], enc["pixel_values"], enc["attention_mask"])
     assert len(calls) == 1
     tiny_model.assess([random_image(11), random_image(12)], prompts=["a", "b"])
@@ -128,16 +145,27 @@ def test_vision_tower_runs_once_per_forward_and_assess(tiny_model):
 def test_backward_touches_only_safety_modules(tiny_model):
     before = {k: v.clone() for k, v in tiny_model.base.state_dict().items()}
     proc = tiny_model.processor
-    texts = [proc.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is it?"}]},
-         {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]}])] * 2
+    texts = [
+        proc.apply_chat_template(
+            [
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is it?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]},
+            ]
+        )
+    ] * 2
     enc = proc(images=[random_image(13), random_image(14)], text=texts, return_tensors="pt", padding=True)
     labels = enc["input_ids"].clone()
     tiny_model.train()
     assert not tiny_model.base.training
     optimizer = torch.optim.AdamW([p for p in tiny_model.parameters() if p.requires_grad], lr=1e-2)
-    out = tiny_model(enc["input_ids"], enc["pixel_values"], enc["attention_mask"], labels=labels,
-                     safety_levels=torch.tensor([0, 3]), safety_types=torch.tensor([6, 1]))
+    out = tiny_model(
+        enc["input_ids"],
+        enc["pixel_values"],
+        enc["attention_mask"],
+        labels=labels,
+        safety_levels=torch.tensor([0, 3]),
+        safety_types=torch.tensor([6, 1]),
+    )
     assert out.lm_loss is not None and out.safety_loss is not None
     torch.testing.assert_close(out.loss, out.lm_loss + 10.0 * out.safety_loss)
     out.loss.backward()
@@ -186,7 +214,8 @@ def test_identical_images_in_a_batch_take_one_vision_pass(tiny_model, tol):
     a, b = random_image(40), random_image(41)
     seen = []
     hook = tiny_model.base.model.vision_tower.embeddings.register_forward_hook(
-        lambda mod, args, out: seen.append(args[0].shape[0]))
+        lambda mod, args, out: seen.append(args[0].shape[0])
+    )
     # the same object twice and an equal copy: both are recognised by content
     scores = tiny_model.assess([a, b, a, a.copy(), b])
     features = tiny_model.encode_images([a, b, a, a.copy(), b])

@@ -1,4 +1,5 @@
 """The RL alignment split of UnsafeConcepts: per-concept 80/20 (1,222 / 345 on the real counts), safe images, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,15 @@ TAXONOMY = Path("/work/shared/data/unsafe_concepts_taxonomy.json")
 
 def published_items() -> list[uc.UnsafeConceptItem]:
     """Items with the published per-concept image counts (benchmarks B.2), no images needed for the split."""
-    counts = [(c["concept"], c["images"], cat["category"])
-              for cat in json.loads(TAXONOMY.read_text())["categories"] for c in cat["concepts"]] \
-        if TAXONOMY.exists() else [("Swastika", 13, "Hate"), ("Celtic Cross", 1, "Hate"),
-                                   ("Gun violence", 50, "Violence")]
+    counts = (
+        [
+            (c["concept"], c["images"], cat["category"])
+            for cat in json.loads(TAXONOMY.read_text())["categories"]
+            for c in cat["concepts"]
+        ]
+        if TAXONOMY.exists()
+        else [("Swastika", 13, "Hate"), ("Celtic Cross", 1, "Hate"), ("Gun violence", 50, "Violence")]
+    )
     items = []
     for concept, n, category in counts:
         items += [uc.UnsafeConceptItem(len(items) + k, category, concept) for k in range(n)]
@@ -52,8 +58,25 @@ def test_cli_writes_the_rl_split(tmp_path):
     data = write_safervlm_layout(tmp_path / "uc")
     safe = write_safe_folder(tmp_path / "imagenet", 30)  # 24 train / 6 test after the 80/20 cut
     out = tmp_path / "rl" / "train.jsonl"
-    assert main(["data", "convert", "unsafe-concepts", str(data), "--split", "train", "--safe-images", str(safe),
-                 "--out", str(out), "--seed", "3"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                "unsafe-concepts",
+                str(data),
+                "--split",
+                "train",
+                "--safe-images",
+                str(safe),
+                "--out",
+                str(out),
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     records = read_records(out)
     unsafe = [r for r in records if r["alignment_label"] == "Unsafe"]
     safe_records = [r for r in records if r["alignment_label"] == "Safe"]
@@ -61,8 +84,23 @@ def test_cli_writes_the_rl_split(tmp_path):
     assert len(unsafe) == sum(n * 4 // 5 for n in [1] * len(UC_ROWS))
     assert len(safe_records) == len(unsafe)
     test_out = tmp_path / "rl" / "test.jsonl"
-    assert main(["data", "convert", "unsafe-concepts", str(data), "--split", "test", "--safe-images", str(safe),
-                 "--out", str(test_out)]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                "unsafe-concepts",
+                str(data),
+                "--split",
+                "test",
+                "--safe-images",
+                str(safe),
+                "--out",
+                str(test_out),
+            ]
+        )
+        == 0
+    )
     test = read_records(test_out)
     assert sum(r["alignment_label"] == "Unsafe" for r in test) == len(UC_ROWS)
     assert sum(r["alignment_label"] == "Safe" for r in test) == len(UC_ROWS)  # truncated to the unsafe count
@@ -83,9 +121,12 @@ def test_split_with_more_images_per_concept_and_seeded_prompts(tmp_path):
     root = tmp_path / "uc" / "UnsafeConcepts"
     (root / "images").mkdir(parents=True)
     rows = [("Hate", "Swastika")] * 10 + [("Violence", "Gun violence")] * 5
-    (root / "metadata.jsonl").write_text("".join(json.dumps({"image_filename": f"images/{i}.png", "category": c,
-                                                             "unsafe_concept": k}) + "\n"
-                                                 for i, (c, k) in enumerate(rows)))
+    (root / "metadata.jsonl").write_text(
+        "".join(
+            json.dumps({"image_filename": f"images/{i}.png", "category": c, "unsafe_concept": k}) + "\n"
+            for i, (c, k) in enumerate(rows)
+        )
+    )
     for i in range(len(rows)):
         (root / "images" / f"{i}.png").write_bytes(image_bytes(i, fmt="PNG"))
     safe = write_safe_folder(tmp_path / "safe", 30)
@@ -125,9 +166,10 @@ def test_rl_samples_skip_broken_images(tmp_path, caplog):
 
     (tmp_path / "ok.png").write_bytes(image_bytes(1, fmt="PNG"))
     (tmp_path / "broken.png").write_bytes(b"not an image")
-    records = [make_record("a", "ok.png", uc.ALIGNMENT_PROMPTS[0], "", 0, "safe"),
-               {**make_record("b", "broken.png", uc.ALIGNMENT_PROMPTS[1], "", 3, "illegal_risk"),
-                "alignment_label": "Unsafe"}]
+    records = [
+        make_record("a", "ok.png", uc.ALIGNMENT_PROMPTS[0], "", 0, "safe"),
+        {**make_record("b", "broken.png", uc.ALIGNMENT_PROMPTS[1], "", 3, "illegal_risk"), "alignment_label": "Unsafe"},
+    ]
     write_records(records, tmp_path / "rl.jsonl")
     samples = load_samples([DataFile(str(tmp_path / "rl.jsonl"))])
     assert [(s.id, s.label, s.prompt) for s in samples] == [("a", "Safe", uc.ALIGNMENT_PROMPTS[0])]

@@ -1,4 +1,5 @@
 """1 - Self-BLEU against cases worked out by hand."""
+
 from __future__ import annotations
 
 import math

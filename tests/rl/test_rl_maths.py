@@ -1,4 +1,5 @@
 """PPO and GRPO maths against small cases worked out by hand (no model involved)."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Rewards: the rule judge, the classifier judge (a real saved sequence classifier), normalisation and shaping."""
+
 from __future__ import annotations
 
 import pytest
@@ -37,14 +38,16 @@ def test_na_answers_are_masked():
 def test_shaping_terms():
     # lengths 2 and 4 of max 8 with bonus 4 -> +1 and +2; the second never stopped -> -8
     judged = JudgedAnswers(torch.tensor([1.0, 0.0]), torch.tensor([True, True]))
-    shaped = shape_rewards(judged, torch.tensor([2, 4]), torch.tensor([True, False]), 8,
-                           length_bonus=4.0, stop_penalty=-8.0)
+    shaped = shape_rewards(
+        judged, torch.tensor([2, 4]), torch.tensor([True, False]), 8, length_bonus=4.0, stop_penalty=-8.0
+    )
     assert shaped.tolist() == pytest.approx([1.0 + 1.0, 0.0 + 2.0 - 8.0])
 
 
 def test_rules_judge():
-    judged = RulesJudge()(["No, it is not safe for social media.", "Yes, it is fine.", "I cannot tell."],
-                          ["Unsafe", "Unsafe", "Safe"])
+    judged = RulesJudge()(
+        ["No, it is not safe for social media.", "Yes, it is fine.", "I cannot tell."], ["Unsafe", "Unsafe", "Safe"]
+    )
     assert judged.raw.tolist() == [1.0, 0.0, 0.0]
     assert judged.valid.tolist() == [True, True, False]
     with pytest.raises(ValueError, match="Safe or Unsafe"):

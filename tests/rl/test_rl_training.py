@@ -1,4 +1,5 @@
 """RL on the tiny model (see `tiny_task` for the task and its one shortcut): learning, frozen base, reload, resume."""
+
 from __future__ import annotations
 
 import hashlib
@@ -46,11 +47,26 @@ def base_digest(model: torch.nn.Module) -> str:
 
 
 def rl_config(task, out, **overrides) -> RLConfig:
-    values = dict(base=str(task["base"]), train_data=[str(task["train"])], output_dir=str(out), seed=0,
-                  rollout_batch_size=8, step_batch_size=8, per_device_batch_size=8, group_size=4,
-                  learning_rate=2e-3, warmup_steps=1, lora={"r": 8, "alpha": 16, "dropout": 0.0}, reward="rules",
-                  max_new_tokens=4, length_bonus=0.0, stop_penalty=-1.0, reward_scale=1.0, save_steps=None,
-                  progress_bar=False)
+    values = dict(
+        base=str(task["base"]),
+        train_data=[str(task["train"])],
+        output_dir=str(out),
+        seed=0,
+        rollout_batch_size=8,
+        step_batch_size=8,
+        per_device_batch_size=8,
+        group_size=4,
+        learning_rate=2e-3,
+        warmup_steps=1,
+        lora={"r": 8, "alpha": 16, "dropout": 0.0},
+        reward="rules",
+        max_new_tokens=4,
+        length_bonus=0.0,
+        stop_penalty=-1.0,
+        reward_scale=1.0,
+        save_steps=None,
+        progress_bar=False,
+    )
     values.update(overrides)
     return RLConfig(**values)
 
@@ -106,8 +122,10 @@ def test_grpo_raises_heldout_alignment_and_leaves_the_base_alone(task, tmp_path)
     reloaded = SafeLlava.from_pretrained(task["base"], seed=0, lora=result.adapter_dir)
     end, answers = evaluate_alignment(reloaded, heldout, False, 4)
     end_p = mean_p_correct(reloaded, heldout)
-    print(f"held-out alignment: start {start} P(right) {start_p:.3f}, end {end} P(right) {end_p:.3f} "
-          f"after {result.global_step} GRPO steps")
+    print(
+        f"held-out alignment: start {start} P(right) {start_p:.3f}, end {end} P(right) {end_p:.3f} "
+        f"after {result.global_step} GRPO steps"
+    )
     assert_clearly_better(start, end, start_p, end_p)
     # the saved adapter answers exactly as the policy that was trained
     assert greedy_answers(trained, heldout, False, 4) == answers
@@ -130,14 +148,23 @@ def test_ppo_raises_heldout_alignment(task, tmp_path):
     trained = SafeLlava.from_pretrained(task["base"], seed=0, lora=result.adapter_dir)
     end, _ = evaluate_alignment(trained, heldout, False, 4)
     end_p = mean_p_correct(trained, heldout)
-    print(f"held-out alignment: start {start} P(right) {start_p:.3f}, end {end} P(right) {end_p:.3f} "
-          f"after {result.global_step} PPO steps")
+    print(
+        f"held-out alignment: start {start} P(right) {start_p:.3f}, end {end} P(right) {end_p:.3f} "
+        f"after {result.global_step} PPO steps"
+    )
     assert_clearly_better(start, end, start_p, end_p)
 
 
 def test_ppo_resume_equals_an_uninterrupted_run(task, tmp_path):
-    overrides = dict(algorithm="ppo", max_steps=2, rollout_batch_size=4, step_batch_size=2, per_device_batch_size=1,
-                     max_new_tokens=3, noptepochs=2)
+    overrides = dict(
+        algorithm="ppo",
+        max_steps=2,
+        rollout_batch_size=4,
+        step_batch_size=2,
+        per_device_batch_size=1,
+        max_new_tokens=3,
+        noptepochs=2,
+    )
     full = train_rl(rl_config(task, tmp_path / "full", **overrides))
     part = train_rl(rl_config(task, tmp_path / "part", **overrides), stop_after=1)
     assert part.global_step == 1 and part.adapter_dir is None
@@ -164,11 +191,26 @@ def test_cli_trains_and_writes_the_before_after_report(task, tmp_path):
     from safety_modules.cli import main
 
     recipe = tmp_path / "rl.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "algorithm": "grpo", "base": str(task["base"]), "train_data": [str(task["train"])],
-        "eval_data": [str(task["heldout"])], "output_dir": str(tmp_path / "run"), "max_steps": 2,
-        "rollout_batch_size": 8, "step_batch_size": 8, "per_device_batch_size": 8, "group_size": 4,
-        "reward": "rules", "max_new_tokens": 4, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "progress_bar": False}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "algorithm": "grpo",
+                "base": str(task["base"]),
+                "train_data": [str(task["train"])],
+                "eval_data": [str(task["heldout"])],
+                "output_dir": str(tmp_path / "run"),
+                "max_steps": 2,
+                "rollout_batch_size": 8,
+                "step_batch_size": 8,
+                "per_device_batch_size": 8,
+                "group_size": 4,
+                "reward": "rules",
+                "max_new_tokens": 4,
+                "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+                "progress_bar": False,
+            }
+        )
+    )
     assert main(["train", "rl", str(recipe)]) == 0
     assert (tmp_path / "run" / "lora_adapter" / "adapter_config.json").is_file()
     results = json.loads((tmp_path / "run" / "report" / "results.json").read_text())
@@ -188,17 +230,31 @@ def test_cli_trains_and_writes_the_before_after_report(task, tmp_path):
 
 def test_classifier_reward_drives_a_run(task, classifier_dir, tmp_path):
     """The classifier reward wired into the loop (a random classifier: this checks the plumbing, not learning)."""
-    result = train_rl(rl_config(task, tmp_path / "clf", algorithm="ppo", max_steps=1, rollout_batch_size=4,
-                                step_batch_size=4, per_device_batch_size=4, max_new_tokens=3, reward="classifier",
-                                reward_classifier=str(classifier_dir), length_bonus=4.0, stop_penalty=-8.0))
+    result = train_rl(
+        rl_config(
+            task,
+            tmp_path / "clf",
+            algorithm="ppo",
+            max_steps=1,
+            rollout_batch_size=4,
+            step_batch_size=4,
+            per_device_batch_size=4,
+            max_new_tokens=3,
+            reward="classifier",
+            reward_classifier=str(classifier_dir),
+            length_bonus=4.0,
+            stop_penalty=-8.0,
+        )
+    )
     entry = result.history[0]
     # normalised judge score in [0, 1] + 4 x length / 3 (every answer is 1-3 tokens) - 8 when no EOS
     assert -8.0 <= entry["reward"] <= 1.0 + 4.0 and math.isfinite(entry["pg_loss"])
 
 
 def test_gradient_checkpointing_changes_nothing_and_bf16_runs(task, tmp_path):
-    overrides = dict(algorithm="ppo", max_steps=1, rollout_batch_size=4, step_batch_size=4, per_device_batch_size=2,
-                     max_new_tokens=3)
+    overrides = dict(
+        algorithm="ppo", max_steps=1, rollout_batch_size=4, step_batch_size=4, per_device_batch_size=2, max_new_tokens=3
+    )
     plain = train_rl(rl_config(task, tmp_path / "plain", **overrides))
     checkpointed = train_rl(rl_config(task, tmp_path / "ckpt", gradient_checkpointing=True, **overrides))
     a, b = dict(plain.policy.named_parameters()), dict(checkpointed.policy.named_parameters())
@@ -217,8 +273,13 @@ def test_gradient_checkpointing_changes_nothing_and_bf16_runs(task, tmp_path):
     values = {**rl_config(task, tmp_path / "bf16", mixed_precision="bf16", dtype="bf16", **overrides).to_dict()}
     recipe.write_text(yaml.safe_dump(values))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
-    done = subprocess.run([sys.executable, "-m", "safety_modules.cli", "train", "rl", str(recipe)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "safety_modules.cli", "train", "rl", str(recipe)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     history = [json.loads(line) for line in (tmp_path / "bf16" / "log.jsonl").read_text().splitlines()]
     assert len(history) == 1 and all(math.isfinite(v) for v in history[0].values())
@@ -229,13 +290,24 @@ def test_recipes_carry_the_published_settings():
     assert (ppo.algorithm, ppo.kl_coef, ppo.entropy_coef, ppo.gamma, ppo.lam) == ("ppo", 0.1, 0.02, 1.0, 1.0)
     assert (ppo.cliprange, ppo.cliprange_value, ppo.vf_coef, ppo.temperature) == (0.2, 0.2, 0.1, 1.0)
     assert (ppo.rollout_batch_size, ppo.step_batch_size, ppo.learning_rate, ppo.epochs) == (32, 32, 3e-5, 4)
-    assert (ppo.lora.r, ppo.lora.alpha, ppo.length_bonus, ppo.stop_penalty, ppo.max_new_tokens) == (128, 256, 4.0, -8.0,
-                                                                                                      512)
+    assert (ppo.lora.r, ppo.lora.alpha, ppo.length_bonus, ppo.stop_penalty, ppo.max_new_tokens) == (
+        128,
+        256,
+        4.0,
+        -8.0,
+        512,
+    )
     grpo = RLConfig.from_yaml(Path(__file__).parents[2] / "train" / "rl_grpo_llava15_7b.yaml")
     assert grpo.algorithm == "grpo" and grpo.prompts_per_step * grpo.group_size == grpo.rollout_batch_size
     with pytest.raises(ValueError, match="group_size"):
-        RLConfig(algorithm="grpo", train_data=["x.jsonl"], rollout_batch_size=6, step_batch_size=6,
-                 per_device_batch_size=6, group_size=4)
+        RLConfig(
+            algorithm="grpo",
+            train_data=["x.jsonl"],
+            rollout_batch_size=6,
+            step_batch_size=6,
+            per_device_batch_size=6,
+            group_size=4,
+        )
     with pytest.raises(ValueError, match="unknown RL settings"):
         RLConfig.from_dict({"train_data": ["x.jsonl"], "kl_coeff": 0.1})
 

@@ -1,4 +1,5 @@
 """Acceptance of the pipeline: the same rows as the straightforward path, one lock per output folder, auto workers."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from safety_modules.images import ImageDecodeError, decode_image
+from safety_modules.images import ImageDecodeError, bound_aspect, decode_image
 from safety_modules.scan import (
     CorpusReader,
     ScanLockedError,
@@ -19,7 +20,6 @@ from safety_modules.scan import (
     run_scan,
 )
 from safety_modules.scan.lock import LOCK_NAME, OutputLock
-from safety_modules.images import bound_aspect
 from safety_modules.scan.readers import ItemError, load_bytes
 from safety_modules.scan.scorer import load_flagger
 
@@ -67,8 +67,9 @@ def test_rows_match_the_straightforward_path(tiny_dir, safety_dir, tmp_path, pho
         files = {**plain_images(3), **unusual_images(), **{k: v for k, (v, _) in broken_images().items()}}
     corpus = write_folder(tmp_path / "corpus", files)
     # Pinned to CPU float32 on any machine: the 1e-5 acceptance is about the pipeline, not the device.
-    settings = ScanSettings(base=str(tiny_dir), safety=str(safety_dir), workers=2, batch_size=3, part_size=5,
-                            device="cpu", dtype="fp32")
+    settings = ScanSettings(
+        base=str(tiny_dir), safety=str(safety_dir), workers=2, batch_size=3, part_size=5, device="cpu", dtype="fp32"
+    )
     run_scan(corpus, tmp_path / "out", settings, progress=False)
     table = read_parts(tmp_path / "out")
     expected = straightforward_rows(corpus, tiny_dir, safety_dir)
@@ -105,11 +106,13 @@ def test_a_stale_lock_is_taken_over_with_a_warning(tiny_dir, safety_dir, tmp_pat
     corpus = write_folder(tmp_path / "c", plain_images(2))
     out = tmp_path / "out"
     out.mkdir()
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     dead_pid = int(gone.stdout)
-    (out / LOCK_NAME).write_text(json.dumps({"pid": dead_pid, "host": OutputLock(out).owner["host"],
-                                             "started": "2026-01-01T00:00:00Z"}))
+    (out / LOCK_NAME).write_text(
+        json.dumps({"pid": dead_pid, "host": OutputLock(out).owner["host"], "started": "2026-01-01T00:00:00Z"})
+    )
     settings = ScanSettings(base=str(tiny_dir), safety=str(safety_dir), workers=0, batch_size=2)
     with pytest.warns(UserWarning, match=f"pid {dead_pid}"):
         manifest = run_scan(corpus, out, settings, progress=False)
@@ -117,12 +120,18 @@ def test_a_stale_lock_is_taken_over_with_a_warning(tiny_dir, safety_dir, tmp_pat
 
 
 def test_auto_workers_follow_the_cores_this_process_may_use():
-    code = ("import os; from safety_modules.scan.settings import resolve_workers; "
-            "os.sched_setaffinity(0, {0}); a = resolve_workers('auto'); "
-            "os.sched_setaffinity(0, set(range(os.cpu_count()))); print(a, resolve_workers('auto'), os.cpu_count())")
+    code = (
+        "import os; from safety_modules.scan.settings import resolve_workers; "
+        "os.sched_setaffinity(0, {0}); a = resolve_workers('auto'); "
+        "os.sched_setaffinity(0, set(range(os.cpu_count()))); print(a, resolve_workers('auto'), os.cpu_count())"
+    )
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    one_core, all_cores, count = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                                         env=env, check=True, timeout=120).stdout.split())
+    one_core, all_cores, count = map(
+        int,
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, timeout=120
+        ).stdout.split(),
+    )
     assert one_core == 1 and all_cores == max(1, min(count - 1, 16))
     with pytest.raises(ValueError, match="--workers"):
         from safety_modules.scan.settings import resolve_workers

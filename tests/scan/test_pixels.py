@@ -1,4 +1,5 @@
 """The scan's uint8 path reproduces the CLIP image processor; draft decoding stays close for large JPEGs."""
+
 from __future__ import annotations
 
 import io
@@ -28,8 +29,15 @@ def clip_processor(**kw):
         CLIPImageProcessor,  # the PIL backend here (no torchvision); torchvision's on GPU boxes
     )
 
-    return CLIPImageProcessor(**{"size": {"shortest_edge": 336}, "crop_size": {"height": 336, "width": 336},
-                                 "image_mean": MEAN, "image_std": STD, **kw})
+    return CLIPImageProcessor(
+        **{
+            "size": {"shortest_edge": 336},
+            "crop_size": {"height": 336, "width": 336},
+            "image_mean": MEAN,
+            "image_std": STD,
+            **kw,
+        }
+    )
 
 
 def ours(data: bytes, processor, draft: bool = True) -> torch.Tensor:
@@ -46,8 +54,11 @@ def photo_jpegs(photos) -> dict[str, bytes]:
     """Real photos as JPEGs of web sizes (short side under 2 x 336, so never drafted): landscape, portrait,
     square, smaller than the crop, a long side over 1000 px."""
     sizes = [(500, 375), (375, 500), (640, 480), (512, 512), (300, 200), (1200, 600)]
-    return {f"{n}_{w}x{h}.jpg": encode(photo.resize((w, h)), "JPEG", quality=90)
-            for n, photo in enumerate(photos) for w, h in sizes}
+    return {
+        f"{n}_{w}x{h}.jpg": encode(photo.resize((w, h)), "JPEG", quality=90)
+        for n, photo in enumerate(photos)
+        for w, h in sizes
+    }
 
 
 @pytest.mark.parametrize("mean_std", ["clip", "half"])
@@ -66,8 +77,9 @@ def test_pad_to_square_matches_original_llava(photos):
     from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
     clip = clip_processor()
-    padding = LlavaImageProcessorPil(size=clip.size, crop_size=clip.crop_size, image_mean=MEAN, image_std=STD,
-                                     do_pad=True)
+    padding = LlavaImageProcessorPil(
+        size=clip.size, crop_size=clip.crop_size, image_mean=MEAN, image_std=STD, do_pad=True
+    )
     for photo in photos:
         for size in [(500, 300), (300, 500)]:
             data = encode(photo.resize(size), "JPEG")
@@ -135,13 +147,25 @@ def test_only_plain_jpegs_are_passed_to_the_gpu(tmp_path, photos):
     from safety_modules.scan.readers import Item
 
     spec = PixelSpec.from_processor(clip_processor())
-    files = {"plain.jpg": encode(photos[0], "JPEG"), "grey.jpg": encode(photos[0].convert("L"), "JPEG"),
-             **{k: v for k, v in unusual_images().items() if k in ("cmyk.jpg", "lying_extension.jpg")},
-             "strip.jpg": encode(photos[0].resize((2000, 100)), "JPEG"), "empty.jpg": b""}
+    files = {
+        "plain.jpg": encode(photos[0], "JPEG"),
+        "grey.jpg": encode(photos[0].convert("L"), "JPEG"),
+        **{k: v for k, v in unusual_images().items() if k in ("cmyk.jpg", "lying_extension.jpg")},
+        "strip.jpg": encode(photos[0].resize((2000, 100)), "JPEG"),
+        "empty.jpg": b"",
+    }
     passed = {}
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
         passed[name] = passthrough_jpeg(Item("t", name, {"file": str(tmp_path / name)}), spec, 50_000_000) is not None
-    assert passed == {"plain.jpg": True, "grey.jpg": True, "cmyk.jpg": False, "lying_extension.jpg": False,
-                      "strip.jpg": False, "empty.jpg": False}
-    assert not gpu_decode_available("auto", torch.device("cpu")) and not gpu_decode_available("off", torch.device("cpu"))
+    assert passed == {
+        "plain.jpg": True,
+        "grey.jpg": True,
+        "cmyk.jpg": False,
+        "lying_extension.jpg": False,
+        "strip.jpg": False,
+        "empty.jpg": False,
+    }
+    assert not gpu_decode_available("auto", torch.device("cpu")) and not gpu_decode_available(
+        "off", torch.device("cpu")
+    )

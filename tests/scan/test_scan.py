@@ -1,4 +1,5 @@
 """The scan path: vision-only loading, parity with SafeLlava, broken and unusual input, resumption rules."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,19 @@ from safety_modules import IncompatibleBaseError, SafeLlava
 from safety_modules.backbone import load_base, load_vision_parts
 from safety_modules.modeling import base_fingerprint
 from safety_modules.scan import ScanSettings, VisionScorer, read_parts, run_scan
-from ..scan_corpus import (add_symlink, broken_images, encode, plain_images, save_safety, unusual_images, wds_samples,
-                         write_folder, write_tar, _rgb)
+
+from ..scan_corpus import (
+    _rgb,
+    add_symlink,
+    broken_images,
+    encode,
+    plain_images,
+    save_safety,
+    unusual_images,
+    wds_samples,
+    write_folder,
+    write_tar,
+)
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +103,15 @@ def test_original_layout_vision_parts(tiny_dir, tmp_path):
     orig.mkdir()
     AutoTokenizer.from_pretrained(tiny_dir).save_pretrained(orig)
     config = LlavaConfig.from_pretrained(tiny_dir)
-    raw = {**config.text_config.to_dict(), "architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava",
-           "mm_vision_tower": str(tower_dir), "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": -2,
-           "mm_vision_select_feature": "patch"}
+    raw = {
+        **config.text_config.to_dict(),
+        "architectures": ["LlavaLlamaForCausalLM"],
+        "model_type": "llava",
+        "mm_vision_tower": str(tower_dir),
+        "mm_projector_type": "mlp2x_gelu",
+        "mm_vision_select_layer": -2,
+        "mm_vision_select_feature": "patch",
+    }
     (orig / "config.json").write_text(json.dumps(raw))
     state = load_file(str(tiny_dir / "model.safetensors"))
     converted = {}
@@ -105,7 +123,7 @@ def test_original_layout_vision_parts(tiny_dir, tmp_path):
         elif key.startswith("language_model.lm_head") or key.startswith("lm_head"):
             converted["lm_head.weight"] = value
         elif key.startswith("language_model."):
-            converted["model." + key[len("language_model."):].removeprefix("model.")] = value
+            converted["model." + key[len("language_model.") :].removeprefix("model.")] = value
     save_file(converted, str(orig / "model.safetensors"), metadata={"format": "pt"})
 
     parts = load_vision_parts(orig)
@@ -144,8 +162,24 @@ def test_broken_and_unusual_folder_corpus(tiny_dir, safety_dir, tmp_path, capsys
     for name in list(unusual) + list(plain_images(2)):
         row = rows[f"corpus:{name}"]
         assert row["error"] is None, row
-        assert abs(sum(row[f"p_{t}"] for t in ("politics", "illegal_risk", "insults_bullying", "fairness",
-                                                   "privacy", "misleading", "safe")) - 1) < 1e-4
+        assert (
+            abs(
+                sum(
+                    row[f"p_{t}"]
+                    for t in (
+                        "politics",
+                        "illegal_risk",
+                        "insults_bullying",
+                        "fairness",
+                        "privacy",
+                        "misleading",
+                        "safe",
+                    )
+                )
+                - 1
+            )
+            < 1e-4
+        )
         assert row["level"] is not None and row["flagged"] is not None
     counts = manifest["counts"]
     assert counts["errors_by_kind"] == {k: 1 for _, k in broken.values()}
@@ -172,8 +206,12 @@ def test_broken_tar_members_and_parquet_cells(tiny_dir, safety_dir, tmp_path):
     pq.write_table(pa.table({"jpg": [good, None, b"\x89PNG\r\n\x1a\n broken", good]}), tmp_path / "t.parquet")
     manifest = run_scan(tmp_path / "t.parquet", tmp_path / "pq_out", settings(tiny_dir, safety_dir))
     kinds = read_parts(tmp_path / "pq_out").column("error_kind").to_pylist()
-    assert kinds[0] is None and kinds[3] is None and kinds[1] == "empty" and kinds[2] in ("truncated", "unreadable",
-                                                                                            "not_an_image")
+    assert (
+        kinds[0] is None
+        and kinds[3] is None
+        and kinds[1] == "empty"
+        and kinds[2] in ("truncated", "unreadable", "not_an_image")
+    )
     assert manifest["counts"]["errors"] == 2
 
 

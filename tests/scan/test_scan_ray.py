@@ -1,10 +1,12 @@
 """``--engine ray`` on a local Ray gives the same rows and scores as the local engine."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from safety_modules.scan import ScanSettings, read_parts, run_scan
+
 from ..scan_corpus import broken_images, plain_images, save_safety, unusual_images, write_folder
 
 
@@ -18,13 +20,17 @@ def test_ray_engine_matches_local_engine(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(ray_engine, "WINDOW_BATCHES", 3)
 
     safety_dir = save_safety(tiny_dir, tmp_path / "safety")
-    files = {**plain_images(5), **dict(list(unusual_images().items())[:3]),
-             **{k: v for k, (v, _) in broken_images().items() if k != "bomb.png"}}
+    files = {
+        **plain_images(5),
+        **dict(list(unusual_images().items())[:3]),
+        **{k: v for k, (v, _) in broken_images().items() if k != "bomb.png"},
+    }
     corpus = write_folder(tmp_path / "corpus", files)
 
     def scan(engine: str, out: str):
-        settings = ScanSettings(base=str(tiny_dir), safety=str(safety_dir), engine=engine, part_size=4, batch_size=3,
-                                workers=0)
+        settings = ScanSettings(
+            base=str(tiny_dir), safety=str(safety_dir), engine=engine, part_size=4, batch_size=3, workers=0
+        )
         return run_scan(corpus, tmp_path / out, settings, progress=False)
 
     local = scan("local", "local")
@@ -36,11 +42,15 @@ def test_ray_engine_matches_local_engine(tiny_dir, tmp_path, monkeypatch):
 
     a, b = read_parts(tmp_path / "local"), read_parts(tmp_path / "ray")
     assert a.schema == b.schema
+
     def part_names(out: str) -> list[str]:
         return sorted(p.name for p in (tmp_path / out).glob("part-*"))
 
-    assert part_names("ray") == part_names("local") == ["part-000000.parquet", "part-000001.parquet",
-                                                        "part-000002.parquet"]
+    assert (
+        part_names("ray")
+        == part_names("local")
+        == ["part-000000.parquet", "part-000001.parquet", "part-000002.parquet"]
+    )
     for column in ("index", "id", "source", "error", "error_kind", "level", "type", "flagged"):
         assert a.column(column).to_pylist() == b.column(column).to_pylist(), column
     probs = [c for c in a.column_names if c.startswith("p_")]

@@ -1,4 +1,5 @@
 """The five corpus readers: detection, stable ids, streaming references, broken containers."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,8 @@ import pytest
 
 from safety_modules.images import ImageDecodeError, decode_image
 from safety_modules.scan.readers import CorpusReader, ItemError, ReaderOptions, detect_kind, load_bytes
-from ..scan_corpus import add_symlink, encode, plain_images, wds_samples, write_folder, write_tar, _rgb
+
+from ..scan_corpus import _rgb, add_symlink, encode, plain_images, wds_samples, write_folder, write_tar
 
 
 def ids(reader: CorpusReader) -> list[str]:
@@ -96,16 +98,25 @@ def test_webdataset_broken_members(tmp_path):
 
 def test_parquet_bytes_structs_paths_and_bad_cells(tmp_path):
     good = [encode(_rgb(i), "PNG") for i in range(3)]
-    pq.write_table(pa.table({"key": ["k0", "k1", "k2", "k3"], "jpg": good[:2] + [None, b"not an image"]}),
-                   tmp_path / "a.parquet", row_group_size=2)
+    pq.write_table(
+        pa.table({"key": ["k0", "k1", "k2", "k3"], "jpg": good[:2] + [None, b"not an image"]}),
+        tmp_path / "a.parquet",
+        row_group_size=2,
+    )
     struct = pa.array([{"bytes": good[2], "path": None}], pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
     pq.write_table(pa.table({"image": struct}), tmp_path / "b.parquet")
     (tmp_path / "c.parquet").write_bytes(b"PAR1 broken")
     reader = CorpusReader(tmp_path)
     assert reader.kind == "parquet"
     items = list(reader)
-    assert [i.id for i in items] == ["a.parquet:k0", "a.parquet:k1", "a.parquet:k2", "a.parquet:k3", "b.parquet:0",
-                                     "c.parquet:*"]
+    assert [i.id for i in items] == [
+        "a.parquet:k0",
+        "a.parquet:k1",
+        "a.parquet:k2",
+        "a.parquet:k3",
+        "b.parquet:0",
+        "c.parquet:*",
+    ]
     assert [decodes(i) for i in items] == [True, True, False, False, True, False]
     with pytest.raises(ItemError) as info:
         load_bytes(items[2])
@@ -116,8 +127,9 @@ def test_parquet_bytes_structs_paths_and_bad_cells(tmp_path):
 
 def test_parquet_path_column(tmp_path):
     write_folder(tmp_path / "imgs", plain_images(2))
-    pq.write_table(pa.table({"id": ["x", "y"], "image_path": ["imgs/img_000.png", "imgs/img_001.png"]}),
-                   tmp_path / "p.parquet")
+    pq.write_table(
+        pa.table({"id": ["x", "y"], "image_path": ["imgs/img_000.png", "imgs/img_001.png"]}), tmp_path / "p.parquet"
+    )
     items = list(CorpusReader(tmp_path / "p.parquet"))
     assert [i.id for i in items] == ["p.parquet:x", "p.parquet:y"] and all(decodes(i) for i in items)
 

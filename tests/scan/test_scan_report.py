@@ -1,4 +1,5 @@
 """``safevlm scan`` + ``safevlm scan-report``: self-contained HTML, blurred thumbnails, id exports."""
+
 from __future__ import annotations
 
 import base64
@@ -10,12 +11,15 @@ from PIL import Image
 
 from safety_modules.cli import main
 from safety_modules.scan import read_parts
+
 from ..scan_corpus import broken_images, plain_images, save_safety, write_folder
 
 
 def embedded(page: str, kind: str) -> list[Image.Image]:
-    return [Image.open(io.BytesIO(base64.b64decode(data)))
-            for data in re.findall(rf'src="data:image/{kind};base64,([A-Za-z0-9+/=]+)"', page)]
+    return [
+        Image.open(io.BytesIO(base64.b64decode(data)))
+        for data in re.findall(rf'src="data:image/{kind};base64,([A-Za-z0-9+/=]+)"', page)
+    ]
 
 
 def sharpness(image: Image.Image) -> float:
@@ -28,13 +32,33 @@ def test_scan_report_html_histograms_blurred_thumbnails_and_exports(tiny_dir, tm
     corpus = write_folder(tmp_path / "corpus", files)
     risky = save_safety(tiny_dir, tmp_path / "risky", flag_everything=True)
     out = tmp_path / "out"
-    assert main(["scan", str(corpus), "--base", str(tiny_dir), "--safety", str(risky), "--out", str(out),
-                 "--workers", "0", "--batch-size", "4", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "scan",
+                str(corpus),
+                "--base",
+                str(tiny_dir),
+                "--safety",
+                str(risky),
+                "--out",
+                str(out),
+                "--workers",
+                "0",
+                "--batch-size",
+                "4",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "6 flagged, 1 errors" in capsys.readouterr().out
 
     clean, flagged = tmp_path / "clean.txt", tmp_path / "flagged.txt"
-    assert main(["scan-report", str(out), "--top-k", "4", "--export-clean", str(clean),
-                 "--export-flagged", str(flagged)]) == 0
+    assert (
+        main(["scan-report", str(out), "--top-k", "4", "--export-clean", str(clean), "--export-flagged", str(flagged)])
+        == 0
+    )
     page = (out / "report.html").read_text()
     assert "http" not in page.replace("http-equiv", "")  # self-contained: nothing fetched from elsewhere
     histograms = embedded(page, "png")
@@ -55,8 +79,24 @@ def test_exports_follow_the_flagged_column(tiny_dir, tmp_path):
     corpus = write_folder(tmp_path / "corpus", {**plain_images(8), "bad.png": b"nope"})
     safety = save_safety(tiny_dir, tmp_path / "safety")
     out = tmp_path / "out"
-    assert main(["scan", str(corpus), "--base", str(tiny_dir), "--safety", str(safety), "--out", str(out),
-                 "--workers", "0", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "scan",
+                str(corpus),
+                "--base",
+                str(tiny_dir),
+                "--safety",
+                str(safety),
+                "--out",
+                str(out),
+                "--workers",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     clean, flagged = tmp_path / "clean.txt", tmp_path / "flagged.txt"
     assert main(["scan-report", str(out), "--export-clean", str(clean), "--export-flagged", str(flagged)]) == 0
     rows = read_parts(out).to_pylist()

@@ -1,4 +1,5 @@
 """Kill-and-resume: a real ``safevlm scan`` process SIGKILLed twice, then finished by the same command."""
+
 from __future__ import annotations
 
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from safety_modules.scan import ScanSettings, read_parts, run_scan
+
 from ..scan_corpus import broken_images, plain_images, save_safety, write_folder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,9 +52,25 @@ def test_sigkill_twice_then_resume_gives_every_item_once_with_identical_scores(t
     files = {**plain_images(ITEMS - 2), **{k: v for k, (v, _) in list(broken_images().items())[:2]}}
     corpus = write_folder(tmp_path / "corpus", files)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "safety_modules.cli", "scan", str(corpus), "--base", str(tiny_dir),
-           "--safety", str(safety_dir), "--out", str(out), "--part-size", str(PART_SIZE), "--batch-size", "1",
-           "--workers", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "safety_modules.cli",
+        "scan",
+        str(corpus),
+        "--base",
+        str(tiny_dir),
+        "--safety",
+        str(safety_dir),
+        "--out",
+        str(out),
+        "--part-size",
+        str(PART_SIZE),
+        "--batch-size",
+        "1",
+        "--workers",
+        "0",
+    ]
     total_parts = -(-ITEMS // PART_SIZE)
 
     kill_after_new_parts(cmd, out, new_parts=1)
@@ -76,9 +94,12 @@ def test_sigkill_twice_then_resume_gives_every_item_once_with_identical_scores(t
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        reference = run_scan(corpus, tmp_path / "ref", ScanSettings(base=str(tiny_dir), safety=str(safety_dir),
-                                                                    part_size=PART_SIZE, batch_size=1, workers=0),
-                             progress=False)
+        reference = run_scan(
+            corpus,
+            tmp_path / "ref",
+            ScanSettings(base=str(tiny_dir), safety=str(safety_dir), part_size=PART_SIZE, batch_size=1, workers=0),
+            progress=False,
+        )
     finally:
         torch.set_num_threads(threads)
     assert reference["counts"]["items"] == ITEMS

@@ -6,6 +6,7 @@ policy's thresholds are set from the scores the modules really give: the white (
 refused, the photos are allowed, and one of them is hinted. The thresholds are computed, not
 hard-coded, and the split is checked before any test relies on it.
 """
+
 from __future__ import annotations
 
 import io
@@ -78,9 +79,14 @@ def build_assets(base: Path, out: Path, photos: list[Image.Image]) -> Assets:
     scores = model.assess(photos)
     h = model.config.taxonomy.type_id(HINTED_TYPE)
     risk = sorted((scores.type_probs[:, h] * (1 - scores.level_probs[:, 0])).tolist())
-    policy = {"name": "serve_test", "defaults": {"hint": None, "refuse": None},
-              "types": {REFUSED_TYPE: {"refuse": math.sqrt(low * high)},
-                        HINTED_TYPE: {"hint": math.sqrt(risk[-1] * risk[-2])}}}
+    policy = {
+        "name": "serve_test",
+        "defaults": {"hint": None, "refuse": None},
+        "types": {
+            REFUSED_TYPE: {"refuse": math.sqrt(low * high)},
+            HINTED_TYPE: {"hint": math.sqrt(risk[-1] * risk[-2])},
+        },
+    }
     policy_path = out / "policy.yaml"
     policy_path.write_text(yaml.safe_dump(policy))
     SafetyPolicy.from_yaml(policy_path, model.config.taxonomy)  # valid
@@ -102,8 +108,12 @@ def start_server(args: list[str], log: Path, timeout_s: float = 60.0) -> tuple[s
 
     port = free_port()
     env_path = str(Path(__file__).resolve().parents[2])
-    proc = subprocess.Popen([sys.executable, "-m", "safety_modules.cli", "serve", *args, "--port", str(port)],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, env={"OMP_WAIT_POLICY": "PASSIVE", **_env(), "PYTHONPATH": env_path})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "safety_modules.cli", "serve", *args, "--port", str(port)],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env={"OMP_WAIT_POLICY": "PASSIVE", **_env(), "PYTHONPATH": env_path},
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + timeout_s
     while time.time() < deadline:

@@ -1,4 +1,5 @@
 """One tiny base, sharpened modules and a splitting policy per session; one local server shared by the tests."""
+
 from __future__ import annotations
 
 import pytest
@@ -35,8 +36,24 @@ def server(assets, tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve-local")
     key_file = folder / "key.txt"
     key_file.write_text(API_KEY + "\n")
-    proc, url = start_server(["--base", str(assets.base), "--safety", str(assets.safety), "--policy",
-                              str(assets.policy), "--api-key-file", str(key_file), "--max-batch", "16",
-                              "--max-wait-ms", "20", "--max-body-mb", "2"], folder / "server.log")
+    proc, url = start_server(
+        [
+            "--base",
+            str(assets.base),
+            "--safety",
+            str(assets.safety),
+            "--policy",
+            str(assets.policy),
+            "--api-key-file",
+            str(key_file),
+            "--max-batch",
+            "16",
+            "--max-wait-ms",
+            "20",
+            "--max-body-mb",
+            "2",
+        ],
+        folder / "server.log",
+    )
     yield url
     stop_server(proc)

@@ -1,4 +1,5 @@
 """The batching loop in process, on the real tiny model: one call per group, a failing row fails alone."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from safety_modules.gate import Gate
+
 from .conftest import require_serve_packages
 
 require_serve_packages()
@@ -51,10 +53,15 @@ def test_groups_share_one_call_and_a_failing_row_fails_alone(runner, assets, dir
     model, policy = direct
     pixels = [runner.preprocess(image) for image in assets.photos + assets.refused]
     prompt = "What is shown in this image?"
-    jobs = [(pixels[0], prompt, GREEDY), (pixels[3], prompt, GREEDY), (pixels[1], prompt, GREEDY),
-            (pixels[2], "<image> breaks the gate", GREEDY),  # the gate raises for this row only
-            (pixels[1], prompt, Sampling(max_tokens=3, temperature=0.0)),  # other settings: its own call
-            (pixels[0], "", None), (pixels[3], prompt, None)]  # scoring only
+    jobs = [
+        (pixels[0], prompt, GREEDY),
+        (pixels[3], prompt, GREEDY),
+        (pixels[1], prompt, GREEDY),
+        (pixels[2], "<image> breaks the gate", GREEDY),  # the gate raises for this row only
+        (pixels[1], prompt, Sampling(max_tokens=3, temperature=0.0)),  # other settings: its own call
+        (pixels[0], "", None),
+        (pixels[3], prompt, None),
+    ]  # scoring only
     results, metrics = run_batch(runner, jobs)
     assert isinstance(results[3], ValueError) and "image placeholder" in str(results[3])
     for (px, text, sampling), result in zip(jobs, results):
@@ -62,7 +69,9 @@ def test_groups_share_one_call_and_a_failing_row_fails_alone(runner, assets, dir
             scores = model.assess(pixel_values=px[None], prompts=[text])
             assert result.action == policy.decide_batch(scores.level_probs, scores.type_probs)[0].action
         elif not text.startswith("<image>"):
-            want = Gate(model, policy).generate(px[None], [text], do_sample=False, max_new_tokens=sampling.max_tokens)[0]
+            want = Gate(model, policy).generate(px[None], [text], do_sample=False, max_new_tokens=sampling.max_tokens)[
+                0
+            ]
             assert (result.text, result.decision.action) == (want.text, want.decision.action)
     assert results[1].decision.action == "refuse" and results[1].token_ids is None
     # The greedy batch of 4 failed and was retried row by row (3 calls of 1 that succeed), the other
@@ -92,4 +101,4 @@ def test_a_cancelled_stream_stops_generating(runner, assets, direct):
         batcher.stop()
     assert first and full.text.startswith(first.strip())
     assert len(full.token_ids) > 20 and len(answer.token_ids) < len(full.token_ids) // 2
-    assert full.token_ids[:len(answer.token_ids)] == answer.token_ids
+    assert full.token_ids[: len(answer.token_ids)] == answer.token_ids

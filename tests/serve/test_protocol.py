@@ -1,4 +1,5 @@
 """Request parsing, stop strings and hint placement, without a server."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,7 +19,7 @@ def test_stop_filter_streams_the_same_text_as_the_cut_answer():
     text = "The cat sat on the mat. STOP and more text"
     for size in (1, 2, 3, 7):
         filt = StopFilter(("STOP", "zz"))
-        pieces = [filt.feed(text[i:i + size]) for i in range(0, len(text), size)] + [filt.finish()]
+        pieces = [filt.feed(text[i : i + size]) for i in range(0, len(text), size)] + [filt.finish()]
         assert "".join(pieces) == truncate_at_stop(text, ("STOP", "zz"))[0] == "The cat sat on the mat. "
         assert filt.stopped
     filt = StopFilter(("STOP",))
@@ -30,10 +31,18 @@ def chat(**body):
     return parse_chat({"messages": [{"role": "user", "content": "hi"}], **body}, 64, 512, single_turn=True)
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"max_tokens": 0}, "max_tokens"), ({"max_tokens": 10_000}, "max_tokens"), ({"temperature": -1}, "temperature"),
-    ({"top_p": 2}, "top_p"), ({"stop": [""]}, "stop"), ({"n": 2}, "n"), ({"stream": "yes"}, "stream"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": 10_000}, "max_tokens"),
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 2}, "top_p"),
+        ({"stop": [""]}, "stop"),
+        ({"n": 2}, "n"),
+        ({"stream": "yes"}, "stream"),
+    ],
+)
 def test_bad_sampling_settings_name_the_field(body, param):
     with pytest.raises(ApiError) as err:
         chat(**body)
@@ -52,8 +61,15 @@ def test_chat_parsing_defaults_and_one_turn_only():
 
 def test_moderation_input_shapes():
     assert [i.text for i in parse_moderation({"input": ["a", "b"]})] == ["a", "b"]
-    parts = parse_moderation({"input": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"},
-                                        {"type": "image_url", "image_url": {"url": "data:x"}}]})
+    parts = parse_moderation(
+        {
+            "input": [
+                {"type": "text", "text": "a"},
+                {"type": "text", "text": "b"},
+                {"type": "image_url", "image_url": {"url": "data:x"}},
+            ]
+        }
+    )
     assert len(parts) == 1 and parts[0].text == "a b" and parts[0].image_url == "data:x"
     for bad in ({"input": []}, {"input": 3}, {"input": [{"type": "audio"}]}, {}, {"input": ["a"] * 129}):
         with pytest.raises(ApiError):
@@ -64,9 +80,14 @@ def test_hint_goes_after_the_last_user_text():
     require_serve_packages()
     from safety_modules.serve.proxy import chat_url, with_hint
 
-    messages = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "ok"},
-                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u"}},
-                                             {"type": "text", "text": "What?"}]}]
+    messages = [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "ok"},
+        {
+            "role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": "u"}}, {"type": "text", "text": "What?"}],
+        },
+    ]
     out = with_hint(messages, "Safe Hint: careful.")
     assert out[2]["content"][-1] == {"type": "text", "text": "Safe Hint: careful."}
     assert messages[2]["content"][-1]["type"] == "text" and len(messages[2]["content"]) == 2  # not mutated

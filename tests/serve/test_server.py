@@ -1,4 +1,5 @@
 """`safevlm serve` end to end: a real server subprocess, the official openai client, batching, bad input, proxy."""
+
 from __future__ import annotations
 
 import asyncio
@@ -10,6 +11,7 @@ import zlib
 import pytest
 
 from safety_modules.gate import Gate
+
 from .conftest import require_serve_packages
 
 require_serve_packages()
@@ -79,7 +81,8 @@ def test_moderations_text_image_and_mixed_match_the_gate(server, assets, direct,
     actions = []
     for text, image, scored, applied in cases:
         parts = ([{"type": "text", "text": text}] if text else []) + (
-            [{"type": "image_url", "image_url": {"url": data_url(image)}}] if image is not None else [])
+            [{"type": "image_url", "image_url": {"url": data_url(image)}}] if image is not None else []
+        )
         response = client(server).moderations.create(model="tiny", input=parts if image is not None else text)
         result = response.results[0]
         want = direct_decision(direct, scored, text)
@@ -109,14 +112,16 @@ def test_chat_equals_direct_gated_generation_with_and_without_stream(server, ass
     prompt = "What is shown in this image?"
     want = direct_answer(direct, image, prompt)
     api = client(server)
-    reply = api.chat.completions.create(model="tiny", messages=user(prompt, image), max_tokens=MAX_TOKENS,
-                                        temperature=0)
+    reply = api.chat.completions.create(
+        model="tiny", messages=user(prompt, image), max_tokens=MAX_TOKENS, temperature=0
+    )
     choice = reply.choices[0]
     assert choice.message.content == want.text
     assert reply.model_extra["safety"]["action"] == want.decision.action
     pieces, last = [], None
-    for chunk in api.chat.completions.create(model="tiny", messages=user(prompt, image), max_tokens=MAX_TOKENS,
-                                             temperature=0, stream=True):
+    for chunk in api.chat.completions.create(
+        model="tiny", messages=user(prompt, image), max_tokens=MAX_TOKENS, temperature=0, stream=True
+    ):
         pieces.append(chunk.choices[0].delta.content or "")
         last = chunk
     assert "".join(pieces) == want.text
@@ -132,17 +137,26 @@ def test_chat_equals_direct_gated_generation_with_and_without_stream(server, ass
 def test_stop_sequence_is_cut_from_the_answer(server, assets, direct):
     want = direct_answer(direct, assets.photos[0], "What is shown in this image?").text
     stop = want.split()[1]  # a word from inside the greedy answer
-    reply = client(server).chat.completions.create(model="tiny", messages=user("What is shown in this image?",
-                                                                               assets.photos[0]),
-                                                   max_tokens=MAX_TOKENS, temperature=0, stop=[stop])
-    assert reply.choices[0].message.content == want[:want.find(stop)]
+    reply = client(server).chat.completions.create(
+        model="tiny",
+        messages=user("What is shown in this image?", assets.photos[0]),
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        stop=[stop],
+    )
+    assert reply.choices[0].message.content == want[: want.find(stop)]
     assert reply.choices[0].finish_reason == "stop"
 
 
 def test_a_stream_closed_by_its_client_stops_generating(server, assets):
     cancelled = metric(server, "safevlm_streams_cancelled_total")
-    body = {"model": "tiny", "messages": user("Describe the picture in detail.", assets.photos[1]),
-            "max_tokens": 2000, "temperature": 0, "stream": True}
+    body = {
+        "model": "tiny",
+        "messages": user("Describe the picture in detail.", assets.photos[1]),
+        "max_tokens": 2000,
+        "temperature": 0,
+        "stream": True,
+    }
     with httpx.Client(base_url=server, headers=AUTH, timeout=60) as http:
         with http.stream("POST", "/v1/chat/completions", json=body) as response:
             lines = response.iter_lines()
@@ -203,8 +217,8 @@ def bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
     """A tiny PNG whose header claims width x height pixels (a decompression bomb's signature)."""
     data = bytearray(png_bytes(__import__("PIL.Image", fromlist=["Image"]).new("L", (1, 1))))
     ihdr = data.index(b"IHDR")
-    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
-    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr : ihdr + 17])))
     return bytes(data)
 
 
@@ -213,13 +227,32 @@ def test_every_bad_request_is_a_4xx_and_the_server_stays_healthy(server, assets)
     chat = "/v1/chat/completions"
     cases = {
         "invalid base64": (chat, user("hi", url="data:image/png;base64,!!!not-base64!!!"), 400, "invalid_base64"),
-        "not an image": (chat, user("hi", url="data:image/png;base64," + base64.b64encode(b"hello").decode()),
-                         400, "image_not_an_image"),
-        "decompression bomb": (chat, user("hi", url="data:image/png;base64," + base64.b64encode(bomb_png()).decode()),
-                               400, "image_too_large"),
-        "two images": (chat, [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": photo}},
-                                                           {"type": "image_url", "image_url": {"url": photo}}]}],
-                       400, "too_many_images"),
+        "not an image": (
+            chat,
+            user("hi", url="data:image/png;base64," + base64.b64encode(b"hello").decode()),
+            400,
+            "image_not_an_image",
+        ),
+        "decompression bomb": (
+            chat,
+            user("hi", url="data:image/png;base64," + base64.b64encode(bomb_png()).decode()),
+            400,
+            "image_too_large",
+        ),
+        "two images": (
+            chat,
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": photo}},
+                        {"type": "image_url", "image_url": {"url": photo}},
+                    ],
+                }
+            ],
+            400,
+            "too_many_images",
+        ),
         "remote url": (chat, user("hi", url="http://127.0.0.1:9/cat.png"), 400, "remote_images_disabled"),
         "empty messages": (chat, [], 400, None),
         "oversized body": (chat, user("x" * (3 * 1024 * 1024)), 413, "body_too_large"),
@@ -228,8 +261,11 @@ def test_every_bad_request_is_a_4xx_and_the_server_stays_healthy(server, assets)
     }
     with httpx.Client(base_url=server, headers=AUTH, timeout=60) as http:
         for name, (path, messages, status, code) in cases.items():
-            body = {"model": "tiny", "messages": messages, "max_tokens": 4} if messages is not None else \
-                {"input": ["a"] * 200}
+            body = (
+                {"model": "tiny", "messages": messages, "max_tokens": 4}
+                if messages is not None
+                else {"input": ["a"] * 200}
+            )
             response = http.post(path, json=body)
             assert response.status_code == status, (name, response.text)
             error = response.json()["error"]
@@ -237,7 +273,9 @@ def test_every_bad_request_is_a_4xx_and_the_server_stays_healthy(server, assets)
             if code:
                 assert error["code"] == code, (name, error)
         # A chunked body (no Content-Length) is cut off at the cap too.
-        chunked = http.post(chat, content=iter([b"x" * (1024 * 1024)] * 3), headers={"content-type": "application/json"})
+        chunked = http.post(
+            chat, content=iter([b"x" * (1024 * 1024)] * 3), headers={"content-type": "application/json"}
+        )
         assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "body_too_large"
         for bad in ({"input": 42}, {"nothing": 1}):
             assert http.post("/v1/moderations", json=bad).status_code == 400

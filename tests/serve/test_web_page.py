@@ -1,5 +1,6 @@
 """The web page in headless Chromium (Debian's chromium + chromium-driver, driven by selenium):
 upload an image, ask, and the decision bars and the streamed answer appear; a screenshot is saved."""
+
 from __future__ import annotations
 
 import shutil
@@ -7,6 +8,7 @@ import shutil
 import pytest
 
 from safety_modules.gate import Gate
+
 from .conftest import API_KEY
 
 # Answers and scores are compared with the same model in this process.
@@ -25,8 +27,13 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--window-size=1280,900"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,900",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     yield driver

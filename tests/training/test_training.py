@@ -1,4 +1,5 @@
 """Stage 1 and stage 2 on the tiny model and the synthetic corpus: learning, frozen base, exact resume, LoRA."""
+
 from __future__ import annotations
 
 import hashlib
@@ -33,17 +34,35 @@ def base_digest(model: torch.nn.Module) -> str:
 
 
 def config(tiny_dir, corpus, out, **overrides):
-    values = dict(stage=1, base=str(tiny_dir), train_data=[str(corpus / "train.jsonl")], output_dir=str(out), seed=0,
-                  per_device_batch_size=8, gradient_accumulation_steps=1, learning_rate=1e-3, warmup_steps=5,
-                  logging_steps=5, num_workers=0, progress_bar=False)
+    values = dict(
+        stage=1,
+        base=str(tiny_dir),
+        train_data=[str(corpus / "train.jsonl")],
+        output_dir=str(out),
+        seed=0,
+        per_device_batch_size=8,
+        gradient_accumulation_steps=1,
+        learning_rate=1e-3,
+        warmup_steps=5,
+        logging_steps=5,
+        num_workers=0,
+        progress_bar=False,
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
 
 def test_stage1_learns_and_leaves_the_base_alone(tiny_dir, corpus, tmp_path):
     before = base_digest(SafeLlava.from_pretrained(tiny_dir, seed=0).base)
-    cfg = config(tiny_dir, corpus, tmp_path / "run", max_steps=25, learning_rate=2e-3, warmup_steps=3,
-                 eval_data=[str(corpus / "heldout.jsonl")])
+    cfg = config(
+        tiny_dir,
+        corpus,
+        tmp_path / "run",
+        max_steps=25,
+        learning_rate=2e-3,
+        warmup_steps=3,
+        eval_data=[str(corpus / "heldout.jsonl")],
+    )
     result = train(cfg)
     losses = [h["loss"] for h in result.history]
     assert sum(losses[-2:]) / 2 < 0.85 * sum(losses[:2]) / 2, losses
@@ -62,8 +81,15 @@ def test_resume_is_exact(tiny_dir, corpus, tmp_path):
     # 7 records, batches of 2, 2 per step: epochs are 4 micro-batches long, so the run crosses epoch
     # boundaries and the stop at step 3 (micro-batch 6) falls inside the second epoch, in its reshuffled order.
     write_records(read_records(corpus / "train.jsonl")[:7], corpus / "tiny_train.jsonl")
-    overrides = dict(max_steps=6, per_device_batch_size=2, gradient_accumulation_steps=2, warmup_steps=1,
-                     logging_steps=1, learning_rate=5e-3, train_data=[str(corpus / "tiny_train.jsonl")])
+    overrides = dict(
+        max_steps=6,
+        per_device_batch_size=2,
+        gradient_accumulation_steps=2,
+        warmup_steps=1,
+        logging_steps=1,
+        learning_rate=5e-3,
+        train_data=[str(corpus / "tiny_train.jsonl")],
+    )
     full = train(config(tiny_dir, corpus, tmp_path / "full", **overrides))
     part = train(config(tiny_dir, corpus, tmp_path / "part", **overrides), stop_after=3)
     assert part.global_step == 3 and part.safety_dir is None
@@ -87,9 +113,18 @@ def test_stage2_lora_saves_reloads_and_changes_output(tiny_dir, corpus, tmp_path
     (corpus / "broken.png").write_bytes(b"not an image")
     records.append(make_record("broken", "broken.png", "What is this?", "A picture.", 0, "safe"))
     write_records(records, corpus / "with_broken.jsonl")
-    cfg = config(tiny_dir, corpus, tmp_path / "stage2", stage=2, safety=str(stage1), max_steps=4,
-                 train_data=[str(corpus / "with_broken.jsonl")], per_device_batch_size=5, learning_rate=5e-2,
-                 lora={"r": 8, "alpha": 16, "dropout": 0.05})
+    cfg = config(
+        tiny_dir,
+        corpus,
+        tmp_path / "stage2",
+        stage=2,
+        safety=str(stage1),
+        max_steps=4,
+        train_data=[str(corpus / "with_broken.jsonl")],
+        per_device_batch_size=5,
+        learning_rate=5e-2,
+        lora={"r": 8, "alpha": 16, "dropout": 0.05},
+    )
     result = train(cfg)
     assert [p for p, _ in result.skipped] == [str(corpus / "broken.png")]
     assert result.safety_dir is None and (result.adapter_dir / "adapter_config.json").exists()
@@ -109,8 +144,9 @@ def test_stage2_lora_saves_reloads_and_changes_output(tiny_dir, corpus, tmp_path
         again = SafeLlava.from_pretrained(tiny_dir, stage1, lora=result.adapter_dir)
         reloaded = again(**inputs).logits
     # The gate generates through the adapted language model too.
-    [answer] = Gate(again, SafetyPolicy.allow_all()).generate(corpus / records[0]["image"], "What is shown?",
-                                                              max_new_tokens=3, do_sample=False)
+    [answer] = Gate(again, SafetyPolicy.allow_all()).generate(
+        corpus / records[0]["image"], "What is shown?", max_new_tokens=3, do_sample=False
+    )
     assert answer.decision.action == "allow" and answer.token_ids
     assert (adapted - reference).abs().max() > 1e-3  # the adapter changes the output
     assert torch.allclose(adapted, reloaded)  # and reloads to the same model
@@ -129,12 +165,38 @@ def test_train_cli_runs_a_recipe(tiny_dir, corpus, tmp_path, capsys):
     from safety_modules.cli import main
 
     recipe = tmp_path / "stage1.yaml"
-    recipe.write_text(yaml.safe_dump({"stage": 1, "base": str(tiny_dir), "train_data": [str(corpus / "train.jsonl")],
-                                      "output_dir": str(tmp_path / "run"), "max_steps": 5, "num_workers": 0,
-                                      "progress_bar": False}))
-    assert main(["train", "stage1", str(recipe), "--set", "per_device_batch_size=2", "--set",
-                 "gradient_accumulation_steps=1", "--max-steps", "2"]) == 0
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "stage": 1,
+                "base": str(tiny_dir),
+                "train_data": [str(corpus / "train.jsonl")],
+                "output_dir": str(tmp_path / "run"),
+                "max_steps": 5,
+                "num_workers": 0,
+                "progress_bar": False,
+            }
+        )
+    )
+    assert (
+        main(
+            [
+                "train",
+                "stage1",
+                str(recipe),
+                "--set",
+                "per_device_batch_size=2",
+                "--set",
+                "gradient_accumulation_steps=1",
+                "--max-steps",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "run" / "safety_modules" / "model.safetensors").exists()
-    assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 1  # max_steps 2 (from the CLI), logged at the end
+    assert (
+        len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 1
+    )  # max_steps 2 (from the CLI), logged at the end
     assert main(["train", "stage2", str(recipe)]) == 2  # a stage-1 recipe run as stage 2: one clear error
     assert "stage 1 recipe" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 `subsets`: the files, field names and row rules per subset; `files`: zip extraction and image lookup;
 `loader`: `load_rtvlm`, the seeded split, item images; `records`: training records and their labels.
 """
+
 from .loader import (
     RTVLMData,
     RTVLMFormatError,

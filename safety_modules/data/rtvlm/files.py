@@ -1,4 +1,5 @@
 """RTVLM's image zips: extracted once into a cache folder, images found by file name whatever the zip's top folder."""
+
 from __future__ import annotations
 
 import logging

@@ -4,6 +4,7 @@ The dataset's own loading script is not used (recent ``datasets`` no longer runs
 and it imports a removed module). Nothing is lost silently: a subset whose files are
 missing, and every row that cannot be used, is listed with the reason and logged.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,9 @@ class RTVLMData:
     def summary(self) -> str:
         """``"N rows skipped, M subsets missing (a, b)"`` for logs and the CLI."""
         missing = [line.split(":", 1)[0] for line in self.missing_subsets]
-        return (f"{len(self.skipped_rows)} rows skipped, {len(missing)} subsets missing"
-                + (f" ({', '.join(missing)})" if missing else ""))
+        return f"{len(self.skipped_rows)} rows skipped, {len(missing)} subsets missing" + (
+            f" ({', '.join(missing)})" if missing else ""
+        )
 
 
 class RTVLMFormatError(ValueError):
@@ -144,17 +146,29 @@ def _read_subset(subset: Subset, jsonl: Path, index: ImageIndex, data: RTVLMData
                     continue
                 images, question = tuple(paths), question.strip()
                 if (images, question) in seen:  # Jailbreak2 repeats some Jailbreak rows
-                    data.skipped_rows.append(f"{where}: same image and question as {seen[images, question]}; "
-                                             "duplicate skipped")
+                    data.skipped_rows.append(
+                        f"{where}: same image and question as {seen[images, question]}; duplicate skipped"
+                    )
                     continue
                 item_id = f"{subset.name}-{line_no}-{key}" + (f"-{suffix}" if suffix else "")
                 seen[images, question] = item_id
-                data.items.append(RTVLMItem(item_id, subset.subtask, subset.name, question, images,
-                                            str(label), str(reference), topic or subset.name))
+                data.items.append(
+                    RTVLMItem(
+                        item_id,
+                        subset.subtask,
+                        subset.name,
+                        question,
+                        images,
+                        str(label),
+                        str(reference),
+                        topic or subset.name,
+                    )
+                )
 
 
-def split_items(items: list[RTVLMItem], split: str = "all", seed: int = 0,
-                train_fraction: float = 0.8) -> list[RTVLMItem]:
+def split_items(
+    items: list[RTVLMItem], split: str = "all", seed: int = 0, train_fraction: float = 0.8
+) -> list[RTVLMItem]:
     """A seeded train/test split per subtask, by image, so no image is in both parts.
 
     ``split="all"`` returns the items unchanged. The paper split RTVLM 80/20 at random; its split

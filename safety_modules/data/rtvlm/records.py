@@ -14,6 +14,7 @@ Which label a record gets:
   safety paper's per-class labels are kept: it trains visual misleading as "Misleading" and politics
   at level 3 although RTVLM's files say "Safe to Answer" and "Proceed with Caution" for them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,25 +35,26 @@ _REJECT_LEVEL = len(DEFAULT_LEVELS) - 1
 # Answers written for training records where the dataset has no reference text. Ours, per subtask.
 _REFUSALS: dict[str, str] = {
     "captcha": "I'm sorry, but I can't solve CAPTCHAs: they exist to tell people from automated programs, "
-               "and getting around them can enable abuse.",
+    "and getting around them can enable abuse.",
     "jailbreak": "I'm sorry, but I can't follow the instructions in this image: they try to get around safety "
-                 "rules and ask for harmful content.",
+    "rules and ask for harmful content.",
     "celebrity": "I'm sorry, but I can't identify this person or share personal information about them: "
-                 "that could violate their privacy.",
+    "that could violate their privacy.",
 }
 _DEFAULT_REFUSAL = "I'm sorry, but I can't help with that: answering could cause harm or mislead."
 _CAUTIOUS: dict[str, str] = {
     "politics": "This image concerns a political topic. I can describe what is visible, but I will stay neutral "
-                "and avoid unverified claims or taking sides.",
+    "and avoid unverified claims or taking sides.",
     "racial": "I can describe what is visible, but I won't make assumptions about people based on race or "
-              "ethnicity; such judgements can be unfair and harmful.",
+    "ethnicity; such judgements can be unfair and harmful.",
     "face": "I can describe what is visible, but I won't infer someone's character, job or abilities from their "
-            "face, gender or ethnicity; that would be biased.",
+    "face, gender or ethnicity; that would be biased.",
     "celebrity": "This appears to be a public figure. I can share widely known public information, but not "
-                 "private details.",
+    "private details.",
 }
-_DEFAULT_CAUTIOUS = "I should be careful here: I can describe what is visible, but I won't make claims the image " \
-                    "does not support."
+_DEFAULT_CAUTIOUS = (
+    "I should be careful here: I can describe what is visible, but I won't make claims the image does not support."
+)
 
 
 def item_label(item: RTVLMItem, mapping: Mapping[str, tuple[int, str]] = RTVLM_SUBTASK_LABELS) -> tuple[int, str]:
@@ -95,14 +97,23 @@ def rtvlm_conversion(
     """
     mapping = RTVLM_SUBTASK_LABELS if mapping is None else mapping
     out = Path(out_dir)
-    data = load_rtvlm(snapshot_dir, cache_dir=out / ".rtvlm_extracted", split=split, seed=seed,
-                      train_fraction=train_fraction, include_extra=True)
+    data = load_rtvlm(
+        snapshot_dir,
+        cache_dir=out / ".rtvlm_extracted",
+        split=split,
+        seed=seed,
+        train_fraction=train_fraction,
+        include_extra=True,
+    )
     skipped = [tuple(line.split(": ", 1)) for line in data.problems]
     records = []
     for item in data.items:
         level, type_name = item_label(item, mapping)
-        relative = Path("images") / "rtvlm" / item.subset / f"{item.id}.png" if len(item.images) > 1 else \
-            Path("images") / "rtvlm" / item.subset / item.images[0].name
+        relative = (
+            Path("images") / "rtvlm" / item.subset / f"{item.id}.png"
+            if len(item.images) > 1
+            else Path("images") / "rtvlm" / item.subset / item.images[0].name
+        )
         target = out / relative
         if not target.exists():
             try:
@@ -116,15 +127,17 @@ def rtvlm_conversion(
                 image.save(target)
             else:
                 shutil.copyfile(item.images[0], target)
-        records.append({
-            "id": f"rtvlm-{item.id}",
-            "image": relative.as_posix(),
-            "conversations": [
-                {"from": "human", "value": f"<image>\n{item.question}"},
-                {"from": "gpt", "value": target_answer(item, level)},
-            ],
-            "safety": {"level": int(level), "type": str(type_name)},
-        })
+        records.append(
+            {
+                "id": f"rtvlm-{item.id}",
+                "image": relative.as_posix(),
+                "conversations": [
+                    {"from": "human", "value": f"<image>\n{item.question}"},
+                    {"from": "gpt", "value": target_answer(item, level)},
+                ],
+                "safety": {"level": int(level), "type": str(type_name)},
+            }
+        )
     return records, [(str(a), str(b)) for a, b in skipped]
 
 

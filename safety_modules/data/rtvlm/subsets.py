@@ -6,6 +6,7 @@ and Order B as "correct image second" (✗-✓). ``Jailbreak2`` (21 rows reusing
 images; the safety paper's "Jailbreak (RTVLM), 22" training source) is no HF config and not in
 the published table: it is an ``extra`` subset, read for training records, not for evaluation.
 """
+
 from __future__ import annotations
 
 import re
@@ -49,29 +50,63 @@ class Subset:
 
 
 SUBSETS: tuple[Subset, ...] = (
-    Subset("misleading", "misleading_text", "data/Harmful/misleading.jsonl", ("data/Harmful/img/img.zip",),
-           "misleading", row_labels=True),
-    Subset("visual_misleading_wrong", "misleading_visual",
-           "data/VisualMisleadingWrong/visual_misleading_wrong.jsonl", ("data/VisualMisleadingWrong/img.zip",),
-           "flag_wrong"),
-    Subset("visual_misleading_correct", "misleading_visual",
-           "data/VisualMisleadingCorrect/visual_misleading_correct.jsonl", ("data/VisualMisleadingCorrect/img.zip",),
-           "flag_correct"),
-    Subset("visual_orderA", "order_correct_wrong", "data/VisualOrderA/order_A.jsonl", ("data/VisualOrderA/img.zip",),
-           "order"),
-    Subset("visual_orderB", "order_wrong_correct", "data/VisualOrderB/order_B.jsonl", ("data/VisualOrderB/img.zip",),
-           "order"),
-    Subset("celeb", "celebrity", "data/Celebrity/mixed.jsonl", ("data/Celebrity/mix.zip",), "named",
-           row_labels=True),
-    Subset("politics", "politics", "data/Safety/Politics/politics.jsonl", ("data/Safety/Politics/img/politics.zip",),
-           "named"),
+    Subset(
+        "misleading",
+        "misleading_text",
+        "data/Harmful/misleading.jsonl",
+        ("data/Harmful/img/img.zip",),
+        "misleading",
+        row_labels=True,
+    ),
+    Subset(
+        "visual_misleading_wrong",
+        "misleading_visual",
+        "data/VisualMisleadingWrong/visual_misleading_wrong.jsonl",
+        ("data/VisualMisleadingWrong/img.zip",),
+        "flag_wrong",
+    ),
+    Subset(
+        "visual_misleading_correct",
+        "misleading_visual",
+        "data/VisualMisleadingCorrect/visual_misleading_correct.jsonl",
+        ("data/VisualMisleadingCorrect/img.zip",),
+        "flag_correct",
+    ),
+    Subset(
+        "visual_orderA",
+        "order_correct_wrong",
+        "data/VisualOrderA/order_A.jsonl",
+        ("data/VisualOrderA/img.zip",),
+        "order",
+    ),
+    Subset(
+        "visual_orderB",
+        "order_wrong_correct",
+        "data/VisualOrderB/order_B.jsonl",
+        ("data/VisualOrderB/img.zip",),
+        "order",
+    ),
+    Subset("celeb", "celebrity", "data/Celebrity/mixed.jsonl", ("data/Celebrity/mix.zip",), "named", row_labels=True),
+    Subset(
+        "politics",
+        "politics",
+        "data/Safety/Politics/politics.jsonl",
+        ("data/Safety/Politics/img/politics.zip",),
+        "named",
+    ),
     Subset("racial", "racial", "data/Safety/Racial/racial.jsonl", ("data/Safety/Racial/img/racial.zip",), "named"),
     Subset("captcha", "captcha", "data/Captcha/captcha.jsonl", ("data/Captcha/img/img.zip",), "captcha"),
     Subset("jailbreak", "jailbreak", "data/Jailbreak/jailbreak.jsonl", ("data/Jailbreak/img/img.zip",), "jailbreak"),
     Subset("face", "face", "data/Face/face_diffusion.jsonl", ("data/Face/img/img.zip",), "named"),
     # Its own images if it ever ships some, else the Jailbreak zip it reuses.
-    Subset("jailbreak2", "jailbreak", "data/Jailbreak2/jailbreak.jsonl",
-           ("data/Jailbreak2/img/img.zip", "data/Jailbreak/img/img.zip"), "jailbreak", extra=True),
+    Subset(
+        "jailbreak2",
+        "jailbreak",
+        "data/Jailbreak2/jailbreak.jsonl",
+        ("data/Jailbreak2/img/img.zip", "data/Jailbreak/img/img.zip"),
+        "jailbreak",
+        extra=True,
+    ),
 )
 
 # A row rule: row -> [(id suffix, image candidate lists, question, label, reference, topic), ...]
@@ -116,9 +151,17 @@ def _rows_misleading(row: Mapping[str, Any]) -> Expanded:
         raise ValueError(f"{len(questions)} questions but {len(labels)} refused_to_answer labels")
     topic = row.get("topic_type", "")
     topic = ", ".join(map(str, topic)) if isinstance(topic, list) else str(topic)
-    return [(f"q{j}", [[f"{row['index']}.jpg"]], str(question), _label({"refused_to_answer": labels[j]}),
-             str(answers[j]) if j < len(answers) else "", topic)
-            for j, question in enumerate(questions)]
+    return [
+        (
+            f"q{j}",
+            [[f"{row['index']}.jpg"]],
+            str(question),
+            _label({"refused_to_answer": labels[j]}),
+            str(answers[j]) if j < len(answers) else "",
+            topic,
+        )
+        for j, question in enumerate(questions)
+    ]
 
 
 def _rows_jailbreak(row: Mapping[str, Any]) -> Expanded:
@@ -138,14 +181,17 @@ ROW_RULES: dict[str, Callable[[Mapping[str, Any]], Expanded]] = {
     "misleading": _rows_misleading,
     "jailbreak": _rows_jailbreak,
     # No safety label in the file; the HF loader hard-codes "Proceed with Caution".
-    "captcha": lambda row: [("", [[f"{row['id']}.jpg"]], _text(row, "instruction"), CAUTION,
-                             str(row.get("answer", "")), "captcha")],
+    "captcha": lambda row: [
+        ("", [[f"{row['id']}.jpg"]], _text(row, "instruction"), CAUTION, str(row.get("answer", "")), "captcha")
+    ],
     # ``id`` is the image file name with its extension.
     "named": lambda row: [("", [[str(row["id"])]], _text(row, "prompt"), _label(row), "", "")],
-    "flag_wrong": lambda row: [("", [_flag(_text(row, "img"))], _text(row, "question"), _label(row),
-                                _text(row, "answers"), "")],
-    "flag_correct": lambda row: [("", [_flag(_text(row, "answers"))], _text(row, "question"), _label(row),
-                                  _text(row, "answers"), "")],
+    "flag_wrong": lambda row: [
+        ("", [_flag(_text(row, "img"))], _text(row, "question"), _label(row), _text(row, "answers"), "")
+    ],
+    "flag_correct": lambda row: [
+        ("", [_flag(_text(row, "answers"))], _text(row, "question"), _label(row), _text(row, "answers"), "")
+    ],
     "order": _rows_order,
 }
 

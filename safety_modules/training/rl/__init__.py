@@ -2,6 +2,7 @@
 
 `train_rl(RLConfig)` runs it (``safevlm train rl CONFIG.yaml``); see ``train/README.md``.
 """
+
 from .config import RLConfig
 from .trainer import RLResult, train_rl
 

@@ -3,6 +3,7 @@
 Defaults are the published PPO settings (SaferVLM ``RLHF/scripts/train_ppo.sh`` and the defaults
 of ``finetune_lora_ppo.py``, benchmarks B.8) where they exist.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -75,18 +76,25 @@ class RLConfig:
         if self.inject_safety_tokens is None:
             self.inject_safety_tokens = self.safety is not None
         if self.inject_safety_tokens and self.safety is None:
-            raise ValueError("inject_safety_tokens needs trained safety modules: set `safety:` "
-                             "(fresh tokens B are noise)")
+            raise ValueError(
+                "inject_safety_tokens needs trained safety modules: set `safety:` (fresh tokens B are noise)"
+            )
         if not self.train_data:
-            raise ValueError("train_data is empty: list at least one record file "
-                             "(safevlm data convert unsafe-concepts ... --split train)")
+            raise ValueError(
+                "train_data is empty: list at least one record file "
+                "(safevlm data convert unsafe-concepts ... --split train)"
+            )
         if self.step_batch_size % self.per_device_batch_size or self.rollout_batch_size % self.step_batch_size:
-            raise ValueError("rollout_batch_size must be a multiple of step_batch_size, and step_batch_size of "
-                             f"per_device_batch_size (got {self.rollout_batch_size}, {self.step_batch_size}, "
-                             f"{self.per_device_batch_size})")
+            raise ValueError(
+                "rollout_batch_size must be a multiple of step_batch_size, and step_batch_size of "
+                f"per_device_batch_size (got {self.rollout_batch_size}, {self.step_batch_size}, "
+                f"{self.per_device_batch_size})"
+            )
         if self.algorithm == "grpo" and (self.group_size < 2 or self.rollout_batch_size % self.group_size):
-            raise ValueError(f"grpo needs group_size >= 2 dividing rollout_batch_size, got {self.group_size} "
-                             f"and {self.rollout_batch_size}")
+            raise ValueError(
+                f"grpo needs group_size >= 2 dividing rollout_batch_size, got {self.group_size} "
+                f"and {self.rollout_batch_size}"
+            )
 
     @property
     def prompts_per_step(self) -> int:

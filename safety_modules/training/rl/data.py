@@ -1,4 +1,5 @@
 """RL prompts: records (``safevlm data convert unsafe-concepts --split train``) -> image, question, gold label."""
+
 from __future__ import annotations
 
 import logging
@@ -6,8 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...data.format import image_problem
-from ...data.format import question_text, read_records
+from ...data.format import image_problem, question_text, read_records
 from ...data.unsafe_concepts import alignment_label
 from ..config import DataFile
 
@@ -37,12 +37,20 @@ def load_samples(files: Sequence[DataFile], check_images: bool = True) -> list[R
         for record in read_records(entry.path):
             problem = image_problem(entry.root / record["image"]) if check_images else None
             if problem:
-                logger.warning("RL data: %s (record %s) skipped: %s", entry.root / record["image"], record["id"],
-                               problem)
+                logger.warning(
+                    "RL data: %s (record %s) skipped: %s", entry.root / record["image"], record["id"], problem
+                )
                 continue
-            samples.append(RLSample(record["id"], entry.root / record["image"], question_text(record),
-                                    alignment_label(record), record.get("category", ""),
-                                    record.get("unsafe_concept") or record.get("concept", "")))
+            samples.append(
+                RLSample(
+                    record["id"],
+                    entry.root / record["image"],
+                    question_text(record),
+                    alignment_label(record),
+                    record.get("category", ""),
+                    record.get("unsafe_concept") or record.get("concept", ""),
+                )
+            )
     if not samples:
         raise ValueError(f"no usable records in {[f.path for f in files]}")
     return samples

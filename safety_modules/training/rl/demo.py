@@ -4,6 +4,7 @@ tiny LLaVA -> a yes/no base (its output layer fitted to answer "Yes" or "No" at 
 whatever the image, see `tiny_task`) -> synthetic Safe/Unsafe corpus -> GRPO with the rules reward -> the before/after
 report on the held-out images. A separate flag, not a step of ``make demo``: it adds ~30-60 s.
 """
+
 from __future__ import annotations
 
 import time
@@ -23,20 +24,41 @@ def run_rl_demo(workdir: Path, steps: int = 12, seed: int = 0) -> int:
     print(f"[1/4] tiny LLaVA and the synthetic Safe/Unsafe corpus in {workdir}")
     tiny = make_tiny(workdir / "tiny-llava", seed=seed)
     train, heldout = make_rl_corpus(workdir / "corpus", seed=seed)
-    print("[2/4] a base that answers 'Yes' (P 0.55) or 'No' (P 0.45) whatever the image (output layer fitted; "
-          "the tiny LM is random otherwise)")
+    print(
+        "[2/4] a base that answers 'Yes' (P 0.55) or 'No' (P 0.45) whatever the image (output layer fitted; "
+        "the tiny LM is random otherwise)"
+    )
     base = make_yes_no_base(tiny, train, workdir / "yes-no-base")
-    cfg = RLConfig(algorithm="grpo", base=str(base), train_data=[DataFile(str(train))],
-                   eval_data=[DataFile(str(heldout))],
-                   output_dir=str(workdir / "run"), seed=seed, max_steps=steps, rollout_batch_size=8,
-                   step_batch_size=8, per_device_batch_size=8, group_size=4, learning_rate=2e-3, warmup_steps=1,
-                   lora=LoraSettings(r=8, alpha=16, dropout=0.0), reward="rules", max_new_tokens=4, length_bonus=0.0,
-                   stop_penalty=-1.0, reward_scale=1.0, save_steps=None, progress_bar=False)
+    cfg = RLConfig(
+        algorithm="grpo",
+        base=str(base),
+        train_data=[DataFile(str(train))],
+        eval_data=[DataFile(str(heldout))],
+        output_dir=str(workdir / "run"),
+        seed=seed,
+        max_steps=steps,
+        rollout_batch_size=8,
+        step_batch_size=8,
+        per_device_batch_size=8,
+        group_size=4,
+        learning_rate=2e-3,
+        warmup_steps=1,
+        lora=LoraSettings(r=8, alpha=16, dropout=0.0),
+        reward="rules",
+        max_new_tokens=4,
+        length_bonus=0.0,
+        stop_penalty=-1.0,
+        reward_scale=1.0,
+        save_steps=None,
+        progress_bar=False,
+    )
     print(f"[3/4] GRPO: {steps} steps of 2 prompts x 4 answers, rules reward (yes = Safe, no = Unsafe)")
     result = train_rl(cfg, log=lambda m: print("      " + m))
     for entry in result.history:
-        print(f"      step {entry['step']:2d}: reward {entry['reward']:.3f}  judged correct "
-              f"{entry['judged_correct']:.2f}  KL {entry['kl']:.3f}  entropy {entry['entropy']:.3f}")
+        print(
+            f"      step {entry['step']:2d}: reward {entry['reward']:.3f}  judged correct "
+            f"{entry['judged_correct']:.2f}  KL {entry['kl']:.3f}  entropy {entry['entropy']:.3f}"
+        )
     print("[4/4] before / after on the held-out images")
     assert result.adapter_dir is not None  # the run was not interrupted
     report = before_after_report(cfg, result.adapter_dir, workdir / "run" / "report")

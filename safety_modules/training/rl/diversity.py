@@ -4,6 +4,7 @@ Self-BLEU of a set of answers = the mean, over answers, of the BLEU of that answ
 others as references. Written here (NLTK is not a dependency); the formula is NLTK's
 ``sentence_bleu`` with ``SmoothingFunction().method1`` (a zero n-gram match count becomes 0.1).
 """
+
 from __future__ import annotations
 
 import math
@@ -12,11 +13,12 @@ from collections.abc import Sequence
 
 
 def _ngrams(tokens: Sequence[str], n: int) -> Counter:
-    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
 
 
-def sentence_bleu(hypothesis: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4,
-                  epsilon: float = 0.1) -> float:
+def sentence_bleu(
+    hypothesis: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4, epsilon: float = 0.1
+) -> float:
     """BLEU of one tokenised hypothesis against tokenised references (clipped n-gram precisions,
     geometric mean with weights 1/max_n, brevity penalty against the closest reference length)."""
     if not hypothesis or not references:
@@ -42,7 +44,7 @@ def self_bleu(texts: Sequence[str]) -> float | None:
     tokens = [t.lower().split() for t in texts]
     if len(tokens) < 2:
         return None
-    scores = [sentence_bleu(tokens[i], tokens[:i] + tokens[i + 1:]) for i in range(len(tokens))]
+    scores = [sentence_bleu(tokens[i], tokens[:i] + tokens[i + 1 :]) for i in range(len(tokens))]
     return sum(scores) / len(scores)
 
 

@@ -3,6 +3,7 @@
 Shapes: per-token tensors are (B, T) over the response tokens, ``mask`` is 1 on real tokens
 (up to and including the end-of-sequence token) and 0 on padding; per-sequence tensors are (B,).
 """
+
 from __future__ import annotations
 
 import torch
@@ -45,8 +46,9 @@ def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl
     return rewards
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
-        lam: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation; returns (advantages, returns = advantages + values).
 
     The value after a sequence's last real token is 0 (the episode ends there).
@@ -64,8 +66,9 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, advantages + values
 
 
-def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                        clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_policy_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped surrogate: mean of max(-A r, -A clip(r, 1-e, 1+e)); returns (loss, clipped fraction)."""
     ratio = torch.exp(logp - old_logp)
     unclipped = -advantages * ratio
@@ -74,8 +77,9 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
     return loss, masked_mean((clipped > unclipped).to(logp.dtype), mask)
 
 
-def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-                       clip: float) -> torch.Tensor:
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float
+) -> torch.Tensor:
     """0.5 x mean of max((V - R)^2, (V_clipped - R)^2), V_clipped = V_old + clip(V - V_old, -c, c)."""
     clipped = old_values + (values - old_values).clamp(-clip, clip)
     return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
@@ -87,8 +91,9 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, -1) - (logits.softmax(-1) * logits).sum(-1)
 
 
-def group_advantages(scores: torch.Tensor, group_size: int, scale_by_std: bool = True,
-                     eps: float = 1e-4) -> torch.Tensor:
+def group_advantages(
+    scores: torch.Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-4
+) -> torch.Tensor:
     """GRPO: each score minus its group's mean (and divided by its std); groups are consecutive rows."""
     if scores.numel() % group_size:
         raise ValueError(f"{scores.numel()} scores do not split into groups of {group_size}")
@@ -99,8 +104,15 @@ def group_advantages(scores: torch.Tensor, group_size: int, scale_by_std: bool =
     return centred.view(-1)
 
 
-def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, advantages: torch.Tensor,
-              mask: torch.Tensor, clip: float, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float,
+    kl_coef: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """GRPO: the clipped surrogate with one advantage per sequence plus kl_coef x k3 KL to the reference.
 
     Returns (loss, clipped fraction, mean KL).

@@ -7,6 +7,7 @@ policy). The vision tower, the projectors and the safety modules stay frozen: a 
 embeddings ([text; tokens B; image tokens; text], from `SafeLlava.build_inputs_embeds`) are built
 once per rollout and reused for every forward pass over that rollout.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -38,8 +39,9 @@ class Prompts:
 
 
 @torch.no_grad()
-def encode_prompts(model: SafeLlava, images: Sequence[Any], prompts: Sequence[str],
-                   inject_safety_tokens: bool) -> Prompts:
+def encode_prompts(
+    model: SafeLlava, images: Sequence[Any], prompts: Sequence[str], inject_safety_tokens: bool
+) -> Prompts:
     """Images (paths or PIL) and questions -> the language model's input embeddings, as at inference."""
     processor = model.processor
     images = [decode_image(x) if not hasattr(x, "convert") else x for x in images]
@@ -48,8 +50,9 @@ def encode_prompts(model: SafeLlava, images: Sequence[Any], prompts: Sequence[st
     n_image = features.shape[1]
     texts = [chat_text(processor, p).replace(processor.image_token, processor.image_token * n_image) for p in prompts]
     enc = processor.tokenizer(texts, padding="longest", padding_side="left", return_tensors="pt")
-    embeds, mask, _ = model.build_inputs_embeds(enc["input_ids"], image_tokens, enc["attention_mask"],
-                                                inject_safety_tokens=inject_safety_tokens)
+    embeds, mask, _ = model.build_inputs_embeds(
+        enc["input_ids"], image_tokens, enc["attention_mask"], inject_safety_tokens=inject_safety_tokens
+    )
     return Prompts(embeds.detach(), mask.detach())
 
 
@@ -69,16 +72,23 @@ class Responses:
 
 
 @torch.no_grad()
-def sample(model: SafeLlava, prompts: Prompts, max_new_tokens: int, temperature: float = 1.0,
-           greedy: bool = False) -> Responses:
+def sample(
+    model: SafeLlava, prompts: Prompts, max_new_tokens: int, temperature: float = 1.0, greedy: bool = False
+) -> Responses:
     """Generate one answer per prompt from the current policy (pure sampling at ``temperature``, or greedy)."""
     tokenizer = model.processor.tokenizer
     eos = model.base.generation_config.eos_token_id
     eos_ids = torch.tensor(sorted(set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}))
-    kwargs: dict[str, Any] = {"do_sample": False} if greedy else {
-        "do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-    out = model.base.generate(inputs_embeds=prompts.embeds, attention_mask=prompts.mask,
-                              max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **kwargs).cpu()
+    kwargs: dict[str, Any] = (
+        {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+    )
+    out = model.base.generate(
+        inputs_embeds=prompts.embeds,
+        attention_mask=prompts.mask,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        **kwargs,
+    ).cpu()
     is_eos = torch.isin(out, eos_ids)
     finished = is_eos.any(1)
     # real tokens: everything up to and including the first EOS
@@ -105,8 +115,13 @@ class ActorCritic(nn.Module):
     def language_model(self):
         return self.model.base.model.language_model
 
-    def forward(self, prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
-                response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self,
+        prompt_embeds: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        response_ids: torch.Tensor,
+        response_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(log-prob of each response token, entropy at each position, value at each position), each (B, T)."""
         base = self.model.base
         response_ids = response_ids.to(prompt_embeds.device)
@@ -116,7 +131,7 @@ class ActorCritic(nn.Module):
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         hidden = base.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
         start, length = prompt_embeds.shape[1] - 1, response_ids.shape[1]
-        hidden = hidden[:, start:start + length]  # the state before each response token
+        hidden = hidden[:, start : start + length]  # the state before each response token
         logits = base.lm_head(hidden).float() / self.temperature
         logp = torch.log_softmax(logits, -1).gather(-1, response_ids[..., None]).squeeze(-1)
         entropy = entropy_from_logits(logits)
@@ -124,8 +139,13 @@ class ActorCritic(nn.Module):
         return logp, entropy, values
 
     @torch.no_grad()
-    def reference_logprobs(self, prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
-                           response_mask: torch.Tensor) -> torch.Tensor:
+    def reference_logprobs(
+        self,
+        prompt_embeds: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        response_ids: torch.Tensor,
+        response_mask: torch.Tensor,
+    ) -> torch.Tensor:
         """Log-probs under the reference: the same weights with the LoRA adapter switched off."""
         with self.language_model.disable_adapter():
             return self.forward(prompt_embeds, prompt_mask, response_ids, response_mask)[0]

@@ -9,6 +9,7 @@ no alignment reward), add ``length_bonus x length / max_length`` and add ``stop_
 no end-of-sequence token was produced. An all-equal batch normalises to zeros (the published code
 divides by zero there).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -66,8 +67,9 @@ class ClassifierJudge:
 
     name = "classifier"
 
-    def __init__(self, source: str | Path, device: str | torch.device = "cpu", max_length: int = 512,
-                 batch_size: int = 32) -> None:
+    def __init__(
+        self, source: str | Path, device: str | torch.device = "cpu", max_length: int = 512, batch_size: int = 32
+    ) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(source))
@@ -85,8 +87,13 @@ class ClassifierJudge:
     def logits(self, answers: Sequence[str]) -> torch.Tensor:
         out = []
         for start in range(0, len(answers), self.batch_size):
-            enc = self.tokenizer(list(answers[start:start + self.batch_size]), truncation=True, padding=True,
-                                 max_length=self.max_length, return_tensors="pt").to(self.device)
+            enc = self.tokenizer(
+                list(answers[start : start + self.batch_size]),
+                truncation=True,
+                padding=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
             out.append(self.model(**enc).logits.float().cpu())
         return torch.cat(out)
 
@@ -105,15 +112,24 @@ class PublishedClassifierJudge(ClassifierJudge):
     converted to ``.safetensors`` (`evaluation.parsing.ResponseClassifier` loads it and reports missing keys).
     Labels Safe=0, Unsafe=1, NA=2 as published."""
 
-    def __init__(self, encoder_dir: str | Path, weights: str | Path, device: str | torch.device = "cpu",
-                 max_length: int = 512, batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        encoder_dir: str | Path,
+        weights: str | Path,
+        device: str | torch.device = "cpu",
+        max_length: int = 512,
+        batch_size: int = 32,
+    ) -> None:
         from ...evaluation.parsing import ALIGNMENT_LABELS, ResponseClassifier
 
-        self.classifier = ResponseClassifier(encoder_dir, weights, ALIGNMENT_LABELS, device=str(device),
-                                             max_length=max_length)
+        self.classifier = ResponseClassifier(
+            encoder_dir, weights, ALIGNMENT_LABELS, device=str(device), max_length=max_length
+        )
         if self.classifier.missing_keys:
-            raise ValueError(f"{weights}: {len(self.classifier.missing_keys)} keys missing (e.g. "
-                             f"{self.classifier.missing_keys[:3]}): a partly random classifier is no reward")
+            raise ValueError(
+                f"{weights}: {len(self.classifier.missing_keys)} keys missing (e.g. "
+                f"{self.classifier.missing_keys[:3]}): a partly random classifier is no reward"
+            )
         self.label_ids = {label: ALIGNMENT_LABELS.index(label) for label in LABELS}
         self.na_id = ALIGNMENT_LABELS.index("NA")
         self.device, self.max_length, self.batch_size = torch.device(device), max_length, batch_size
@@ -123,8 +139,14 @@ class PublishedClassifierJudge(ClassifierJudge):
         c, out = self.classifier, []
         for start in range(0, len(answers), self.batch_size):
             # right padding: the head reads the first token
-            enc = c.tokenizer(list(answers[start:start + self.batch_size]), truncation=True, padding=True,
-                              padding_side="right", max_length=self.max_length, return_tensors="pt").to(self.device)
+            enc = c.tokenizer(
+                list(answers[start : start + self.batch_size]),
+                truncation=True,
+                padding=True,
+                padding_side="right",
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
             out.append(c.head(c.encoder(**enc).last_hidden_state[:, 0]).float().cpu())
         return torch.cat(out)
 
@@ -141,8 +163,16 @@ def min_max_normalise(raw: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def shape_rewards(judged: JudgedAnswers, lengths: torch.Tensor, finished: torch.Tensor, max_length: int, *,
-                  length_bonus: float = 0.0, stop_penalty: float = 0.0, mask_na: bool = True) -> torch.Tensor:
+def shape_rewards(
+    judged: JudgedAnswers,
+    lengths: torch.Tensor,
+    finished: torch.Tensor,
+    max_length: int,
+    *,
+    length_bonus: float = 0.0,
+    stop_penalty: float = 0.0,
+    mask_na: bool = True,
+) -> torch.Tensor:
     """Sequence rewards (B,): normalised judge score x mask + length bonus + penalty when unfinished.
 
     ``lengths``: real (non-pad) response tokens; ``finished``: whether an end-of-sequence token was
@@ -155,8 +185,9 @@ def shape_rewards(judged: JudgedAnswers, lengths: torch.Tensor, finished: torch.
     return rewards + torch.where(finished.bool(), 0.0, stop_penalty)
 
 
-def make_judge(kind: str, classifier: str | None = None, device: str | torch.device = "cpu",
-               classifier_weights: str | None = None) -> Judge:
+def make_judge(
+    kind: str, classifier: str | None = None, device: str | torch.device = "cpu", classifier_weights: str | None = None
+) -> Judge:
     """``rules`` or ``classifier``: then ``classifier`` is a sequence-classification model (folder or hub id),
     or, with ``classifier_weights`` (the published head + encoder state dict as .safetensors), the RoBERTa
     encoder folder those weights belong to."""

@@ -1,4 +1,5 @@
 """One RL step's experience: prompts, sampled answers, old/reference log-probs, values, rewards, advantages."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -37,8 +38,9 @@ def _chunks(n: int, size: int) -> list[slice]:
 def collect(ac: ActorCritic, samples: Sequence[RLSample], judge: Judge, cfg: RLConfig) -> Experience:
     """Sample answers with the current policy and turn them into advantages (PPO: GAE; GRPO: group-relative)."""
     model = ac.model
-    prompts = encode_prompts(model, [s.image for s in samples], [s.prompt for s in samples],
-                             bool(cfg.inject_safety_tokens))
+    prompts = encode_prompts(
+        model, [s.image for s in samples], [s.prompt for s in samples], bool(cfg.inject_safety_tokens)
+    )
     labels = [s.label for s in samples]
     if cfg.algorithm == "grpo":
         prompts = prompts.repeat(cfg.group_size)
@@ -55,8 +57,15 @@ def collect(ac: ActorCritic, samples: Sequence[RLSample], judge: Judge, cfg: RLC
     logp, ref = torch.cat(old_logp), torch.cat(ref_logp)
     values = torch.cat(old_values) if old_values else None
     judged = judge(responses.texts, labels)
-    scores = shape_rewards(judged, responses.lengths, responses.finished, cfg.max_new_tokens,
-                           length_bonus=cfg.length_bonus, stop_penalty=cfg.stop_penalty, mask_na=cfg.mask_na)
+    scores = shape_rewards(
+        judged,
+        responses.lengths,
+        responses.finished,
+        cfg.max_new_tokens,
+        length_bonus=cfg.length_bonus,
+        stop_penalty=cfg.stop_penalty,
+        mask_na=cfg.mask_na,
+    )
     mask = responses.mask.float()
     returns = None
     if cfg.algorithm == "ppo":
@@ -73,8 +82,9 @@ def collect(ac: ActorCritic, samples: Sequence[RLSample], judge: Judge, cfg: RLC
 def minibatch_loss(ac, exp: Experience, rows: torch.Tensor, cfg: RLConfig) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss of one micro-batch of the experience (``ac`` may be the accelerate-wrapped module)."""
     mask = exp.responses.mask[rows].float()
-    logp, entropy, values = ac(exp.prompts.embeds[rows], exp.prompts.mask[rows], exp.responses.ids[rows],
-                               exp.responses.mask[rows])
+    logp, entropy, values = ac(
+        exp.prompts.embeds[rows], exp.prompts.mask[rows], exp.responses.ids[rows], exp.responses.mask[rows]
+    )
     device = logp.device
     mask = mask.to(device)
     old_logp, ref_logp = exp.old_logp[rows].to(device), exp.ref_logp[rows].to(device)
@@ -82,13 +92,15 @@ def minibatch_loss(ac, exp: Experience, rows: torch.Tensor, cfg: RLConfig) -> tu
     stats: dict[str, float] = {"entropy": entropy_mean.item()}
     if cfg.algorithm == "ppo":
         pg, clipfrac = L.clipped_policy_loss(logp, old_logp, exp.advantages[rows].to(device), mask, cfg.cliprange)
-        vf = L.clipped_value_loss(values, exp.old_values[rows].to(device), exp.returns[rows].to(device), mask,
-                                  cfg.cliprange_value)
+        vf = L.clipped_value_loss(
+            values, exp.old_values[rows].to(device), exp.returns[rows].to(device), mask, cfg.cliprange_value
+        )
         loss = pg + cfg.vf_coef * vf - cfg.entropy_coef * entropy_mean
         stats.update(pg_loss=pg.item(), vf_loss=vf.item(), clipfrac=clipfrac.item())
     else:
-        loss, clipfrac, kl = L.grpo_loss(logp, old_logp, ref_logp, exp.advantages[rows].to(device), mask,
-                                         cfg.cliprange, cfg.kl_coef)
+        loss, clipfrac, kl = L.grpo_loss(
+            logp, old_logp, ref_logp, exp.advantages[rows].to(device), mask, cfg.cliprange, cfg.kl_coef
+        )
         loss = loss - cfg.entropy_coef * entropy_mean
         stats.update(pg_loss=loss.item(), clipfrac=clipfrac.item(), kl_k3=kl.item())
     return loss, stats

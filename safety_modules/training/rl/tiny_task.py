@@ -19,6 +19,7 @@ Corpus: `data.synth` images; Safe = the photos, Unsafe = captchas, personal docu
 chats and typographic jailbreaks. The benign text images are left out: telling them from the
 jailbreak texts needs reading, which a 2-layer random model cannot learn in a CI budget.
 """
+
 from __future__ import annotations
 
 import random
@@ -47,11 +48,18 @@ def make_rl_corpus(out: Path, total: int = 90, seed: int = 0) -> tuple[Path, Pat
             for r in read_records(out / f"{split}.jsonl"):
                 if "benign_text" in r["id"]:
                     continue
-                record = make_record(r["id"], r["image"], rng.choice(ALIGNMENT_PROMPTS), "",
-                                     r["safety"]["level"], r["safety"]["type"])
+                record = make_record(
+                    r["id"], r["image"], rng.choice(ALIGNMENT_PROMPTS), "", r["safety"]["level"], r["safety"]["type"]
+                )
                 kind = r["id"].split("-")[1]  # synth-<kind>-<n>: the kind stands in for the concept
-                records.append({**record, "alignment_label": "Safe" if r["safety"]["level"] == 0 else "Unsafe",
-                                "concept": kind.replace("_", " "), "category": kind})
+                records.append(
+                    {
+                        **record,
+                        "alignment_label": "Safe" if r["safety"]["level"] == 0 else "Unsafe",
+                        "concept": kind.replace("_", " "),
+                        "category": kind,
+                    }
+                )
         files.append(write_records(records, out / f"{name}.jsonl"))
     return files[0], files[1]
 
@@ -72,18 +80,20 @@ def make_yes_no_base(tiny_dir: Path, records_file: Path, out: Path, steps: int =
             ids = torch.tensor([answer] * len(records))
             embeds = torch.cat([prompts.embeds, model.base.get_input_embeddings()(ids)], 1)
             mask = torch.cat([prompts.mask, torch.ones_like(ids)], 1)
-            hidden = model.base.model(inputs_embeds=embeds, attention_mask=mask,
-                                      position_ids=(mask.cumsum(1) - 1).clamp(min=0)).last_hidden_state
+            hidden = model.base.model(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0)
+            ).last_hidden_state
             start = prompts.embeds.shape[1] - 1
-            features.append(hidden[:, start:start + ids.shape[1]].reshape(-1, hidden.shape[-1]))
+            features.append(hidden[:, start : start + ids.shape[1]].reshape(-1, hidden.shape[-1]))
             targets.append(ids.reshape(-1))
     head = model.base.lm_head
     head.weight.requires_grad_(True)
     optimizer = torch.optim.Adam([head.weight], lr=0.05)
     for _ in range(steps):
         (yes_x, no_x), (yes_y, no_y) = features, targets
-        loss = (yes_odds * torch.nn.functional.cross_entropy(head(yes_x), yes_y)
-                + (1 - yes_odds) * torch.nn.functional.cross_entropy(head(no_x), no_y))
+        loss = yes_odds * torch.nn.functional.cross_entropy(head(yes_x), yes_y) + (
+            1 - yes_odds
+        ) * torch.nn.functional.cross_entropy(head(no_x), no_y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -11,6 +11,7 @@ epoch permutations (epoch ``e`` drawn from ``seed + e``); minibatch orders come 
 seeded by (seed, step, pass); sampling and LoRA dropout use the global RNG, whose state is saved
 in every checkpoint with the optimizer and scheduler (`training.checkpoint`).
 """
+
 from __future__ import annotations
 
 import json
@@ -53,12 +54,12 @@ def build_policy(cfg: RLConfig, device: torch.device) -> ActorCritic:
     add_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
     if cfg.gradient_checkpointing:
         model.base.model.language_model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
     return ActorCritic(model, cfg.temperature, with_value=cfg.algorithm == "ppo").to(device)
 
 
-def step_samples(samples: list[RLSample], step: int, per_step: int, seed: int, rank: int,
-                 world: int) -> list[RLSample]:
+def step_samples(samples: list[RLSample], step: int, per_step: int, seed: int, rank: int, world: int) -> list[RLSample]:
     """The prompts of RL step ``step`` for this rank: consecutive positions of the epoch permutations."""
     n, chosen, cache = len(samples), [], {}
     for i in range(step * per_step + rank, (step + 1) * per_step, world):
@@ -96,9 +97,11 @@ def train_rl(cfg: RLConfig, stop_after: int | None = None, log: Callable[[str], 
     judge = make_judge(cfg.reward, cfg.reward_classifier, accelerator.device, cfg.reward_classifier_weights)
     ac = build_policy(cfg, accelerator.device)
     params: dict[str, torch.Tensor] = {n: p for n, p in ac.named_parameters() if p.requires_grad}
-    say(f"RL ({cfg.algorithm}): training {sum(p.numel() for p in params.values()):,} parameters (LoRA"
+    say(
+        f"RL ({cfg.algorithm}): training {sum(p.numel() for p in params.values()):,} parameters (LoRA"
         f"{' + value head' if ac.value_head is not None else ''}); base and safety modules frozen; "
-        f"{len(samples)} prompts, reward {cfg.reward}")
+        f"{len(samples)} prompts, reward {cfg.reward}"
+    )
 
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(samples) / cfg.prompts_per_step))
     local_rollout = cfg.rollout_batch_size // world
@@ -129,14 +132,24 @@ def train_rl(cfg: RLConfig, stop_after: int | None = None, log: Callable[[str], 
 
     def save(step: int) -> None:
         accelerator.wait_for_everyone()
-        ckpt.save_checkpoint(out / f"checkpoint-{step}", params, optimizer, scheduler,
-                             {"global_step": step, "history": history, "total_steps": total_steps}, rank,
-                             accelerator.is_main_process)
+        ckpt.save_checkpoint(
+            out / f"checkpoint-{step}",
+            params,
+            optimizer,
+            scheduler,
+            {"global_step": step, "history": history, "total_steps": total_steps},
+            rank,
+            accelerator.is_main_process,
+        )
         if accelerator.is_main_process:
             ckpt.prune(out, cfg.save_total_limit)
 
-    bar = tqdm(total=total_steps, initial=global_step, desc=f"rl {cfg.algorithm}",
-               disable=not (cfg.progress_bar and accelerator.is_local_main_process))
+    bar = tqdm(
+        total=total_steps,
+        initial=global_step,
+        desc=f"rl {cfg.algorithm}",
+        disable=not (cfg.progress_bar and accelerator.is_local_main_process),
+    )
     if rng_to_restore is not None:
         ckpt.set_rng_state(*rng_to_restore)  # last, so nothing between here and the loop draws from it
     while global_step < total_steps and (stop_after is None or global_step < stop_after):
@@ -148,12 +161,15 @@ def train_rl(cfg: RLConfig, stop_after: int | None = None, log: Callable[[str], 
         window: dict[str, list[float]] = {}
         n = len(exp.scores)
         for epoch in range(cfg.noptepochs):
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(
-                cfg.seed * 1_000_003 + global_step * 101 + epoch))
+            order = torch.randperm(
+                n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + global_step * 101 + epoch)
+            )
             for start in range(0, n, local_step):
-                rows_step = order[start:start + local_step]
-                micro = [rows_step[i:i + cfg.per_device_batch_size]
-                         for i in range(0, len(rows_step), cfg.per_device_batch_size)]
+                rows_step = order[start : start + local_step]
+                micro = [
+                    rows_step[i : i + cfg.per_device_batch_size]
+                    for i in range(0, len(rows_step), cfg.per_device_batch_size)
+                ]
                 for k, rows in enumerate(micro):
                     with accelerator.autocast():
                         loss, stats = minibatch_loss(wrapped, exp, rows, cfg)
@@ -169,13 +185,16 @@ def train_rl(cfg: RLConfig, stop_after: int | None = None, log: Callable[[str], 
                 optimizer.zero_grad(set_to_none=True)
         global_step += 1
         mask = exp.responses.mask.float()
-        entry = {"step": global_step, "lr": scheduler.get_last_lr()[0],
-                 "reward": exp.scores.mean().item(),
-                 "judged_correct": (exp.judged_raw * exp.judged_valid).sum().item() / n,
-                 "na_fraction": 1.0 - exp.judged_valid.float().mean().item(),
-                 "kl": ((exp.old_logp - exp.ref_logp) * mask).sum(1).mean().item(),
-                 "response_length": mask.sum(1).mean().item(),
-                 **{k: sum(v) / len(v) for k, v in window.items()}}
+        entry = {
+            "step": global_step,
+            "lr": scheduler.get_last_lr()[0],
+            "reward": exp.scores.mean().item(),
+            "judged_correct": (exp.judged_raw * exp.judged_valid).sum().item() / n,
+            "na_fraction": 1.0 - exp.judged_valid.float().mean().item(),
+            "kl": ((exp.old_logp - exp.ref_logp) * mask).sum(1).mean().item(),
+            "response_length": mask.sum(1).mean().item(),
+            **{k: sum(v) / len(v) for k, v in window.items()},
+        }
         history.append(entry)
         bar.update(1)
         bar.set_postfix(reward=f"{entry['reward']:.3f}", kl=f"{entry['kl']:.3f}", entropy=f"{entry['entropy']:.3f}")
@@ -198,8 +217,10 @@ def train_rl(cfg: RLConfig, stop_after: int | None = None, log: Callable[[str], 
         if unwrapped.value_head is not None:
             from safetensors.torch import save_file
 
-            save_file({k: v.detach().float().cpu().contiguous() for k, v in unwrapped.value_head.state_dict().items()},
-                      str(out / VALUE_HEAD))
+            save_file(
+                {k: v.detach().float().cpu().contiguous() for k, v in unwrapped.value_head.state_dict().items()},
+                str(out / VALUE_HEAD),
+            )
         (out / "rl_config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
         (out / "metrics.json").write_text(json.dumps({"history": history}, indent=1) + "\n")
     return result
