@@ -124,6 +124,8 @@ def fit_head_temperature(logits: np.ndarray, labels: ArrayLike) -> TemperatureFi
             f"WARNING: the temperature is at its bound {temperature:.3g}: the validation items are separable "
             "or degenerate for this head (too few, or all classified right); do not trust it"
         )
+    elif abs(math.log(temperature)) < 0.05:
+        note = "T within 5% of 1: the head was about as confident as it was right on validation (little change)"
     elif temperature > 1:
         note = "T > 1: the head was overconfident on validation (probabilities softened)"
     else:
