@@ -2,9 +2,8 @@
 
 Temperatures. For each head (level, type) one temperature ``T`` is fitted on validation
 logits by minimising the negative log-likelihood of ``softmax(logits / T)`` (LBFGS on
-``log T``, Guo et al. 2017). Vector scaling (one temperature per class) is fitted too and
-kept only when its cross-validated NLL on the validation set beats the single temperature,
-since on the data it was fitted on more parameters always look better.
+``log T``, Guo et al. 2017). A single temperature keeps every prediction and ranking and only
+changes confidence; per-class temperatures are not fitted (see `fit_head_temperature`).
 
 Thresholds. The policy (``mode: thresholds``) compares per-type scores with per-type
 thresholds; the scores are `safety_modules.policy.rule.threshold_scores` (``risk`` for hint,
@@ -23,7 +22,6 @@ the shared value, and says so); otherwise one pair in ``defaults``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,86 +35,72 @@ from .policy.rule import threshold_scores
 from .taxonomy import Taxonomy
 
 LOG_T_BOUNDS = (math.log(1e-2), math.log(1e2))  # temperatures are kept in [0.01, 100]
-CV_FOLDS = 5
-MIN_ITEMS_FOR_VECTOR = 20  # fewer validation items than this: a single temperature only
+GRAD_TOLERANCE = 1e-6  # |d NLL / d log T| at an interior optimum
 
 
 # ---------------------------------------------------------------------- temperatures
 
 
-def nll_at(logits: np.ndarray, labels: ArrayLike, temperature: float | Sequence[float]) -> float:
+def nll_at(logits: np.ndarray, labels: ArrayLike, temperature: float) -> float:
     """Mean NLL of ``softmax(logits / temperature)`` on ``labels``."""
     z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
-    t = torch.as_tensor(temperature, dtype=torch.float64)
-    return float(F.cross_entropy(z / t, torch.as_tensor(np.asarray(labels), dtype=torch.long)))
+    return float(F.cross_entropy(z / temperature, torch.as_tensor(np.asarray(labels), dtype=torch.long)))
 
 
-def fit_temperature(logits: np.ndarray, labels: ArrayLike, per_class: bool = False) -> float | list[float]:
-    """The temperature(s) minimising the NLL of ``softmax(logits / T)``: one number, or one per class (see
-    `fit_temperatures`)."""
-    temperatures = fit_temperatures(logits, labels, per_class)
-    return temperatures.tolist() if per_class else float(temperatures[0])
+def fit_temperature(logits: np.ndarray, labels: ArrayLike) -> float:
+    """The temperature ``T`` in [0.01, 100] minimising the mean NLL of ``softmax(logits / T)``.
 
-
-def fit_temperatures(logits: np.ndarray, labels: ArrayLike, per_class: bool = False) -> torch.Tensor:
-    """The temperature(s) minimising the NLL of ``softmax(logits / T)`` as a float64 tensor: (1,) or (C,).
-
-    Per class, a class with no item among ``labels`` keeps the single temperature: nothing in the
-    data pins its own, and a free one runs to a bound (a tiny T would let that class win whenever
-    its logit turns positive).
+    The NLL is convex in ``1 / T``, so it has one minimum over ``log T`` and LBFGS on ``log T``
+    finds it (when every item is classified right, that minimum is at T -> 0: the lower bound).
+    The result is checked (a zero gradient, or a bound the NLL still falls towards); an optimiser
+    that stopped early raises instead of returning a wrong temperature.
     """
     z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if z.ndim != 2 or len(z) != len(y) or len(y) == 0:
         raise ValueError(f"expected (N, C) logits and N labels (N > 0), got {tuple(z.shape)} and {len(y)}")
     low, high = LOG_T_BOUNDS
-    fixed = torch.zeros(1, dtype=torch.float64)
-    free = torch.ones(1, dtype=torch.bool)
-    if per_class:
-        fixed = torch.full((z.shape[1],), math.log(float(fit_temperatures(logits, labels)[0])), dtype=torch.float64)
-        free = torch.bincount(y, minlength=z.shape[1]) > 0
-    log_t = fixed.clone().requires_grad_(True)
+    if bool((z.argmax(1) == y).all()):  # separable: the NLL falls monotonically as T -> 0
+        return math.exp(low)
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS(
-        [log_t], lr=1.0, max_iter=200, tolerance_grad=1e-10, tolerance_change=1e-12, line_search_fn="strong_wolfe"
+        [log_t], lr=1.0, max_iter=200, tolerance_grad=1e-10, tolerance_change=1e-14, line_search_fn="strong_wolfe"
     )
 
-    def current() -> torch.Tensor:
-        return torch.where(free, log_t, fixed).clamp(low, high)
+    def loss_at(value: torch.Tensor) -> torch.Tensor:
+        # outside the bounds the NLL is flat (clamped); a quadratic pulls LBFGS back to the bound, never stuck
+        clamped = value.clamp(low, high)
+        return F.cross_entropy(z / clamped.exp(), y) + (value - clamped) ** 2
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = F.cross_entropy(z / current().exp(), y)
+        loss = loss_at(log_t)
         loss.backward()
         return loss
 
-    optimizer.step(closure)
-    return current().detach().exp()
+    for _ in range(5):  # LBFGS may stop on max_iter; restart from where it stopped
+        optimizer.step(closure)
+        if _converged(z, y, float(log_t.detach().clamp(low, high))):
+            return math.exp(float(log_t.detach().clamp(low, high)))
+    raise RuntimeError(f"temperature fit did not converge (log T = {float(log_t):.4f})")
 
 
-def cross_validated_nll(
-    logits: np.ndarray, labels: ArrayLike, per_class: bool, folds: int = CV_FOLDS, seed: int = 0
-) -> float:
-    """Mean NLL of each item under temperatures fitted without its fold (seeded folds)."""
-    logits, labels = np.asarray(logits), np.asarray(labels)
-    order = np.random.default_rng(seed).permutation(len(labels))
-    total = 0.0
-    for part in np.array_split(order, folds):
-        rest = np.setdiff1d(order, part)
-        temperature = fit_temperature(logits[rest], labels[rest], per_class)
-        total += nll_at(logits[part], labels[part], temperature) * len(part)
-    return total / len(labels)
+def _converged(z: torch.Tensor, y: torch.Tensor, log_t: float) -> bool:
+    """A zero gradient inside the bounds, or a bound the NLL still decreases towards."""
+    point = torch.tensor(log_t, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(z / point.exp(), y), point)
+    low, high = LOG_T_BOUNDS
+    return abs(float(grad)) < GRAD_TOLERANCE or (log_t <= low and grad > 0) or (log_t >= high and grad < 0)
 
 
 @dataclass
 class TemperatureFit:
-    """The temperature chosen for one head, and the evidence for the choice."""
+    """The temperature fitted for one head, and the evidence on the items it was fitted on."""
 
-    temperature: float | list[float]
-    kind: str  # "scalar" or "vector"
-    scalar: float
-    vector: list[float] | None = None
-    cv_nll_scalar: float | None = None
-    cv_nll_vector: float | None = None
+    temperature: float
+    nll_before: float  # on the fitting (validation) items, T = 1
+    nll_after: float
+    at_bound: bool
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,30 +108,29 @@ class TemperatureFit:
 
 
 def fit_head_temperature(logits: np.ndarray, labels: ArrayLike) -> TemperatureFit:
-    """A single temperature, replaced by one per class only when that wins under cross-validation."""
-    labels = np.asarray(labels)
-    scalar = float(fit_temperatures(logits, labels)[0])
-    note = (
-        "the temperature is at its bound (the validation set may be separable or degenerate)"
-        if _at_bound([scalar])
-        else ""
-    )
-    if len(labels) < MIN_ITEMS_FOR_VECTOR:
-        return TemperatureFit(
-            scalar, "scalar", scalar, note=note or f"vector scaling not tried: {len(labels)} validation items"
-        )
-    cv_scalar = cross_validated_nll(logits, labels, per_class=False)
-    cv_vector = cross_validated_nll(logits, labels, per_class=True)
-    vector = fit_temperatures(logits, labels, per_class=True).tolist()
-    if cv_vector < cv_scalar:
-        note = note or ("a per-class temperature is at its bound" if _at_bound(vector) else "")
-        return TemperatureFit(vector, "vector", scalar, vector, cv_scalar, cv_vector, note)
-    return TemperatureFit(scalar, "scalar", scalar, vector, cv_scalar, cv_vector, note)
+    """One temperature for a head, with its validation NLL before/after and a note on what it does.
 
-
-def _at_bound(temperatures: Sequence[float]) -> bool:
+    Only a single temperature is fitted: it keeps the argmax and the ranking of every class, so it
+    changes confidence and nothing else. Dividing each class's logit by its own temperature is not
+    a calibration map (it depends on the logits' arbitrary offset, can change the argmax, and on a
+    few hundred items ran to its bounds: docs/calibration.md).
+    """
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    temperature = fit_temperature(logits, labels)
     low, high = (math.exp(b) for b in LOG_T_BOUNDS)
-    return any(not low * 1.001 < t < high * 0.999 for t in temperatures)
+    at_bound = not low * 1.001 < temperature < high * 0.999
+    if at_bound:
+        note = (
+            f"WARNING: the temperature is at its bound {temperature:.3g}: the validation items are separable "
+            "or degenerate for this head (too few, or all classified right); do not trust it"
+        )
+    elif abs(math.log(temperature)) < 0.05:
+        note = "T within 5% of 1: the head was about as confident as it was right on validation (little change)"
+    elif temperature > 1:
+        note = "T > 1: the head was overconfident on validation (probabilities softened)"
+    else:
+        note = "T < 1: the head was underconfident on validation (probabilities sharpened)"
+    return TemperatureFit(temperature, nll_at(logits, labels, 1.0), nll_at(logits, labels, temperature), at_bound, note)
 
 
 # ---------------------------------------------------------------------- thresholds

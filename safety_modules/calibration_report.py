@@ -32,7 +32,7 @@ from .checkpoints.card import write_card
 from .config import SafetyConfig
 from .evaluation.head import LabelledImage, collect_scores
 from .evaluation.report import fmt, markdown_table, write_markdown
-from .metrics import expected_calibration_error, negative_log_likelihood, reliability_bins
+from .metrics import ece_noise_floor, expected_calibration_error, negative_log_likelihood, reliability_bins
 from .modeling import SafetyScores
 from .modeling.safety_modules import CONFIG_NAME, WEIGHTS_NAME, checkpoint_files
 from .policy import SafetyPolicy
@@ -101,11 +101,12 @@ def score_labelled(model, items: Sequence[LabelledImage], batch_size: int = 16) 
 
 
 def calibration_numbers(data: LabelledScores) -> dict[str, float]:
-    """ECE and NLL of both heads."""
+    """ECE, its noise floor (the ECE a calibrated head with these confidences shows on this many items) and NLL."""
     out = {}
     for head in HEADS:
         probs, gold = data.probs(head), data.gold(head)
         out[f"{head}_ece"] = expected_calibration_error(probs, gold)
+        out[f"{head}_ece_floor"] = ece_noise_floor(probs)
         out[f"{head}_nll"] = negative_log_likelihood(probs, gold)
     return out
 
@@ -190,12 +191,16 @@ def summary_lines(result: CalibrationResult) -> list[str]:
     """A few lines for a terminal: temperatures, ECE/NLL before -> after per split, thresholds, policy figures."""
     lines = []
     for head, fit in result.temperatures.items():
-        lines.append(f"{head} temperature: {_t(fit.temperature)} ({fit.kind})")
+        lines.append(
+            f"{head} temperature: {fit.temperature:.3f} (validation NLL {fit.nll_before:.3f} -> {fit.nll_after:.3f}; "
+            f"{fit.note})"
+        )
     for name, split in result.splits.items():
         b, a = split["before"], split["after"]
         lines.append(
-            f"{name} ({split['n']} items): ECE level {b['level_ece']:.3f} -> {a['level_ece']:.3f}, "
-            f"type {b['type_ece']:.3f} -> {a['type_ece']:.3f}; NLL level {b['level_nll']:.3f} -> "
+            f"{name} ({split['n']} items): ECE level {b['level_ece']:.3f} -> {a['level_ece']:.3f} "
+            f"(floor {a['level_ece_floor']:.3f}), type {b['type_ece']:.3f} -> {a['type_ece']:.3f} "
+            f"(floor {a['type_ece_floor']:.3f}); NLL level {b['level_nll']:.3f} -> "
             f"{a['level_nll']:.3f}, type {b['type_nll']:.3f} -> {a['type_nll']:.3f}"
         )
         p = split["policy"]
@@ -209,10 +214,6 @@ def summary_lines(result: CalibrationResult) -> list[str]:
 
 
 # ---------------------------------------------------------------------- report
-
-
-def _t(value) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else "[" + ", ".join(f"{v:.2f}" for v in value) + "]"
 
 
 def _finite(values: dict[str, float | None]) -> dict[str, float | str | None]:
@@ -232,8 +233,7 @@ def _threshold_text(result: CalibrationResult) -> str:
 
 def _write_markdown(result: CalibrationResult, source: str) -> None:
     temps = [
-        [head, fit.kind, _t(fit.temperature), f"{fit.scalar:.3f}", fit.cv_nll_scalar, fit.cv_nll_vector, fit.note or ""]
-        for head, fit in result.temperatures.items()
+        [head, fit.temperature, fit.nll_before, fit.nll_after, fit.note] for head, fit in result.temperatures.items()
     ]
     calib = [
         [
@@ -241,6 +241,7 @@ def _write_markdown(result: CalibrationResult, source: str) -> None:
             head,
             s["before"][f"{head}_ece"],
             s["after"][f"{head}_ece"],
+            s["after"][f"{head}_ece_floor"],
             s["before"][f"{head}_nll"],
             s["after"][f"{head}_nll"],
         ]
@@ -266,14 +267,18 @@ def _write_markdown(result: CalibrationResult, source: str) -> None:
         (
             "Temperatures",
             markdown_table(
-                ["head", "kind", "temperature", "single T", "CV NLL (single)", "CV NLL (per class)", "note"],
+                ["head", "temperature", "validation NLL (T = 1)", "validation NLL (fitted T)", "note"],
                 temps,
                 digits=4,
             ),
         ),
         (
             "Calibration (before = as loaded, after = with the temperatures)",
-            markdown_table(["split", "head", "ECE before", "ECE after", "NLL before", "NLL after"], calib, digits=4),
+            markdown_table(
+                ["split", "head", "ECE before", "ECE after", "ECE floor (after)", "NLL before", "NLL after"],
+                calib,
+                digits=4,
+            ),
         ),
         (
             "Thresholds (hint / refuse; on calibrated probabilities)",
@@ -310,7 +315,9 @@ def _write_markdown(result: CalibrationResult, source: str) -> None:
     sections.append(
         (
             "Notes",
-            "- ECE: top-label, 15 equal-width bins; NLL: mean -log p(true class).\n"
+            "- ECE: top-label, 15 equal-width bins; NLL: mean -log p(true class). ECE floor: the mean ECE of a "
+            "perfectly calibrated head with the same confidences on as many items (sampling noise alone); an "
+            "ECE near it is as calibrated as this many items can show.\n"
             "- Thresholds meet the target on validation by construction; test figures are what "
             "they give on held-out items, not a guarantee.\n"
             "- Per-type over-refusal counts safe items refused with that type reported.\n"

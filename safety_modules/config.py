@@ -44,7 +44,8 @@ class SafetyConfig:
     safe_type: str = SAFE_TYPE
     # filled when the modules are attached to (or created for) a base model
     base_fingerprint: dict[str, Any] | None = None
-    # set by `safevlm calibrate`: probabilities are softmax(logits / T); one T, or one per class.
+    # set by `safevlm calibrate`: probabilities are softmax(logits / T); one T per head (a list of one per
+    # class, written by the first version of calibrate, is still read).
     # None = uncalibrated (softmax of the raw logits).
     level_temperature: float | list[float] | None = None
     type_temperature: float | list[float] | None = None

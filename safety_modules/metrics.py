@@ -34,8 +34,10 @@ def reliability_bins(probs: ArrayLike, labels: ArrayLike, n_bins: int = ECE_BINS
     y = np.asarray(labels, dtype=np.int64)
     if p.ndim != 2 or len(p) != len(y):
         raise ValueError(f"expected (N, C) probabilities and N labels, got {p.shape} and {y.shape}")
-    confidence = p.max(1)
-    correct = (p.argmax(1) == y).astype(np.float64)
+    return _bins(p.max(1), (p.argmax(1) == y).astype(np.float64), n_bins)
+
+
+def _bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int) -> dict[str, np.ndarray]:
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     # bin b holds confidences in (edges[b], edges[b+1]]; a confidence of exactly 0 goes to the first bin
     index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
@@ -46,14 +48,30 @@ def reliability_bins(probs: ArrayLike, labels: ArrayLike, n_bins: int = ECE_BINS
     return {"edges": edges, "count": count, "confidence": mean_conf, "accuracy": accuracy}
 
 
-def expected_calibration_error(probs: ArrayLike, labels: ArrayLike, n_bins: int = ECE_BINS) -> float:
-    """Top-label ECE with ``n_bins`` equal-width bins (see the module docstring)."""
-    bins = reliability_bins(probs, labels, n_bins)
+def _ece(bins: dict[str, np.ndarray]) -> float:
     filled = bins["count"] > 0
     if not filled.any():
         raise ValueError("no samples to score")
     gap = np.abs(bins["accuracy"][filled] - bins["confidence"][filled])
     return float((bins["count"][filled] * gap).sum() / bins["count"].sum())
+
+
+def expected_calibration_error(probs: ArrayLike, labels: ArrayLike, n_bins: int = ECE_BINS) -> float:
+    """Top-label ECE with ``n_bins`` equal-width bins (see the module docstring)."""
+    return _ece(reliability_bins(probs, labels, n_bins))
+
+
+def ece_noise_floor(probs: ArrayLike, n_bins: int = ECE_BINS, draws: int = 200, seed: int = 0) -> float:
+    """The mean ECE a perfectly calibrated head with these confidences would show on this many items.
+
+    Each draw marks every item right with probability equal to its confidence (what calibration
+    means for top-label confidence). On a few hundred items ECE is biased upward by the sampling
+    noise of each bin's accuracy; an ECE near this floor is as calibrated as the items can show.
+    """
+    confidence = np.asarray(probs, dtype=np.float64).max(1)
+    rng = np.random.default_rng(seed)
+    draws_right = rng.random((draws, len(confidence))) < confidence
+    return float(np.mean([_ece(_bins(confidence, right.astype(np.float64), n_bins)) for right in draws_right]))
 
 
 def negative_log_likelihood(probs: ArrayLike, labels: ArrayLike) -> float:

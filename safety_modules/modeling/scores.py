@@ -1,7 +1,8 @@
 """`SafetyScores`: the safety head's logits for a batch and the (calibrated) probabilities read from them.
 
 A head fitted by `safevlm calibrate` carries temperatures in its `SafetyConfig`
-(``level_temperature``, ``type_temperature``: one number, or one per class). Probabilities
+(``level_temperature``, ``type_temperature``: one number; a list of one per class, written by
+the first version of calibrate, is still read). Probabilities
 are ``softmax(logits / T)``; without temperatures they are ``softmax(logits)``, exactly as an
 uncalibrated head gives them. The logits themselves are never scaled, so training and
 re-calibration always see the raw head.
