@@ -268,6 +268,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None, log: Callable[[str], 
     micro = global_step * accum
     accelerator.step = micro  # accelerate's micro-batch counter decides when a step syncs
     window: dict[str, list[float]] = {"loss": [], "lm_loss": [], "safety_loss": []}
+    ran_here = trained_here = 0  # micro-batches and samples seen by this process in this run
     while global_step < total_steps and (stop_after is None or global_step < stop_after):
         epoch, position = divmod(micro, micro_per_epoch)
         order = epoch_order(len(train_set), cfg.seed, epoch, rank, world)
@@ -281,6 +282,8 @@ def train(cfg: TrainConfig, stop_after: int | None = None, log: Callable[[str], 
         )
         for batch in loader:
             micro += 1
+            ran_here += 1
+            trained_here += batch["num_samples"]
             skipped += batch["skipped"]
             # accelerate's accumulation: no gradient sync and no optimizer step until the last micro-batch
             # of a step (its counter is the micro-batch count); backward divides the loss by `accum`.
@@ -319,6 +322,13 @@ def train(cfg: TrainConfig, stop_after: int | None = None, log: Callable[[str], 
             if global_step >= total_steps or interrupted:
                 break
     bar.close()
+    if ran_here and not trained_here:
+        example = f", e.g. {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+        raise RuntimeError(
+            f"no training sample could be used in {ran_here} batch(es): {len({path for path, _ in skipped})} "
+            f"unreadable image(s){example}; "
+            "nothing was trained or saved"
+        )
     result = TrainResult(out, global_step, history, eval_history, skipped)
     if skipped:
         say(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0][0]}: {skipped[0][1]}")

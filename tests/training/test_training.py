@@ -154,6 +154,17 @@ def test_stage2_lora_saves_reloads_and_changes_output(tiny_dir, corpus, tmp_path
     assert not any(p.requires_grad for n, p in plain.named_parameters() if not n.startswith("safety."))
 
 
+def test_a_training_file_with_no_readable_image_is_an_error(tiny_dir, corpus, tmp_path):
+    for name in ("bad1.png", "bad2.png"):
+        (tmp_path / name).write_bytes(b"not an image")
+    records = [make_record(n, n, "What is this?", "A picture.", 0, "safe") for n in ("bad1.png", "bad2.png")]
+    write_records(records, tmp_path / "unreadable.jsonl")
+    cfg = config(tiny_dir, corpus, tmp_path / "run", train_data=[str(tmp_path / "unreadable.jsonl")], max_steps=2)
+    with pytest.raises(RuntimeError, match=r"no training sample could be used .* 2 unreadable image"):
+        train(cfg)
+    assert not (tmp_path / "run" / "safety_modules").exists()
+
+
 def test_stage2_needs_stage1_modules(tiny_dir, corpus, tmp_path):
     with pytest.raises(ValueError, match="stage-1 safety modules"):
         config(tiny_dir, corpus, tmp_path, stage=2)
