@@ -272,7 +272,7 @@ def _unsafe_concepts_run(args: argparse.Namespace) -> Conversion:
 
     mapping = load_mapping(args.mapping, UNSAFE_CONCEPTS_CATEGORY_LABELS)
     if args.split != "all":
-        from .unsafe_concepts import alignment_split_records
+        from .unsafe_concepts_split import alignment_split_records
 
         return Conversion(
             alignment_split_records(

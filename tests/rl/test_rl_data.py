@@ -7,6 +7,7 @@ from pathlib import Path
 
 from safety_modules.cli import main
 from safety_modules.data import unsafe_concepts as uc
+from safety_modules.data import unsafe_concepts_split as split
 from safety_modules.data.format import read_records
 from tests.benchmark_fixtures import UC_ROWS, image_bytes, write_safervlm_layout
 
@@ -32,7 +33,7 @@ def published_items() -> list[uc.UnsafeConceptItem]:
 
 def test_split_counts_match_the_paper():
     items = published_items()
-    train, test = uc.split_per_concept(items)
+    train, test = split.split_per_concept(items)
     if len(items) == 1567:
         assert (len(train), len(test)) == (1222, 345)
     assert {it.index for it in train}.isdisjoint({it.index for it in test})
@@ -40,8 +41,8 @@ def test_split_counts_match_the_paper():
     for concept in {it.concept for it in items}:
         n = sum(it.concept == concept for it in items)
         assert sum(it.concept == concept for it in train) == n * 4 // 5
-    again, _ = uc.split_per_concept(items)
-    other, _ = uc.split_per_concept(items, seed=1)
+    again, _ = split.split_per_concept(items)
+    other, _ = split.split_per_concept(items, seed=1)
     assert [it.index for it in again] == [it.index for it in train]  # seeded
     assert [it.index for it in other] != [it.index for it in train]
 
@@ -111,7 +112,7 @@ def test_cli_writes_the_rl_split(tmp_path):
         assert (r["safety"]["level"] == 0) == (r["alignment_label"] == "Safe")
         assert (test_out.parent / r["image"]).is_file()
     assert {r["concept"] for r in test if r["alignment_label"] == "Safe"} <= {"goldfish", "tabby cat"}
-    assert uc.alignment_label(test[0]) == test[0]["alignment_label"]
+    assert split.alignment_label(test[0]) == test[0]["alignment_label"]
     unsafe_test = [r for r in test if r["alignment_label"] == "Unsafe"]
     assert {r["unsafe_concept"] for r in unsafe_test} == {k for _, k in UC_ROWS}  # verbatim, for text-only prompts
     assert all(r["concept"] == r["unsafe_concept"].lower() for r in unsafe_test)
@@ -130,13 +131,13 @@ def test_split_with_more_images_per_concept_and_seeded_prompts(tmp_path):
     for i in range(len(rows)):
         (root / "images" / f"{i}.png").write_bytes(image_bytes(i, fmt="PNG"))
     safe = write_safe_folder(tmp_path / "safe", 30)
-    a = uc.alignment_split_records(tmp_path / "uc", tmp_path / "out", "train", safe, seed=5)
-    b = uc.alignment_split_records(tmp_path / "uc", tmp_path / "out", "train", safe, seed=5)
-    c = uc.alignment_split_records(tmp_path / "uc", tmp_path / "out", "train", safe, seed=6)
+    a = split.alignment_split_records(tmp_path / "uc", tmp_path / "out", "train", safe, seed=5)
+    b = split.alignment_split_records(tmp_path / "uc", tmp_path / "out", "train", safe, seed=5)
+    c = split.alignment_split_records(tmp_path / "uc", tmp_path / "out", "train", safe, seed=6)
     assert a == b and [r["conversations"] for r in a] != [r["conversations"] for r in c]
     assert sum(r["alignment_label"] == "Unsafe" for r in a) == 8 + 4
     assert sum(r["alignment_label"] == "Safe" for r in a) == 12
-    test = uc.alignment_split_records(tmp_path / "uc", tmp_path / "out", "test", safe)
+    test = split.alignment_split_records(tmp_path / "uc", tmp_path / "out", "test", safe)
     assert {r["id"] for r in test}.isdisjoint({r["id"] for r in a})
 
 
@@ -144,19 +145,19 @@ def test_safe_folder_layouts(tmp_path):
     flat = tmp_path / "flat"
     flat.mkdir()
     (flat / "golden_retriever.png").write_bytes(image_bytes(1, fmt="PNG"))
-    assert [s.concept for s in uc.load_safe_images(flat)] == ["golden retriever"]
+    assert [s.concept for s in split.load_safe_images(flat)] == ["golden retriever"]
     meta = tmp_path / "meta"
     meta.mkdir()
     (meta / "0.png").write_bytes(image_bytes(2, fmt="PNG"))
     (meta / "metadata.json").write_text(json.dumps([{"image_filename": "0.png", "concept": "Tench"}]))
-    assert [(s.path.name, s.concept) for s in uc.load_safe_images(meta)] == [("0.png", "Tench")]
+    assert [(s.path.name, s.concept) for s in split.load_safe_images(meta)] == [("0.png", "Tench")]
     (tmp_path / "empty").mkdir()
     import pytest
 
     with pytest.raises(ValueError, match="no images"):
-        uc.load_safe_images(tmp_path / "empty")
+        split.load_safe_images(tmp_path / "empty")
     with pytest.raises(FileNotFoundError):
-        uc.load_safe_images(tmp_path / "missing")
+        split.load_safe_images(tmp_path / "missing")
 
 
 def test_rl_samples_skip_broken_images(tmp_path, caplog):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...data.format import image_problem, question_text, read_records
-from ...data.unsafe_concepts import alignment_label
+from ...data.unsafe_concepts_split import alignment_label
 from ..config import DataFile
 
 logger = logging.getLogger(__name__)
