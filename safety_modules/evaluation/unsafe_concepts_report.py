@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from .report import markdown_table, write_csv, write_markdown
-
-logger = logging.getLogger(__name__)
 
 # LLaVA-v1.5-7B rows committed in the SaferVLM repository (results/*.xlsx, RoBERTa classifiers). They are
 # intermediate artifacts that may differ from the paper; no visual-alignment numbers were committed.
