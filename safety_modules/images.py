@@ -14,7 +14,7 @@ import hashlib
 import io
 import warnings
 from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,16 @@ class ImageDecodeError(ValueError):
         self.kind = kind
 
 
-def decode_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode bytes or a file into an RGB PIL image (first frame), or raise `ImageDecodeError`."""
+def decode_image(
+    source: bytes | str | Path,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    before_load: Callable[[Image.Image], None] | None = None,
+) -> Image.Image:
+    """Decode bytes or a file into an RGB PIL image (first frame), or raise `ImageDecodeError`.
+
+    ``before_load`` sees the opened image after the size check and before its pixels are decoded (the
+    scan uses it to ask the JPEG decoder for a reduced scale with ``Image.draft``).
+    """
     if isinstance(source, (str, Path)):
         try:
             data = Path(source).read_bytes()
@@ -56,6 +64,8 @@ def decode_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXEL
             if width * height > max_pixels:
                 raise ImageDecodeError("too_large", f"{width}x{height} pixels exceeds the cap of {max_pixels:,}")
             img.seek(0)
+            if before_load is not None:
+                before_load(img)
             ImageFile.LOAD_TRUNCATED_IMAGES = False
             img.load()
     except ImageDecodeError:

@@ -14,18 +14,16 @@ image no larger than twice the model's input takes the exact path either way.
 
 from __future__ import annotations
 
-import io
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image
 
-from ..images import DEFAULT_MAX_PIXELS, ImageDecodeError, bound_aspect, to_rgb
+from ..images import DEFAULT_MAX_PIXELS, ImageDecodeError, bound_aspect, decode_image
 from .readers import Item, ItemError, load_bytes
 
 # Pillow: shrinking by this factor or more goes through `Image.reduce` first (the docs call
@@ -80,39 +78,13 @@ class PixelSpec:
 def decode(
     source: bytes | str | Path, spec: PixelSpec, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True
 ) -> Image.Image:
-    """Decode to RGB like `images.decode_image` (same error kinds); large JPEGs at reduced scale if ``draft``."""
-    if isinstance(source, (str, Path)):
-        try:
-            data = Path(source).read_bytes()
-        except OSError as exc:
-            raise ImageDecodeError("unreadable", f"{source}: {exc}") from None
-    else:
-        data = bytes(source)
-    if not data:
-        raise ImageDecodeError("empty", "zero bytes")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageDecodeError("too_large", f"{width}x{height} pixels exceeds the cap of {max_pixels:,}")
-            img.seek(0)
-            if draft and img.format == "JPEG":
-                _draft(img, spec)
-            ImageFile.LOAD_TRUNCATED_IMAGES = False
-            img.load()
-    except ImageDecodeError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageDecodeError("not_an_image", "bytes are not a known image format") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError("too_large", str(exc)) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        message = str(exc)
-        kind = "truncated" if "truncated" in message.lower() or isinstance(exc, EOFError) else "unreadable"
-        raise ImageDecodeError(kind, message) from None
-    return to_rgb(img)
+    """Decode to RGB with `images.decode_image` (same error kinds); large JPEGs at reduced scale if ``draft``."""
+
+    def reduce_jpeg(img: Image.Image) -> None:
+        if draft and img.format == "JPEG":
+            _draft(img, spec)
+
+    return decode_image(source, max_pixels, before_load=reduce_jpeg)
 
 
 def _draft(img: Image.Image, spec: PixelSpec) -> None:
