@@ -25,19 +25,12 @@ def add_rl_parser(stages: argparse._SubParsersAction) -> None:
 
 
 def cmd_train_rl(args: argparse.Namespace) -> int:
-    import yaml
-
     from ..training.rl.config import RLConfig
     from ..training.rl.report import before_after_report
     from ..training.rl.trainer import train_rl
+    from .recipe_overrides import recipe_overrides
 
-    overrides = dict(output_dir=args.output_dir, resume_from=args.resume_from, max_steps=args.max_steps)
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
-    cfg = RLConfig.from_yaml(args.config, **overrides)
+    cfg = RLConfig.from_yaml(args.config, **recipe_overrides(args))
     result = train_rl(cfg)
     if result.adapter_dir is None:
         return 0

@@ -72,17 +72,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import yaml
-
     from ..training import TrainConfig, train
+    from .recipe_overrides import recipe_overrides
 
-    overrides = dict(output_dir=args.output_dir, resume_from=args.resume_from, max_steps=args.max_steps)
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
-    cfg = TrainConfig.from_yaml(args.config, **overrides)
+    cfg = TrainConfig.from_yaml(args.config, **recipe_overrides(args))
     expected = 1 if args.stage == "stage1" else 2
     if cfg.stage != expected:
         raise ValueError(f"{args.config} is a stage {cfg.stage} recipe; run it with `safevlm train stage{cfg.stage}`")
