@@ -39,54 +39,15 @@ import torch
 
 def build(vision_layers: int, text_layers: int, seed: int, device: torch.device, dtype: torch.dtype):
     """The 7B-geometry SafeLlava, initialised directly on ``device`` in ``dtype``."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import LlavaForConditionalGeneration
 
     from safety_modules import SafeLlava, SafetyConfig, SafetyModules
-    from safety_modules.backbone import LLAVA_CHAT_TEMPLATE
-    from safety_modules.tiny import build_tokenizer, tiny_image_processor
+    from safety_modules.tiny import LLAVA_7B_TEXT, LLAVA_7B_VISION, build_tokenizer, llava_config, llava_processor
 
     tokenizer = build_tokenizer()
-    processor = LlavaProcessor(
-        image_processor=tiny_image_processor(),
-        tokenizer=tokenizer,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=LLAVA_CHAT_TEMPLATE,
-    )
-    vision = CLIPVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_attention_heads=16,
-        num_hidden_layers=vision_layers,
-        image_size=336,
-        patch_size=14,
-        projection_dim=768,
-    )
-    text = LlamaConfig(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        num_hidden_layers=text_layers,
-        vocab_size=32064,
-        max_position_embeddings=4096,
-        rms_norm_eps=1e-5,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=576,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        projector_hidden_act="gelu",
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    processor = llava_processor(tokenizer)
+    vision = {**LLAVA_7B_VISION, "num_hidden_layers": vision_layers}
+    config = llava_config(tokenizer, vision, {**LLAVA_7B_TEXT, "num_hidden_layers": text_layers})
     torch.manual_seed(seed)
     with torch.device(device):  # no full-size float32 copy on the CPU first
         base = LlavaForConditionalGeneration._from_config(config, dtype=dtype).eval()

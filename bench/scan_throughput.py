@@ -56,57 +56,20 @@ def current_rss_bytes() -> int:
 def build_checkpoint(folder: Path, vision_layers: int, lm_layers: int) -> None:
     """Write the benchmark's LLaVA (random weights, bf16 on disk) and matching safety modules."""
     import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import LlavaForConditionalGeneration
 
     from safety_modules import SafetyConfig, SafetyModules
-    from safety_modules.backbone import LLAVA_CHAT_TEMPLATE
     from safety_modules.modeling import base_fingerprint
-    from safety_modules.tiny import build_tokenizer, tiny_image_processor
+    from safety_modules.tiny import LLAVA_7B_TEXT, LLAVA_7B_VISION, build_tokenizer, llava_config, llava_processor
 
     tokenizer = build_tokenizer()
-    vision = CLIPVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_attention_heads=16,
-        num_hidden_layers=vision_layers,
-        image_size=336,
-        patch_size=14,
-        projection_dim=768,
-    )
-    text = LlamaConfig(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        num_hidden_layers=lm_layers,
-        vocab_size=32064,
-        max_position_embeddings=4096,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_seq_length=576,
-        vision_feature_layer=-2,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        pad_token_id=tokenizer.pad_token_id,
-        vision_feature_select_strategy="default",
-        projector_hidden_act="gelu",
-    )
+    vision = {**LLAVA_7B_VISION, "num_hidden_layers": vision_layers}
+    config = llava_config(tokenizer, vision, {**LLAVA_7B_TEXT, "num_hidden_layers": lm_layers})
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration(config).eval().to(torch.bfloat16)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(folder / "base")
-    LlavaProcessor(
-        image_processor=tiny_image_processor(),
-        tokenizer=tokenizer,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=LLAVA_CHAT_TEMPLATE,
-    ).save_pretrained(folder / "base")
+    llava_processor(tokenizer).save_pretrained(folder / "base")
     safety = SafetyModules(SafetyConfig.from_llava_config(config))
     safety.config.base_fingerprint = base_fingerprint(config, model.model.multi_modal_projector)
     safety.save_pretrained(folder / "safety")

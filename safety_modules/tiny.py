@@ -10,7 +10,9 @@ llava-hf. The folder is read back by the same loader as a real checkpoint.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -73,40 +75,87 @@ def build_tokenizer(vocab_size: int = 1000, llava_tokens: bool = True):
     )
 
 
-def tiny_llava_config(vocab_size: int, image_token_id: int, pad_token_id: int):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+# Widths and depths: the tiny model's, and LLaVA-1.5-7B's (for benchmarks at the real geometry).
+TINY_VISION: dict[str, int] = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 2,
+    "projection_dim": 32,
+}
+TINY_TEXT: dict[str, Any] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+}
+LLAVA_7B_VISION: dict[str, int] = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "projection_dim": 768,
+}
+LLAVA_7B_TEXT: dict[str, Any] = {
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "vocab_size": 32064,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-5,
+}
 
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        image_size=336,
-        patch_size=14,
-        projection_dim=32,
-    )
-    text = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=vocab_size,
-        max_position_embeddings=2048,
+
+def clip_config(**sizes: Any):
+    """A CLIP vision config at LLaVA-1.5's geometry (336 px, patch 14) with the given widths and depths."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(image_size=336, patch_size=14, **sizes)
+
+
+def llava_config(tokenizer: Any, vision: Mapping[str, Any] = TINY_VISION, text: Mapping[str, Any] = TINY_TEXT):
+    """A LLaVA-1.5 config (576 image tokens, feature layer -2) for ``tokenizer`` at the given widths and depths.
+
+    ``vision`` / ``text``: `CLIPVisionConfig` / `LlamaConfig` fields (see `TINY_VISION`, `LLAVA_7B_TEXT`);
+    the vocabulary is the tokenizer's unless ``text`` names a ``vocab_size``.
+    """
+    from transformers import LlamaConfig, LlavaConfig
+
+    pad_token_id = tokenizer.pad_token_id
+    text_config = LlamaConfig(
+        **{"vocab_size": len(tokenizer), **text},
         pad_token_id=pad_token_id,
         bos_token_id=1,
         eos_token_id=2,
         tie_word_embeddings=False,
     )
     return LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=image_token_id,
+        vision_config=clip_config(**vision),
+        text_config=text_config,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         image_seq_length=576,
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
         pad_token_id=pad_token_id,
+    )
+
+
+def llava_processor(tokenizer: Any):
+    """The LLaVA-1.5 processor around ``tokenizer``: CLIP preprocessing, 576 image tokens, the chat template."""
+    from transformers import LlavaProcessor
+
+    return LlavaProcessor(
+        image_processor=tiny_image_processor(),
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
     )
 
 
@@ -123,20 +172,13 @@ def tiny_image_processor():
 
 def make_tiny(out_dir: str | Path, seed: int = 0) -> Path:
     """Write a complete tiny LLaVA-1.5 folder (config, safetensors weights, processor, tokenizer, chat template)."""
-    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import LlavaForConditionalGeneration
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    processor = LlavaProcessor(
-        image_processor=tiny_image_processor(),
-        tokenizer=tokenizer,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=LLAVA_CHAT_TEMPLATE,
-    )
-    config = tiny_llava_config(len(tokenizer), tokenizer.convert_tokens_to_ids("<image>"), tokenizer.pad_token_id)
+    processor = llava_processor(tokenizer)
+    config = llava_config(tokenizer)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id

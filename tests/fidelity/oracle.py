@@ -103,21 +103,13 @@ def build_original_checkpoint(root: Path, seed: int = 0, model_file: Path | None
         LlavaConfig,
         LlavaLlamaForCausalLM,
     )
-    from transformers import CLIPVisionConfig, CLIPVisionModel
+    from transformers import CLIPVisionModel
 
-    from safety_modules.tiny import tiny_image_processor
+    from safety_modules.tiny import TINY_VISION, clip_config, tiny_image_processor
 
     torch.manual_seed(seed)
     tower_dir = root / "clip-vit-tiny-336"
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        image_size=336,
-        patch_size=14,
-        projection_dim=32,
-    )
+    vision = clip_config(**TINY_VISION)
     CLIPVisionModel(vision).save_pretrained(tower_dir)
     tiny_image_processor().save_pretrained(tower_dir)
 

@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+from transformers import LlamaConfig, LlavaConfig
 
 from safety_modules import SafeLlava, SafetyConfig, SafetyModules
 from safety_modules.taxonomy import Taxonomy
+from safety_modules.tiny import LLAVA_7B_VISION, clip_config
 
 from ..conftest import random_image
 
 
 def llava_geometry(text_hidden: int, text_heads: int) -> LlavaConfig:
-    vision = CLIPVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=336,
-        patch_size=14,
-    )
     return LlavaConfig(
-        vision_config=vision, text_config=LlamaConfig(hidden_size=text_hidden, num_attention_heads=text_heads)
+        vision_config=clip_config(**LLAVA_7B_VISION),
+        text_config=LlamaConfig(hidden_size=text_hidden, num_attention_heads=text_heads),
     )
 
 
