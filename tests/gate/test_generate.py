@@ -255,20 +255,8 @@ def test_bad_requests_get_clear_errors(tiny_model, photos):
 def test_cli_generate_json(tiny_dir, photos, tmp_path, capsys):
     image = tmp_path / "photo.png"
     photos[1].save(image)
-    rc = main(
-        [
-            "generate",
-            "--base",
-            str(tiny_dir),
-            "--image",
-            str(image),
-            "--prompt",
-            "What is this?",
-            "--json",
-            "--max-new-tokens",
-            "4",
-        ]
-    )
+    command = ["generate", "--base", str(tiny_dir), "--image", str(image), "--prompt", "What is this?", "--json"]
+    rc = main([*command, "--max-new-tokens", "4"])
     assert rc == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1
@@ -280,20 +268,7 @@ def test_cli_generate_json(tiny_dir, photos, tmp_path, capsys):
 
     policy = tmp_path / "refuse.yaml"
     policy.write_text(yaml.safe_dump(REFUSE_ALL))
-    rc = main(
-        [
-            "generate",
-            "--base",
-            str(tiny_dir),
-            "--image",
-            str(image),
-            "--prompt",
-            "What is this?",
-            "--json",
-            "--policy",
-            str(policy),
-        ]
-    )
+    rc = main([*command, "--policy", str(policy)])
     record = json.loads(capsys.readouterr().out)
     assert rc == 0 and record["decision"]["action"] == "refuse" and record["answer"] == record["decision"]["refusal"]
 
