@@ -65,27 +65,19 @@ class SafetyModules(nn.Module):
     def device(self) -> torch.device:
         return self.head_tokens.device
 
-    def classify(
-        self,
-        vision_features: torch.Tensor,
-        prompt_embeds: torch.Tensor | None = None,
-        prompt_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Level and type logits from selected vision features (B, N, V) and optional prompt embeddings."""
-        safety_features = self.projector(vision_features.to(self.dtype))
-        head_tokens = self.head_tokens.expand(safety_features.shape[0], -1, -1)
-        if not self.config.head_uses_prompt:
-            prompt_embeds = prompt_mask = None
-        return self.head(head_tokens, safety_features, prompt_embeds, prompt_mask)
-
     def score(
         self,
         vision_features: torch.Tensor,
         prompt_embeds: torch.Tensor | None = None,
         prompt_mask: torch.Tensor | None = None,
     ) -> SafetyScores:
-        """`classify` as `SafetyScores`: the raw logits with this head's temperatures (calibrated probabilities)."""
-        level, type_ = self.classify(vision_features, prompt_embeds, prompt_mask)
+        """Level and type scores from selected vision features (B, N, V) and optional prompt embeddings:
+        the raw logits with this head's temperatures (so the probabilities are calibrated when it has them)."""
+        safety_features = self.projector(vision_features.to(self.dtype))
+        head_tokens = self.head_tokens.expand(safety_features.shape[0], -1, -1)
+        if not self.config.head_uses_prompt:
+            prompt_embeds = prompt_mask = None
+        level, type_ = self.head(head_tokens, safety_features, prompt_embeds, prompt_mask)
         return SafetyScores(level, type_, self.config.level_temperature, self.config.type_temperature)
 
     def check_base(self, fingerprint: dict[str, Any]) -> None:

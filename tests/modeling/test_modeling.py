@@ -41,8 +41,8 @@ def test_reference_geometry_13b_builds_on_meta():
     with torch.device("meta"):
         modules = SafetyModules(config)
     features = torch.empty(2, 576, 1024, device="meta")
-    level, type_ = modules.classify(features)
-    assert level.shape == (2, 4) and type_.shape == (2, 7)
+    scores = modules.score(features)
+    assert scores.level_logits.shape == (2, 4) and scores.type_logits.shape == (2, 7)
     assert modules.llm_tokens.shape == (1, 64, 5120)
 
 
