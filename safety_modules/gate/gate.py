@@ -125,12 +125,6 @@ class Gate:
         started = time.perf_counter()
         model = self.model
         images, prompts, policies = self._requests(images, prompts, policies)
-        image_token = model.processor.image_token
-        for i, prompt in enumerate(prompts):
-            if image_token in prompt:
-                raise ValueError(
-                    f"prompt {i} contains the image placeholder {image_token!r}; pass the image separately"
-                )
         if streamer is not None and len(prompts) != 1:
             raise ValueError("a streamer can only follow a single request (batch of 1)")
 
@@ -188,10 +182,18 @@ class Gate:
     def _requests(
         self, images: Any, prompts: str | Sequence[str], policies: Policies
     ) -> tuple[Any, list[str], list[SafetyPolicy]]:
-        """Check a request: (images with paths decoded, prompts as a list, one policy per sample)."""
+        """Check a request: (images with paths decoded, prompts as a list without image placeholders, one policy per
+        sample)."""
         if self.model.processor is None:
             raise ValueError("this SafeLlava has no processor: the gate needs its tokenizer and chat template")
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        # The chat template places the one image itself; a placeholder in the text is a client mistake.
+        image_token = self.model.processor.image_token
+        for i, prompt in enumerate(prompts):
+            if image_token in prompt:
+                raise ValueError(
+                    f"prompt {i} contains the image placeholder {image_token!r}; pass the image separately"
+                )
         if not isinstance(images, torch.Tensor):
             images = load_images(images)
         if len(images) != len(prompts):

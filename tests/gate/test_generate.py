@@ -240,6 +240,8 @@ def test_bad_requests_get_clear_errors(tiny_model, photos):
         Gate(tiny_model).generate(photos[:2], ["a", "b", "c"])
     with pytest.raises(ValueError, match="image placeholder"):
         Gate(tiny_model).generate(photos[0], "look <image> here")
+    with pytest.raises(ValueError, match="image placeholder"):  # decide reads prompts as generate does
+        Gate(tiny_model).decide(photos[0], "look <image> here")
     with pytest.raises(ValueError, match="refusal must be one of"):
         Gate(tiny_model, refusal="silent")
     with pytest.raises(PolicyError, match="was built for"):
