@@ -94,12 +94,7 @@ class Gate:
         decisions = self._decide(features, prompts, policies)
         scoring_done = time.perf_counter()
         for decision in decisions:
-            decision.timings = {
-                "vision_s": vision_done - started,
-                "scoring_s": scoring_done - vision_done,
-                "generation_s": 0.0,
-                "total_s": scoring_done - started,
-            }
+            decision.timings = _timings(started, vision_done, scoring_done)
         return decisions
 
     # ------------------------------------------------------------------ generate
@@ -160,12 +155,7 @@ class Gate:
         answers = []
         for i, decision in enumerate(decisions):
             ran = i in outputs
-            decision.timings = {
-                "vision_s": vision_done - started,
-                "scoring_s": scoring_done - vision_done,
-                "generation_s": finished - scoring_done if ran else 0.0,
-                "total_s": finished - started if ran else scoring_done - started,
-            }
+            decision.timings = _timings(started, vision_done, scoring_done, finished if ran else None)
             if ran:
                 text = tokenizer.decode(outputs[i], skip_special_tokens=True).strip()
                 answers.append(GatedAnswer(text, decision, outputs[i]))
@@ -231,3 +221,16 @@ class Gate:
         for rows in rows_by_policy.values():
             decisions.update(zip(rows, policies[rows[0]].decide_batch(level_probs[rows], type_probs[rows])))
         return [decisions[i] for i in range(len(policies))]
+
+
+def _timings(
+    started: float, vision_done: float, scoring_done: float, generated: float | None = None
+) -> dict[str, float]:
+    """A decision's ``timings`` from the clock; ``generated``: when the language model finished (None: not run)."""
+    finished = scoring_done if generated is None else generated
+    return {
+        "vision_s": vision_done - started,
+        "scoring_s": scoring_done - vision_done,
+        "generation_s": finished - scoring_done,
+        "total_s": finished - started,
+    }
