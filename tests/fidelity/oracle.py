@@ -105,7 +105,7 @@ def build_original_checkpoint(root: Path, seed: int = 0, model_file: Path | None
     )
     from transformers import CLIPVisionModel
 
-    from safety_modules.tiny import TINY_VISION, clip_config, tiny_image_processor
+    from safety_modules.tiny import TINY_TEXT, TINY_VISION, clip_config, tiny_image_processor
 
     torch.manual_seed(seed)
     tower_dir = root / "clip-vit-tiny-336"
@@ -122,12 +122,7 @@ def build_original_checkpoint(root: Path, seed: int = 0, model_file: Path | None
     vocab = spm.SentencePieceProcessor(model_file=str(model_file)).get_piece_size()
     config = LlavaConfig(
         vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
+        **TINY_TEXT,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=0,
