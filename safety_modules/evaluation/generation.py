@@ -1,6 +1,7 @@
 """The one place where evaluation talks to the model: answers (batched, cached, resumable) and gate decisions.
 
-Everything else in ``evaluation`` calls `generate_answers`, `gate_actions` and `load_policy`,
+Everything else in ``evaluation`` calls `generate_answers` (each answer carries the gate's decision),
+`decide_all` and `load_policy`,
 so the interface to the `Gate` / ``SafetyPolicy`` lives here only.
 """
 
@@ -104,13 +105,6 @@ def load_policy(spec: str | None, taxonomy=None):
 def decide_all(scores, policy) -> list[dict]:
     """``policy.decide`` on each row of the head's scores; decisions as plain dicts."""
     return [d.to_dict() for d in policy.decide_batch(scores.level_probs, scores.type_probs)]
-
-
-def gate_actions(model, images: Sequence[Image.Image], prompts: Sequence[str], policy) -> list[dict]:
-    """The gate's decision per (image, prompt) without the language model (`Gate.decide`), as plain dicts."""
-    from ..gate import Gate
-
-    return [d.to_dict() for d in Gate(model, policy).decide(list(images), list(prompts))]
 
 
 # ---------------------------------------------------------------- generation
