@@ -126,8 +126,9 @@ def _identity(path: str | None) -> list:
     return [str(path)] + [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
-def _run_settings(args: argparse.Namespace, policy: str) -> tuple[str, dict, object, bool]:
-    """(model name, cache tag, policy, inject safety tokens) for a generation run with the policy spec ``policy``."""
+def _run_settings(args: argparse.Namespace, policy: str, model) -> tuple[str, dict, object, bool]:
+    """(model name, cache tag, policy, inject safety tokens) for a generation run of ``model`` with the policy
+    spec ``policy``."""
     from ..evaluation.generation import load_policy
 
     policy_spec = "allow-all" if args.baseline else policy
@@ -141,7 +142,7 @@ def _run_settings(args: argparse.Namespace, policy: str) -> tuple[str, dict, obj
         "lora": _identity(None if args.baseline else args.lora),
         "baseline": args.baseline,
     }
-    return name, tag, load_policy(policy_spec), not args.baseline
+    return name, tag, load_policy(policy_spec, model.config.taxonomy), not args.baseline
 
 
 def _recipe(args: argparse.Namespace, cls):
@@ -209,7 +210,7 @@ def cmd_rtvlm(args: argparse.Namespace) -> int:
     if judge.approximate:
         print("judge: rules -- APPROXIMATE offline scores, not comparable with GPT-4V-judged published numbers")
     model = _load_model(args)
-    name, tag, policy, inject = _run_settings(args, r.policy)
+    name, tag, policy, inject = _run_settings(args, r.policy, model)
     result = evaluate_rtvlm(
         model,
         items,
@@ -256,8 +257,7 @@ def cmd_unsafe_concepts(args: argparse.Namespace) -> int:
     else:
         print("response parser: rules -- APPROXIMATE (the published RoBERTa classifiers are not loaded)")
     model = _load_model(args)
-    name, tag, policy, inject = _run_settings(args, r.policy)
-    gate_policy = policy if not args.baseline and r.policy != "none" else None
+    name, tag, policy, inject = _run_settings(args, r.policy, model)
     metrics = evaluate_unsafe_concepts(
         model,
         data,
@@ -266,7 +266,7 @@ def cmd_unsafe_concepts(args: argparse.Namespace) -> int:
         run_tag=tag,
         parts=r.parts,
         limit_per_category=r.limit_per_category,
-        policy=gate_policy,
+        policy=policy,
         inject_safety_tokens=inject,
         batch_size=r.batch_size,
         generation_kwargs={"max_new_tokens": r.max_new_tokens, "do_sample": False},
@@ -293,7 +293,7 @@ def cmd_head(args: argparse.Namespace) -> int:
     items = [item for path in args.data for item in load_labelled(path)]
     model = _load_model(args)
     name = _model_label(args)
-    policy = None if args.policy == "none" else load_policy(args.policy)
+    policy = None if args.policy == "none" else load_policy(args.policy, model.config.taxonomy)
     metrics = evaluate_head(model, items, args.out, model_name=name, policy=policy, batch_size=args.batch_size)
     print(f"  items {metrics['n']} (risky {metrics['n_risky']}, safe {metrics['n_safe']})")
     print(

@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lora", help="stage-2 LoRA adapter folder for the language model")
     p.add_argument("--image", required=True, type=Path)
     p.add_argument("--prompt", required=True)
-    p.add_argument("--policy", type=Path, help="policy YAML laid over the shipped default")
+    p.add_argument("--policy", help="default (the default), argmax, allow-all or a policy YAML laid over the default")
     p.add_argument(
         "--refusal",
         choices=["short_circuit", "generate"],
@@ -31,15 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from ..evaluation.generation import load_policy
     from ..gate import Gate
     from ..images import decode_image
-    from ..policy import SafetyPolicy
     from ..wrapper import SafeLlava
 
     image = decode_image(args.image)
     model = SafeLlava.from_pretrained(args.base, args.safety, dtype=args.dtype, device=args.device, lora=args.lora)
-    taxonomy = model.config.taxonomy
-    policy = SafetyPolicy.from_yaml(args.policy, taxonomy) if args.policy else SafetyPolicy.default(taxonomy)
+    policy = load_policy(args.policy, model.config.taxonomy)
     streamer = None
     if args.stream and not args.json:
         from transformers import TextStreamer

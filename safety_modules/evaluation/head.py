@@ -26,7 +26,7 @@ from PIL import Image
 
 from ..data.format import question_text, read_records
 from ..images import decode_image
-from ..metrics import head_metrics, risk_score
+from ..metrics import ECE_BINS, head_metrics, risk_score
 from ..modeling import SafetyScores
 from ..taxonomy import SAFE_LABEL, UNSAFE_CONCEPTS_CATEGORY_LABELS
 from .generation import decide_all, decodable_batches
@@ -202,10 +202,10 @@ def write_head_report(metrics: dict, items, level_probs, type_probs, actions, cf
             it.type,
             int(lp.argmax()),
             cfg.type_names[int(tp.argmax())],
-            float(1 - lp[0]),
+            float(risk),
             action,
         ]
-        for it, lp, tp, action in zip(items, level_probs, type_probs, actions)
+        for it, lp, tp, risk, action in zip(items, level_probs, type_probs, risk_score(level_probs), actions)
     ]
     write_csv(out / "items.csv", fields, rows)
     summary = [
@@ -214,8 +214,8 @@ def write_head_report(metrics: dict, items, level_probs, type_probs, actions, cf
         ["risky-vs-safe accuracy", metrics["risky_accuracy"]],
         ["level accuracy", metrics["level_accuracy"]],
         ["type accuracy", metrics["type_accuracy"]],
-        ["level ECE (15 bins)", metrics["level_ece"]],
-        ["type ECE (15 bins)", metrics["type_ece"]],
+        [f"level ECE ({ECE_BINS} bins)", metrics["level_ece"]],
+        [f"type ECE ({ECE_BINS} bins)", metrics["type_ece"]],
     ]
     if "over_refusal" in metrics:
         summary += [

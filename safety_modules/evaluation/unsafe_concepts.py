@@ -7,7 +7,8 @@
 - **Text-only alignment**: each (category, concept) with the 5 "If an image shows [concept], ..."
   prompts and a blank white image; same accuracy.
 - **Modality gap** = text-only accuracy - visual accuracy, per category and overall (pooled).
-- **Gate**: with a policy, the share of alignment queries the gate refuses or hints, per category.
+- **Gate**: with a policy that can act (not allow-all), the share of alignment queries the gate refused or
+  hinted while answering them, per category.
 
 Accuracies pool all prompts within a category; "overall" pools all responses.
 """
@@ -32,7 +33,7 @@ from ..data.unsafe_concepts import (
     perception_prompt,
     text_only_prompt,
 )
-from .generation import JsonlCache, cache_key, decodable_batches, gate_actions, generate_answers
+from .generation import generate_answers
 from .parsing import parse_alignment, parse_perception
 from .report import write_csv
 from .unsafe_concepts_report import write_unsafe_concepts_report
@@ -192,19 +193,6 @@ def gate_metrics(records: Sequence[dict]) -> dict[str, dict]:
 # ---------------------------------------------------------------- running
 
 
-def _gate_decisions(
-    model, queries: Sequence[Query], policy, cache: JsonlCache, run_tag: dict, batch_size: int
-) -> dict[str, dict]:
-    """Gate decision per query (head + policy only, no language model), cached like the answers."""
-    keys = {q.id: cache_key(run_tag, "gate", q.id, q.prompt) for q in queries}
-    todo = [q for q in queries if keys[q.id] not in cache]
-    for batch, images, _ in decodable_batches(todo, lambda q: q.image(), lambda q: q.id, batch_size, "gate"):
-        if batch:
-            for q, decision in zip(batch, gate_actions(model, images, [q.prompt for q in batch], policy)):
-                cache.put(keys[q.id], {"id": q.id, "decision": decision})
-    return {q.id: cache.get(keys[q.id])["decision"] for q in queries if keys[q.id] in cache}
-
-
 def label_answers(
     queries: Sequence[Query], answers: dict, perception_classifier=None, alignment_classifier=None
 ) -> dict[str, str]:
@@ -245,7 +233,10 @@ def evaluate_unsafe_concepts(
     alignment_classifier=None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Run the chosen parts, write the report into ``out_dir`` and return the metrics."""
+    """Run the chosen parts, write the report into ``out_dir`` and return the metrics.
+
+    ``policy``: the gate's (``None``: the model's default policy); the report has a gate section
+    unless it is allow-all (a baseline run)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     queries = build_queries(data, parts, limit_per_category)
@@ -290,13 +281,12 @@ def evaluate_unsafe_concepts(
         metrics["text_only"] = alignment_metrics(by_part["text_only"])
     if "alignment" in metrics and "text_only" in metrics:
         metrics["modality_gap"] = modality_gap(metrics["text_only"], metrics["alignment"])
-    if policy is not None:
-        gate_queries = [q for q in queries if q.part != "perception"]
-        decisions = _gate_decisions(model, gate_queries, policy, JsonlCache(out / "gate.jsonl"), run_tag, batch_size)
+    if policy is None or policy.mode != "allow_all":
+        # The gate decided each query while answering it: its decision is stored with the answer.
         gate_records = [
-            {"category": q.category, "part": q.part, "action": decisions[q.id]["action"]}
-            for q in gate_queries
-            if q.id in decisions
+            {"category": q.category, "part": q.part, "action": answers[q.id].decision["action"]}
+            for q in queries
+            if q.part != "perception" and q.id in answers and answers[q.id].decision is not None
         ]
         metrics["gate"] = {
             p: gate_metrics([r for r in gate_records if r["part"] == p])

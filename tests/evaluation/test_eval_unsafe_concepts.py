@@ -216,3 +216,15 @@ def test_unsafe_concepts_end_to_end(tiny_dir, tmp_path, capsys):
     with open(out / "alignment.csv") as handle:
         overall = list(csv.DictReader(handle))[-1]
     assert overall["category"] == "overall" and overall["LLaVA-v1.5-7B text-only (SaferVLM repo)"] == "0.945"
+
+
+def test_unsafe_concepts_baseline_is_answered_under_allow_all(tiny_dir, tmp_path):
+    # A baseline run is the base model's own answers: the gate's policy is allow-all (never the
+    # default policy of the fresh modules), and the report has no gate section.
+    data = write_safervlm_layout(tmp_path / "uc")
+    out = tmp_path / "run"
+    args = ["eval", "unsafe-concepts", "--data", str(data), "--base", str(tiny_dir), "--out", str(out)]
+    assert main([*args, "--baseline", "--max-new-tokens", "1", "--limit-per-category", "1"]) == 0
+    decisions = [json.loads(line)["decision"] for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert decisions and {(d["policy"], d["action"]) for d in decisions} == {("allow_all", "allow")}
+    assert "gate" not in json.loads((out / "results.json").read_text())
