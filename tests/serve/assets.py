@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -112,7 +113,7 @@ def start_server(args: list[str], log: Path, timeout_s: float = 60.0) -> tuple[s
         [sys.executable, "-m", "safety_modules.cli", "serve", *args, "--port", str(port)],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
-        env={"OMP_WAIT_POLICY": "PASSIVE", **_env(), "PYTHONPATH": env_path},
+        env={"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONPATH": env_path},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + timeout_s
@@ -136,9 +137,3 @@ def stop_server(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
