@@ -41,6 +41,10 @@ class Assets:
     photos: list[Image.Image]  # allowed or hinted
     refused: list[Image.Image]  # refused by the policy
 
+    def serve_args(self) -> list[str]:
+        """``safevlm serve`` options that load these modules and this policy."""
+        return ["--base", str(self.base), "--safety", str(self.safety), "--policy", str(self.policy)]
+
 
 def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
