@@ -16,7 +16,7 @@ docs/serving.md, Deployment: spinning OpenMP threads starve the model loop on a 
 Prints both modes and, last, ``serve_load speedup=<b/a> p50_ms=<n> p99_ms=<n> concurrency=<n>``
 (latencies of b).
 
-    python bench/serve_load.py   # defaults: --concurrency 16 --requests 64 --rounds 3 --new-tokens 64 --wait-ms 10
+    PYTHONPATH=. python bench/serve_load.py   # defaults: --concurrency 16 --requests 64 --rounds 3 --new-tokens 64 --wait-ms 10
 """
 
 from __future__ import annotations
@@ -26,10 +26,7 @@ import asyncio
 import base64
 import io
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +35,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.serve.assets import start_server, stop_server  # the servers the serve tests start
+
 PROMPTS = ("What is shown in this image?", "Describe the picture in detail.", "Can you read the text?")
 
 
@@ -61,43 +59,6 @@ def data_url(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=90)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def start(base: Path, safety: Path, args: list[str], log: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "safety_modules.cli",
-            "serve",
-            "--base",
-            str(base),
-            "--safety",
-            str(safety),
-            "--port",
-            str(port),
-            *args,
-        ],
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not start")
 
 
 async def load(url: str, bodies: list[dict], concurrency: int) -> tuple[float, list[float], list[str]]:
@@ -183,8 +144,10 @@ def main() -> None:
             "one-by-one": ["--max-batch", "1", "--max-wait-ms", "0"],
             "batched": ["--max-batch", str(args.concurrency), "--max-wait-ms", str(args.wait_ms)],
         }
+        common = ["--base", str(base), "--safety", str(safety)]
         servers = {
-            name: start(base, safety, server_args, folder / f"{name}.log") for name, server_args in modes.items()
+            name: start_server([*common, *server_args], folder / f"{name}.log", timeout_s=120)
+            for name, server_args in modes.items()
         }
         try:
             walls, latencies, answers = run_rounds(
@@ -193,8 +156,7 @@ def main() -> None:
             per_call = {name: batch_rows(url) for name, (_, url) in servers.items()}
         finally:
             for proc, _ in servers.values():
-                proc.terminate()
-                proc.wait(timeout=30)
+                stop_server(proc)
         rate = {}
         for name in modes:
             rate[name] = len(bodies) / statistics.median(walls[name])

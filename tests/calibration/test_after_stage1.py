@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from safety_modules import SafeLlava, SafetyModules
-from safety_modules.cli import main
 from safety_modules.data.format import read_records, write_records
 from safety_modules.data.synth import synthesize
 from safety_modules.images import decode_image
 from safety_modules.scan.scorer import VisionScorer
 from safety_modules.training import TrainConfig, train
+
+from .conftest import calibrate
 
 pytestmark = pytest.mark.slow  # a 1080-image corpus and one 100-step stage-1 run (~1 min on 2 shared CPU cores)
 
@@ -52,24 +53,8 @@ def trained(tiny_dir, tmp_path_factory):
 def test_temperature_scaling_lowers_ece_on_the_held_out_test_split(tiny_dir, trained, tmp_path):
     root, safety_dir = trained
     out = tmp_path / "calibrated"
-    assert (
-        main(
-            [
-                "calibrate",
-                "--base",
-                str(tiny_dir),
-                "--safety",
-                str(safety_dir),
-                "--data",
-                str(root / "corpus" / "val.jsonl"),
-                "--test",
-                str(root / "corpus" / "test.jsonl"),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    val_data, test_data = root / "corpus" / "val.jsonl", root / "corpus" / "test.jsonl"
+    assert calibrate(tiny_dir, safety_dir, val_data, out, "--test", test_data) == 0
     report = json.loads((out / "calibration.json").read_text())
     test = report["splits"]["test"]
     print("test split:", test["before"], "->", test["after"], report["temperatures"])

@@ -12,10 +12,11 @@ import torch
 from safety_modules import SafeLlava, SafetyModules, SafetyPolicy
 from safety_modules.calibration import Target, policy_metrics, unmet_targets
 from safety_modules.calibration_report import score_labelled
-from safety_modules.cli import main
 from safety_modules.data.synth import synthesize
 from safety_modules.evaluation.head import load_labelled
 from safety_modules.images import decode_image
+
+from .conftest import calibrate
 
 
 @pytest.fixture(scope="module")
@@ -38,25 +39,18 @@ def test_calibrate_writes_modules_policy_and_report(tiny_dir, corpus, modules_di
     before = digest(modules_dir)
     out = tmp_path / "calibrated"
     assert (
-        main(
-            [
-                "calibrate",
-                "--base",
-                str(tiny_dir),
-                "--safety",
-                str(modules_dir),
-                "--data",
-                str(corpus / "val.jsonl"),
-                "--test",
-                str(corpus / "test.jsonl"),
-                "--out",
-                str(out),
-                "--per-type",
-                "--target",
-                "recall=0.9",
-                "--batch-size",
-                "8",
-            ]
+        calibrate(
+            tiny_dir,
+            modules_dir,
+            corpus / "val.jsonl",
+            out,
+            "--test",
+            corpus / "test.jsonl",
+            "--per-type",
+            "--target",
+            "recall=0.9",
+            "--batch-size",
+            "8",
         )
         == 0
     )
@@ -99,62 +93,13 @@ def test_calibrate_writes_modules_policy_and_report(tiny_dir, corpus, modules_di
 
 def test_over_refusal_budget_and_bad_arguments(tiny_dir, corpus, modules_dir, tmp_path, capsys):
     out = tmp_path / "budget"
-    assert (
-        main(
-            [
-                "calibrate",
-                "--base",
-                str(tiny_dir),
-                "--safety",
-                str(modules_dir),
-                "--data",
-                str(corpus / "val.jsonl"),
-                "--out",
-                str(out),
-                "--max-over-refusal",
-                "0.1",
-            ]
-        )
-        == 0
-    )
+    assert calibrate(tiny_dir, modules_dir, corpus / "val.jsonl", out, "--max-over-refusal", "0.1") == 0
     report = json.loads((out / "calibration.json").read_text())
     assert report["splits"]["validation"]["policy"]["over_refusal"] <= 0.1
     assert report["target"] == {"recall": 0.95, "max_over_refusal": 0.1}
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "calibrate",
-                "--base",
-                str(tiny_dir),
-                "--safety",
-                str(modules_dir),
-                "--data",
-                str(corpus / "val.jsonl"),
-                "--out",
-                str(modules_dir),
-            ]
-        )
-        == 2
-    )
+    assert calibrate(tiny_dir, modules_dir, corpus / "val.jsonl", modules_dir) == 2
     assert "never modifies its input" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "calibrate",
-                "--base",
-                str(tiny_dir),
-                "--safety",
-                str(modules_dir),
-                "--data",
-                str(corpus / "val.jsonl"),
-                "--out",
-                str(out),
-                "--target",
-                "precision=0.9",
-            ]
-        )
-        == 2
-    )
+    assert calibrate(tiny_dir, modules_dir, corpus / "val.jsonl", out, "--target", "precision=0.9") == 2
     assert "recall=0.95" in capsys.readouterr().err
     assert SafetyModules.from_pretrained(modules_dir).config.level_temperature is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -39,6 +40,10 @@ class Assets:
     policy: Path
     photos: list[Image.Image]  # allowed or hinted
     refused: list[Image.Image]  # refused by the policy
+
+    def serve_args(self) -> list[str]:
+        """``safevlm serve`` options that load these modules and this policy."""
+        return ["--base", str(self.base), "--safety", str(self.safety), "--policy", str(self.policy)]
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -112,7 +117,7 @@ def start_server(args: list[str], log: Path, timeout_s: float = 60.0) -> tuple[s
         [sys.executable, "-m", "safety_modules.cli", "serve", *args, "--port", str(port)],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
-        env={"OMP_WAIT_POLICY": "PASSIVE", **_env(), "PYTHONPATH": env_path},
+        env={"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONPATH": env_path},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + timeout_s
@@ -136,9 +141,3 @@ def stop_server(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)

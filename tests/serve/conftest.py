@@ -38,12 +38,7 @@ def server(assets, tmp_path_factory):
     key_file.write_text(API_KEY + "\n")
     proc, url = start_server(
         [
-            "--base",
-            str(assets.base),
-            "--safety",
-            str(assets.safety),
-            "--policy",
-            str(assets.policy),
+            *assets.serve_args(),
             "--api-key-file",
             str(key_file),
             "--max-batch",

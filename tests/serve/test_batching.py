@@ -77,7 +77,9 @@ def test_groups_share_one_call_and_a_failing_row_fails_alone(runner, assets, dir
     # The greedy batch of 4 failed and was retried row by row (3 calls of 1 that succeed), the other
     # settings ran alone (1 call of 1), the two scoring jobs shared one call.
     assert sample(metrics, "generate") == (4.0, 4.0) and sample(metrics, "score") == (1.0, 2.0)
-    assert torch.equal(pixels[0], runner.preprocess(assets.photos[0]))  # preprocessing is deterministic
+    assert torch.equal(
+        pixels[0], runner.preprocess(assets.photos[0])
+    )  # the batches left the callers' pixels as they were
 
 
 def test_a_cancelled_stream_stops_generating(runner, assets, direct):

@@ -38,12 +38,7 @@ def proxy(server, assets, tmp_path_factory):
     )
     proc, url = start_server(
         [
-            "--base",
-            str(assets.base),
-            "--safety",
-            str(assets.safety),
-            "--policy",
-            str(assets.policy),
+            *assets.serve_args(),
             "--upstream",
             server + "/v1",
             "--upstream-api-key-file",
