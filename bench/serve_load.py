@@ -16,7 +16,8 @@ docs/serving.md, Deployment: spinning OpenMP threads starve the model loop on a 
 Prints both modes and, last, ``serve_load speedup=<b/a> p50_ms=<n> p99_ms=<n> concurrency=<n>``
 (latencies of b).
 
-    PYTHONPATH=. python bench/serve_load.py   # defaults: --concurrency 16 --requests 64 --rounds 3 --new-tokens 64 --wait-ms 10
+    # defaults: --concurrency 16 --requests 64 --rounds 3 --new-tokens 64 --wait-ms 10
+    PYTHONPATH=. python bench/serve_load.py
 """
 
 from __future__ import annotations

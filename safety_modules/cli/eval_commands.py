@@ -129,7 +129,7 @@ def _identity(path: str | None) -> list:
 def _run_settings(args: argparse.Namespace, policy: str, model) -> tuple[str, dict, object, bool]:
     """(model name, cache tag, policy, inject safety tokens) for a generation run of ``model`` with the policy
     spec ``policy``."""
-    from ..evaluation.generation import load_policy
+    from ..policy import SafetyPolicy
 
     policy_spec = "allow-all" if args.baseline else policy
     name = args.name or (
@@ -142,7 +142,7 @@ def _run_settings(args: argparse.Namespace, policy: str, model) -> tuple[str, di
         "lora": _identity(None if args.baseline else args.lora),
         "baseline": args.baseline,
     }
-    return name, tag, load_policy(policy_spec, model.config.taxonomy), not args.baseline
+    return name, tag, SafetyPolicy.load(policy_spec, model.config.taxonomy), not args.baseline
 
 
 def _recipe(args: argparse.Namespace, cls):
@@ -286,14 +286,14 @@ def cmd_unsafe_concepts(args: argparse.Namespace) -> int:
 
 
 def cmd_head(args: argparse.Namespace) -> int:
-    from ..evaluation.generation import load_policy
     from ..evaluation.head import evaluate_head, load_labelled
     from ..evaluation.report import fmt
+    from ..policy import SafetyPolicy
 
     items = [item for path in args.data for item in load_labelled(path)]
     model = _load_model(args)
     name = _model_label(args)
-    policy = None if args.policy == "none" else load_policy(args.policy, model.config.taxonomy)
+    policy = None if args.policy == "none" else SafetyPolicy.load(args.policy, model.config.taxonomy)
     metrics = evaluate_head(model, items, args.out, model_name=name, policy=policy, batch_size=args.batch_size)
     print(f"  items {metrics['n']} (risky {metrics['n_risky']}, safe {metrics['n_safe']})")
     print(

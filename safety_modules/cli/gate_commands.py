@@ -31,14 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ..evaluation.generation import load_policy
     from ..gate import Gate
     from ..images import decode_image
+    from ..policy import SafetyPolicy
     from ..wrapper import SafeLlava
 
     image = decode_image(args.image)
     model = SafeLlava.from_pretrained(args.base, args.safety, dtype=args.dtype, device=args.device, lora=args.lora)
-    policy = load_policy(args.policy, model.config.taxonomy)
+    policy = SafetyPolicy.load(args.policy, model.config.taxonomy)
     streamer = None
     if args.stream and not args.json:
         from transformers import TextStreamer

@@ -1,8 +1,7 @@
 """The one place where evaluation talks to the model: answers (batched, cached, resumable) and gate decisions.
 
-Everything else in ``evaluation`` calls `generate_answers` (each answer carries the gate's decision),
-`decide_all` and `load_policy`,
-so the interface to the `Gate` / ``SafetyPolicy`` lives here only.
+Everything else in ``evaluation`` calls `generate_answers` (each answer carries the gate's decision) or
+`decide_all`, so the interface to the `Gate` / ``SafetyPolicy`` lives here only.
 """
 
 from __future__ import annotations
@@ -79,27 +78,6 @@ def cache_key(*parts: Any) -> str:
 
 
 # ---------------------------------------------------------------- policies
-
-
-def load_policy(spec: str | None, taxonomy=None):
-    """A `SafetyPolicy` over ``taxonomy`` (the model's; ``None``: the default taxonomy) from ``default``,
-    ``argmax``, ``allow-all`` (alias ``none``: the gate never acts) or a YAML file; ``None`` -> ``None``
-    (the gate then uses `SafetyPolicy.default` for the model's taxonomy).
-
-    The one reader of a ``--policy`` argument for the CLIs."""
-    from ..policy import SafetyPolicy
-
-    if spec is None:
-        return None
-    if spec == "default":
-        return SafetyPolicy.default(taxonomy)
-    if spec == "argmax":
-        return SafetyPolicy.argmax(taxonomy)
-    if spec in ("none", "allow-all"):
-        return SafetyPolicy.allow_all(taxonomy)
-    if not Path(spec).is_file():
-        raise FileNotFoundError(f"policy must be default, argmax, allow-all, none or a YAML file; {spec} not found")
-    return SafetyPolicy.from_yaml(spec, taxonomy)
 
 
 def decide_all(scores, policy) -> list[dict]:

@@ -133,6 +133,18 @@ class SafetyPolicy:
             {"name": "allow_all", "mode": "allow_all", "fail_closed": False}, taxonomy, source="allow_all policy"
         )
 
+    @classmethod
+    def load(cls, spec: str | Path | None, taxonomy: Taxonomy | None = None) -> SafetyPolicy:
+        """The policy a ``--policy`` argument names, over ``taxonomy`` (the model's): ``default`` (also for
+        ``None``), ``argmax``, ``allow-all`` (alias ``none``: the gate never acts) or a YAML file.
+        The one reader of that argument for every command (generate, eval, scan, serve)."""
+        named = {"default": cls.default, "argmax": cls.argmax, "allow-all": cls.allow_all, "none": cls.allow_all}
+        if spec is None or str(spec) in named:
+            return named[str(spec or "default")](taxonomy)
+        if not Path(spec).is_file():
+            raise FileNotFoundError(f"policy must be default, argmax, allow-all, none or a YAML file; {spec} not found")
+        return cls.from_yaml(spec, taxonomy)
+
     # ------------------------------------------------------------------ decisions
 
     def decide(self, level_probs: Any, type_probs: Any) -> SafetyDecision:

@@ -122,7 +122,7 @@ class LlavaRunner(ModelRunner):
         dtype: str = "auto",
     ) -> LlavaRunner:
         model = SafeLlava.from_pretrained(base, safety, dtype=dtype, device=device, lora=lora)
-        return cls(model, _load_policy(policy_path, model.config.taxonomy))
+        return cls(model, SafetyPolicy.load(policy_path, model.config.taxonomy))
 
     def prompt_problem(self, prompt: str) -> str | None:
         if self.image_token in prompt:
@@ -165,12 +165,8 @@ class VisionRunner(ModelRunner):
         dtype: str = "auto",
     ) -> VisionRunner:
         scorer = VisionScorer.from_pretrained(base, safety, device=device, dtype=dtype)
-        return cls(scorer, _load_policy(policy_path, scorer.taxonomy))
+        return cls(scorer, SafetyPolicy.load(policy_path, scorer.taxonomy))
 
     def score_and_decide(self, pixels: torch.Tensor, prompts: Sequence[str]) -> list[SafetyDecision]:
         level_probs, type_probs = self.scorer.score(pixels)
         return self.policy.decide_batch(level_probs, type_probs)
-
-
-def _load_policy(path: str | Path | None, taxonomy: Taxonomy) -> SafetyPolicy:
-    return SafetyPolicy.from_yaml(path, taxonomy) if path else SafetyPolicy.default(taxonomy)
