@@ -26,16 +26,10 @@ from safety_modules.scan.scorer import load_flagger
 from ..scan_corpus import (
     broken_images,
     plain_images,
-    save_safety,
     unusual_images,
     write_folder,
 )
 from .test_pixels import photo_jpegs
-
-
-@pytest.fixture(scope="module")
-def safety_dir(tiny_dir, tmp_path_factory):
-    return save_safety(tiny_dir, tmp_path_factory.mktemp("safety"))
 
 
 def straightforward_rows(corpus, tiny_dir, safety_dir) -> list[dict]:
