@@ -25,8 +25,8 @@ from .pixels import PixelSpec
 from .readers import Item
 from .settings import Part, Progress, ScanSettings, WritePart
 
-# Batches handed to Ray per dataset: the driver's memory is bounded by one window (about
-# 200 bytes per item), at the cost of starting the scoring actors once per window.
+# Batches handed to Ray per dataset: the driver's memory is bounded by one window (one JSON
+# string of references per batch), at the cost of starting the scoring actors once per window.
 WINDOW_BATCHES = 4096
 # On a small machine Ray deadlocks when map actors hold every CPU: CPU actors and
 # preprocessing tasks ask for half a CPU each.
