@@ -22,6 +22,10 @@ resident memory of the scan process (and of its workers) after 2,000 items and a
 
     python bench/scan_pipeline.py [--images 512] [--size 500x375] [--workers 2] [--batch-size 32] [--rounds 3]
     python bench/scan_pipeline.py --rss [--rss-items 20000]
+    python bench/scan_pipeline.py --draft-decode
+
+``--draft-decode`` instead times the decode of one 2000 x 1500 JPEG (quality 90) at full size and in
+draft mode (the scan's default for large JPEGs), best of 5 x 10 each.
 """
 
 from __future__ import annotations
@@ -105,6 +109,29 @@ def scan_rate(folder: Path, out: Path, base: Path, safety: Path, workers: int, b
     return run["items_scanned"] / run["scan_seconds"]
 
 
+def draft_decode_run() -> None:
+    """Milliseconds to decode one 2000 x 1500 JPEG exactly and in draft mode, for a 336-px CLIP input."""
+    import io
+    import timeit
+
+    from PIL import Image
+    from skimage import data
+    from transformers import CLIPImageProcessor
+
+    from safety_modules.scan.pixels import PixelSpec, decode
+
+    processor = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    spec = PixelSpec.from_processor(processor)
+    buffer = io.BytesIO()
+    Image.fromarray(data.astronaut()).resize((2000, 1500), Image.BICUBIC).save(buffer, "JPEG", quality=90)
+    raw = buffer.getvalue()
+    full, drafted = (
+        min(timeit.repeat(lambda d=d: decode(raw, spec, draft=d), number=10, repeat=5)) / 10 for d in (False, True)
+    )
+    print(f"2000x1500 JPEG decode: full {full * 1e3:.1f} ms, draft {drafted * 1e3:.1f} ms")
+    print(f"scan_pipeline_draft speedup={full / drafted:.1f}")
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/statm") as handle:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -180,7 +207,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the scan process")
     parser.add_argument("--rss", action="store_true", help="measure memory over a long scan instead")
     parser.add_argument("--rss-items", type=int, default=20_000)
+    parser.add_argument("--draft-decode", action="store_true", help="time draft-mode JPEG decoding instead")
     args = parser.parse_args()
+    if args.draft_decode:
+        draft_decode_run()
+        return
 
     import torch
 

@@ -4,8 +4,8 @@ With ``gpu_decode="auto"``, a scan on CUDA with torchvision importable lets its 
 JPEGs through undecoded (after checking the header: format, mode, pixel cap, aspect ratio);
 the main process decodes each batch's JPEGs with ``torchvision.io.decode_jpeg(device="cuda")``,
 then resizes and crops them there. Everything else (PNG, WebP, CMYK, broken files, pad-to-square)
-takes the CPU path. The resize is torch's antialiased bicubic, which differs from PIL's by about 0.1-0.2
-grey levels on average (more at sharp edges when enlarging), so scores move slightly; the
+takes the CPU path. The resize is torch's antialiased bicubic, which differs from PIL's by under 0.3 grey levels
+on average (tests/scan/test_pixels.py; more at sharp edges when enlarging), so scores move slightly; the
 manifest's run entry records which path it took (``jpeg_decode``).
 torchvision is not installed on the CPU machines the test suite runs on: there, this module's
 resize is tested on the CPU against the PIL path, and the decode call itself is not exercised.

@@ -25,7 +25,6 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..images import DEFAULT_MAX_PIXELS
 from .batches import BatchPreparer, PreparedBatch, batch_jobs, only
 from .gpu_decode import decode_on_device, gpu_decode_available, merge_rows
 from .output import batch_table, output_schema
@@ -61,14 +60,16 @@ def local_engine(
     writer.start()
     try:
         for batch in loader:
-            writer.submit(_score(scorer, batch, cuda))
+            writer.submit(_score(scorer, batch, cuda, settings))
     finally:
         writer.close()
 
 
-def _score(scorer: VisionScorer, batch: PreparedBatch, cuda: bool) -> tuple[PreparedBatch, Any, Any]:
+def _score(
+    scorer: VisionScorer, batch: PreparedBatch, cuda: bool, settings: ScanSettings
+) -> tuple[PreparedBatch, Any, Any]:
     """Queue the batch's scoring on the device; returns it with its probabilities still in flight."""
-    pixels = _device_pixels(scorer, batch) if batch.jpegs else batch.pixels
+    pixels = _device_pixels(scorer, batch, settings) if batch.jpegs else batch.pixels
     if not len(pixels):
         return batch, None, None
     level_probs, type_probs = scorer.probabilities_uint8(pixels)
@@ -81,11 +82,11 @@ def _score(scorer: VisionScorer, batch: PreparedBatch, cuda: bool) -> tuple[Prep
     return batch, host, done
 
 
-def _device_pixels(scorer: VisionScorer, batch: PreparedBatch) -> torch.Tensor:
+def _device_pixels(scorer: VisionScorer, batch: PreparedBatch, settings: ScanSettings) -> torch.Tensor:
     """The batch's good rows on the device, its passed-through JPEGs decoded there (`gpu_decode`).
 
     Should the GPU decoder reject a batch, its JPEGs are decoded here on the CPU instead, one by one,
-    and any that fail there become error rows as on the CPU path.
+    with the scan's own pixel cap and draft setting, and any that fail there become error rows as on the CPU path.
     """
     try:
         decoded = decode_on_device(batch.jpegs, scorer.pixel_spec, scorer.device)
@@ -99,7 +100,7 @@ def _device_pixels(scorer: VisionScorer, batch: PreparedBatch) -> torch.Tensor:
         if not from_gpu:
             merged.append(arrays[next(cpu_rows)])
             continue
-        array, error = prepare_bytes(next(jpegs), scorer.pixel_spec, DEFAULT_MAX_PIXELS, True)
+        array, error = prepare_bytes(next(jpegs), scorer.pixel_spec, settings.max_pixels, settings.draft)
         if error is None:
             merged.append(array)
         else:

@@ -1,12 +1,16 @@
-"""One scan per output folder: a lock file naming the scan that holds it.
+"""One scan per output folder: a kernel lock on a file naming the scan that holds it.
 
 Two scans into the same ``--out`` would write the same parts; the second refuses at start with a
-message naming the first (pid, host, start time). A lock left by a scan that died (its pid no
-longer runs on this host) is taken over with a warning, so a killed scan resumes with the same command.
+message naming the first (pid, host, start time). The lock is ``flock`` on ``.scan.lock``: the
+kernel releases it when its holder dies, however it dies, so a killed scan resumes with the same
+command and no pid has to be judged alive or dead (a pid from another host, or reused since, cannot
+fool it). The file's text only names the holder; a file left by a scan that died is taken over with
+a warning naming that scan.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -16,23 +20,26 @@ from pathlib import Path
 
 LOCK_NAME = ".scan.lock"
 
+# Lock descriptors held by this process. A forked child (a DataLoader worker) closes its copies at
+# once, so that workers outliving a killed scan do not keep its folder locked.
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in _HELD:
+        os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
+
 
 class ScanLockedError(RuntimeError):
     """Another scan is writing into the output folder."""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, run by another user
-        return True
-    return True
-
-
 class OutputLock:
-    """``with OutputLock(out_dir):`` holds the folder for this process; released on exit (not on SIGKILL)."""
+    """``with OutputLock(out_dir):`` holds the folder for this process; released on exit or when the process dies."""
 
     def __init__(self, out_dir: str | Path) -> None:
         self.path = Path(out_dir) / LOCK_NAME
@@ -41,48 +48,61 @@ class OutputLock:
             "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        self.fd: int | None = None
 
     def __enter__(self) -> OutputLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.owner)
-        for _ in range(2):
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self._take_over_if_stale()
-                continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(text)
-            return self
-        raise ScanLockedError(f"could not take the lock {self.path}")
-
-    def _take_over_if_stale(self) -> None:
-        try:
-            holder = json.loads(self.path.read_text() or "{}")
-        except FileNotFoundError:
-            return  # released meanwhile: try again
-        except (OSError, ValueError):
-            holder = {}
-        pid, host = holder.get("pid"), holder.get("host")
-        same_host = host == self.owner["host"]
-        if isinstance(pid, int) and same_host and not _pid_alive(pid):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read(fd)
+                os.close(fd)
+                raise ScanLockedError(self._refusal(holder)) from None
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # the holder removed the file between our open and our lock: open the new one
+        previous = _read(fd)
+        if previous:
             warnings.warn(
                 f"{self.path.parent}: taking over the lock of a scan that is gone "
-                f"(pid {pid} on {host}, started {holder.get('started')})",
-                stacklevel=3,
+                f"(pid {previous.get('pid')} on {previous.get('host')}, started {previous.get('started')})",
+                stacklevel=2,
             )
-            self.path.unlink(missing_ok=True)
-            return
-        who = f"pid {pid} on {host}, started {holder.get('started')}" if holder else "unreadable lock file"
-        hint = "" if same_host else f"; if that scan is dead, delete {self.path}"
-        raise ScanLockedError(
-            f"{self.path.parent} is being written by another scan ({who}); wait for it to "
-            f"finish or use another --out folder{hint}"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(self.owner).encode(), 0)
+        self.fd = fd
+        _HELD.add(fd)
+        return self
+
+    def _refusal(self, holder: dict) -> str:
+        who = f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
+        return (
+            f"{self.path.parent} is being written by another scan ({who if holder else 'holder not recorded yet'}); "
+            "wait for it to finish or use another --out folder"
         )
 
     def __exit__(self, *exc) -> None:
-        try:
-            if json.loads(self.path.read_text()).get("pid") == self.owner["pid"]:
-                self.path.unlink()
-        except (OSError, ValueError):
-            pass
+        if self.fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # still holding the lock: nobody can take it in between
+        _HELD.discard(self.fd)
+        os.close(self.fd)
+        self.fd = None
+
+
+def _read(fd: int) -> dict:
+    """The holder named in the lock file, or {} (empty or unreadable: nothing to name)."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False

@@ -11,6 +11,7 @@ Input files and the model folders must be readable from every node (shared stora
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from collections.abc import Iterator
@@ -24,12 +25,36 @@ from .pixels import PixelSpec
 from .readers import Item
 from .settings import Part, Progress, ScanSettings, WritePart
 
-# Batches handed to Ray per dataset: the driver's memory is bounded by one window (about
-# 200 bytes per item), at the cost of starting the scoring actors once per window.
+# Batches handed to Ray per dataset: the driver's memory is bounded by one window (one JSON
+# string of references per batch), at the cost of starting the scoring actors once per window.
 WINDOW_BATCHES = 4096
 # On a small machine Ray deadlocks when map actors hold every CPU: CPU actors and
 # preprocessing tasks ask for half a CPU each.
 CPU_PER_TASK = 0.5
+
+
+@contextlib.contextmanager
+def _ray_session(address: str | None) -> Iterator[None]:
+    """Ray as the scan finds it, or started (at ``address``, else locally) and shut down afterwards."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(include_dashboard=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _job_record(job: BatchJob) -> dict[str, Any]:
+    """A batch as one compact record: the driver keeps strings, not one Python object per item."""
+    items = [[position, item.source, item.key, item.ref, item.error] for position, item in job.numbered]
+    return {"part": job.part, "last": job.last, "items": json.dumps(items)}
 
 
 def ray_engine(
@@ -41,94 +66,66 @@ def ray_engine(
     on_rows: Progress,
 ) -> None:
     """Score the pending parts on Ray; ``write(index, table)`` once per part, in input order."""
-    import ray
-
-    started_here = not ray.is_initialized()
-    if started_here:
-        if settings.ray_address:
-            ray.init(address=settings.ray_address)
-        else:
-            ray.init(include_dashboard=False)
-    try:
-        _run(parts, settings, spec, taxonomy, write, on_rows)
-    finally:
-        if started_here:
-            ray.shutdown()
-
-
-def _job_record(job: BatchJob) -> dict[str, Any]:
-    """A batch as one compact record: the driver keeps strings, not one Python object per item."""
-    items = [[position, item.source, item.key, item.ref, item.error] for position, item in job.numbered]
-    return {"part": job.part, "last": job.last, "items": json.dumps(items)}
-
-
-def _run(
-    parts: Iterator[Part],
-    settings: ScanSettings,
-    spec: PixelSpec,
-    taxonomy: Taxonomy,
-    write: WritePart,
-    on_rows: Progress,
-) -> None:
     import pyarrow as pa
     import ray
     import ray.data
 
     from .output import batch_table, output_schema
 
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    actors = settings.ray_actors or max(1, gpus)
-    score_resources = {"num_gpus": 1} if gpus else {"num_cpus": CPU_PER_TASK}
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # batches come back in input order, parts complete in order
-    context.enable_progress_bars = False  # the scan's own bar counts items and errors
-    schema = output_schema(taxonomy)
-    levels = len(taxonomy.levels)
-    tables: list[pa.Table] = []  # the part being assembled; it may span two windows
-    jobs = batch_jobs(parts, settings.batch_size)
-    # The driver holds one window of batch records at a time, so its memory does not grow with the corpus.
-    while records := [_job_record(job) for job in itertools.islice(jobs, WINDOW_BATCHES)]:
-        dataset = (
-            ray.data.from_items(records)
-            .map_batches(
-                _prepare,
-                fn_kwargs={"spec": spec, "max_pixels": settings.max_pixels, "draft": settings.draft},
-                batch_size=1,
-                batch_format="numpy",
-                num_cpus=CPU_PER_TASK,
-            )
-            .map_batches(
-                _Score,
-                fn_constructor_kwargs={"settings": settings},
-                batch_size=1,
-                batch_format="numpy",
-                concurrency=actors,
-                **score_resources,
-            )
-        )
-        for scored in dataset.iter_batches(batch_format="numpy", batch_size=1):
-            meta = json.loads(scored["meta"][0])
-            errors = [tuple(e) if e else None for e in meta["errors"]]
-            ok = np.array([e is None for e in errors], dtype=bool)
-            probs = scored["probs"][0]
-            tables.append(
-                batch_table(
-                    schema,
-                    taxonomy,
-                    np.asarray(meta["positions"], dtype=np.int64),
-                    meta["ids"],
-                    meta["sources"],
-                    errors,
-                    ok,
-                    probs[:, :levels],
-                    probs[:, levels:],
-                    scored["flags"][0],
+    with _ray_session(settings.ray_address):
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        actors = settings.ray_actors or max(1, gpus)
+        score_resources = {"num_gpus": 1} if gpus else {"num_cpus": CPU_PER_TASK}
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True  # batches come back in input order, parts complete in order
+        context.enable_progress_bars = False  # the scan's own bar counts items and errors
+        schema = output_schema(taxonomy)
+        levels = len(taxonomy.levels)
+        tables: list[pa.Table] = []  # the part being assembled; it may span two windows
+        jobs = batch_jobs(parts, settings.batch_size)
+        # The driver holds one window of batch records at a time, so its memory does not grow with the corpus.
+        while records := [_job_record(job) for job in itertools.islice(jobs, WINDOW_BATCHES)]:
+            dataset = (
+                ray.data.from_items(records)
+                .map_batches(
+                    _prepare,
+                    fn_kwargs={"spec": spec, "max_pixels": settings.max_pixels, "draft": settings.draft},
+                    batch_size=1,
+                    batch_format="numpy",
+                    num_cpus=CPU_PER_TASK,
+                )
+                .map_batches(
+                    _Score,
+                    fn_constructor_kwargs={"settings": settings},
+                    batch_size=1,
+                    batch_format="numpy",
+                    concurrency=actors,
+                    **score_resources,
                 )
             )
-            on_rows(len(errors), int((~ok).sum()))
-            if meta["last"]:
-                write(meta["part"], pa.concat_tables(tables))
-                tables = []
+            for scored in dataset.iter_batches(batch_format="numpy", batch_size=1):
+                meta = json.loads(scored["meta"][0])
+                errors = [tuple(e) if e else None for e in meta["errors"]]
+                ok = np.array([e is None for e in errors], dtype=bool)
+                probs = scored["probs"][0]
+                tables.append(
+                    batch_table(
+                        schema,
+                        taxonomy,
+                        np.asarray(meta["positions"], dtype=np.int64),
+                        meta["ids"],
+                        meta["sources"],
+                        errors,
+                        ok,
+                        probs[:, :levels],
+                        probs[:, levels:],
+                        scored["flags"][0],
+                    )
+                )
+                on_rows(len(errors), int((~ok).sum()))
+                if meta["last"]:
+                    write(meta["part"], pa.concat_tables(tables))
+                    tables = []
 
 
 def _prepare(record: dict[str, np.ndarray], spec: PixelSpec, max_pixels: int, draft: bool) -> dict[str, np.ndarray]:

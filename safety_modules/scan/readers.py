@@ -191,11 +191,14 @@ class CorpusReader:
             wanted = [c for c in dict.fromkeys([column if is_path else None, id_column]) if c]
             row = 0
             for group in range(pfile.num_row_groups):
+                # One conversion per row group (not one Arrow scalar per row): the ids and the paths as lists.
                 table = pfile.read_row_group(group, columns=wanted) if wanted else None
+                keys = table.column(id_column).to_pylist() if id_column else None
+                paths = table.column(column).to_pylist() if is_path else None
                 for i in range(pfile.metadata.row_group(group).num_rows):
-                    key = str(table.column(id_column)[i].as_py()) if id_column else str(row)
-                    if is_path:
-                        value = table.column(column)[i].as_py()
+                    key = str(keys[i]) if keys is not None else str(row)
+                    if paths is not None:
+                        value = paths[i]
                         if value is None:
                             yield Item(source, key, {}, ("empty", f"row {row}: null path"))
                         else:

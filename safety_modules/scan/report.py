@@ -52,22 +52,23 @@ def write_report(
     safe_type = settings["taxonomy"]["safe_type"]
     table = read_parts(out_dir)
     counts = summarize(table)
-    flagged = np.array([bool(v) for v in table.column("flagged").to_pylist()])
-    ok = np.array([e is None for e in table.column("error").to_pylist()])
-    ids = table.column("id").to_pylist()
-
-    # Error rows are neither clean nor flagged: they could not be judged.
+    # Error rows have a null ``flagged``: they are neither clean nor flagged, they could not be judged.
+    flagged = table.column("flagged").to_numpy(zero_copy_only=False)
+    flagged_mask, clean_mask = flagged == True, flagged == False  # noqa: E712  (object array: None stays out)
+    ids = np.asarray(table.column("id").to_pylist(), dtype=object)
     if export_clean:
-        _write_ids(export_clean, [i for i, f, good in zip(ids, flagged, ok) if good and not f])
+        _write_ids(export_clean, ids[clean_mask].tolist())
     if export_flagged:
-        _write_ids(export_flagged, [i for i, f in zip(ids, flagged) if f])
+        _write_ids(export_flagged, ids[flagged_mask].tolist())
 
     risk = risk_score(table, types, safe_type)
-    order = [i for i in np.argsort(-np.nan_to_num(risk, nan=-1.0), kind="stable") if flagged[i]][:top_k]
-    thumbs = _thumbnails(settings["input"], {ids[i] for i in order}, blur)
-    top_rows = [
-        (ids[i], table.column("type")[i].as_py(), table.column("level")[i].as_py(), float(risk[i])) for i in order
-    ]
+    candidates = np.flatnonzero(flagged_mask)
+    order = candidates[np.argsort(-risk[candidates], kind="stable")][:top_k]
+    thumbs = _thumbnails(settings["input"], set(ids[order].tolist()), blur)
+    picked = table.take(order)
+    top_rows = list(
+        zip(ids[order].tolist(), picked.column("type").to_pylist(), picked.column("level").to_pylist(), risk[order])
+    )
 
     page = _render(manifest, counts, _histograms(table, types, levels, safe_type), top_rows, thumbs, blur)
     path = Path(report_path) if report_path else out_dir / "report.html"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -26,16 +27,10 @@ from safety_modules.scan.scorer import load_flagger
 from ..scan_corpus import (
     broken_images,
     plain_images,
-    save_safety,
     unusual_images,
     write_folder,
 )
 from .test_pixels import photo_jpegs
-
-
-@pytest.fixture(scope="module")
-def safety_dir(tiny_dir, tmp_path_factory):
-    return save_safety(tiny_dir, tmp_path_factory.mktemp("safety"))
 
 
 def straightforward_rows(corpus, tiny_dir, safety_dir) -> list[dict]:
@@ -117,6 +112,43 @@ def test_a_stale_lock_is_taken_over_with_a_warning(tiny_dir, safety_dir, tmp_pat
     with pytest.warns(UserWarning, match=f"pid {dead_pid}"):
         manifest = run_scan(corpus, out, settings, progress=False)
     assert manifest["complete"] and not (out / LOCK_NAME).exists()
+
+
+def test_a_lock_file_nobody_holds_is_taken_over_whatever_pid_it_names(tmp_path):
+    """The file names a live pid (reused, or of another host): only the kernel lock says whether a scan runs."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_NAME).write_text(json.dumps({"pid": os.getppid(), "host": "elsewhere", "started": "then"}))
+    with pytest.warns(UserWarning, match=f"pid {os.getppid()} on elsewhere"):
+        with OutputLock(out):
+            pass
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_the_lock_of_a_killed_scan_is_free_at_once_even_with_its_forked_workers_alive(tmp_path):
+    """A process takes the lock, forks a child that lives on (as a DataLoader worker would), and is SIGKILLed."""
+    out = tmp_path / "out"
+    code = (
+        "import os, sys, time; from safety_modules.scan.lock import OutputLock; "
+        f"OutputLock({str(out)!r}).__enter__(); child = os.fork(); "
+        "time.sleep(60) if child == 0 else (print(child, flush=True), time.sleep(60))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    child = int(holder.stdout.readline())
+    try:
+        with pytest.raises(ScanLockedError, match=f"pid {holder.pid} on "):
+            OutputLock(out).__enter__()
+        holder.kill()
+        holder.wait(timeout=30)
+        os.kill(child, 0)  # the forked child still runs ...
+        with pytest.warns(UserWarning, match=f"pid {holder.pid}"):  # ... and the lock is free
+            with OutputLock(out):
+                assert json.loads((out / LOCK_NAME).read_text())["pid"] == os.getpid()
+        assert not (out / LOCK_NAME).exists()
+    finally:
+        holder.kill()
+        os.kill(child, signal.SIGKILL)
 
 
 def test_auto_workers_follow_the_cores_this_process_may_use():

@@ -16,6 +16,7 @@ from safety_modules import IncompatibleBaseError, SafeLlava
 from safety_modules.backbone import load_base, load_vision_parts
 from safety_modules.modeling import base_fingerprint
 from safety_modules.scan import ScanSettings, VisionScorer, read_parts, run_scan
+from safety_modules.taxonomy import Taxonomy
 
 from ..scan_corpus import (
     _rgb,
@@ -23,17 +24,11 @@ from ..scan_corpus import (
     broken_images,
     encode,
     plain_images,
-    save_safety,
     unusual_images,
     wds_samples,
     write_folder,
     write_tar,
 )
-
-
-@pytest.fixture(scope="module")
-def safety_dir(tiny_dir, tmp_path_factory):
-    return save_safety(tiny_dir, tmp_path_factory.mktemp("safety"))
 
 
 def settings(tiny_dir, safety_dir, **kw) -> ScanSettings:
@@ -162,24 +157,7 @@ def test_broken_and_unusual_folder_corpus(tiny_dir, safety_dir, tmp_path, capsys
     for name in list(unusual) + list(plain_images(2)):
         row = rows[f"corpus:{name}"]
         assert row["error"] is None, row
-        assert (
-            abs(
-                sum(
-                    row[f"p_{t}"]
-                    for t in (
-                        "politics",
-                        "illegal_risk",
-                        "insults_bullying",
-                        "fairness",
-                        "privacy",
-                        "misleading",
-                        "safe",
-                    )
-                )
-                - 1
-            )
-            < 1e-4
-        )
+        assert abs(sum(row[f"p_{t}"] for t in Taxonomy().types) - 1) < 1e-4
         assert row["level"] is not None and row["flagged"] is not None
     counts = manifest["counts"]
     assert counts["errors_by_kind"] == {k: 1 for _, k in broken.values()}

@@ -27,31 +27,18 @@ def sharpness(image: Image.Image) -> float:
     return float(np.abs(np.diff(pixels, axis=1)).mean())
 
 
+def scan_cli(corpus, base, safety, out, *extra: str) -> int:
+    """``safevlm scan`` in this process, without workers or a progress bar."""
+    args = ["scan", str(corpus), "--base", str(base), "--safety", str(safety), "--out", str(out)]
+    return main([*args, "--workers", "0", "--no-progress", *extra])
+
+
 def test_scan_report_html_histograms_blurred_thumbnails_and_exports(tiny_dir, tmp_path, capsys):
     files = {**plain_images(6), "empty.jpg": broken_images()["empty.jpg"][0]}
     corpus = write_folder(tmp_path / "corpus", files)
     risky = save_safety(tiny_dir, tmp_path / "risky", flag_everything=True)
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "scan",
-                str(corpus),
-                "--base",
-                str(tiny_dir),
-                "--safety",
-                str(risky),
-                "--out",
-                str(out),
-                "--workers",
-                "0",
-                "--batch-size",
-                "4",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert scan_cli(corpus, tiny_dir, risky, out, "--batch-size", "4") == 0
     assert "6 flagged, 1 errors" in capsys.readouterr().out
 
     clean, flagged = tmp_path / "clean.txt", tmp_path / "flagged.txt"
@@ -75,28 +62,10 @@ def test_scan_report_html_histograms_blurred_thumbnails_and_exports(tiny_dir, tm
     assert max(map(sharpness, blurred)) < 0.25 * min(map(sharpness, sharp))
 
 
-def test_exports_follow_the_flagged_column(tiny_dir, tmp_path):
+def test_exports_follow_the_flagged_column(tiny_dir, safety_dir, tmp_path):
     corpus = write_folder(tmp_path / "corpus", {**plain_images(8), "bad.png": b"nope"})
-    safety = save_safety(tiny_dir, tmp_path / "safety")
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "scan",
-                str(corpus),
-                "--base",
-                str(tiny_dir),
-                "--safety",
-                str(safety),
-                "--out",
-                str(out),
-                "--workers",
-                "0",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert scan_cli(corpus, tiny_dir, safety_dir, out) == 0
     clean, flagged = tmp_path / "clean.txt", tmp_path / "flagged.txt"
     assert main(["scan-report", str(out), "--export-clean", str(clean), "--export-flagged", str(flagged)]) == 0
     rows = read_parts(out).to_pylist()
