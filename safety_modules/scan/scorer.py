@@ -114,11 +114,11 @@ class Flagger:
 
 
 def load_flagger(policy_path: str | None, taxonomy: Taxonomy) -> Flagger:
-    """The operator's policy (``--policy YAML``, else `SafetyPolicy.default`) as a batch flagging rule.
+    """The operator's policy (``--policy``, read by `SafetyPolicy.load`) as a batch flagging rule.
 
     An item is flagged when the policy's decision for it is not ``allow`` (hint or refuse).
     """
-    policy = SafetyPolicy.from_yaml(policy_path, taxonomy) if policy_path else SafetyPolicy.default(taxonomy)
+    policy = SafetyPolicy.load(policy_path, taxonomy)
     rules = {name: dataclasses.asdict(rule) for name, rule in policy.rules.items()}
     description = {"name": policy.name, "mode": policy.mode, "source": str(policy_path or "default"), "rules": rules}
 
