@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
@@ -14,9 +13,10 @@ from safety_modules.training.config import DataFile
 from safety_modules.training.rl.config import RLConfig
 from safety_modules.training.rl.data import load_samples
 from safety_modules.training.rl.evaluate import evaluate_alignment, greedy_answers
-from safety_modules.training.rl.tiny_task import answer_odds, make_rl_corpus, make_yes_no_base
+from safety_modules.training.rl.tiny_task import answer_odds, make_rl_corpus, make_yes_no_base, tiny_task_config
 from safety_modules.training.rl.trainer import train_rl
 from safety_modules.wrapper import SafeLlava
+from tests.training.helpers import base_digest
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,39 +36,8 @@ def task(one_thread, tiny_dir, tmp_path_factory):
     return {"base": base, "train": train, "heldout": heldout}
 
 
-def base_digest(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if "lora_" in name:
-            continue
-        digest.update(name.replace("base_model.model.", "").replace(".base_layer", "").encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def rl_config(task, out, **overrides) -> RLConfig:
-    values = dict(
-        base=str(task["base"]),
-        train_data=[str(task["train"])],
-        output_dir=str(out),
-        seed=0,
-        rollout_batch_size=8,
-        step_batch_size=8,
-        per_device_batch_size=8,
-        group_size=4,
-        learning_rate=2e-3,
-        warmup_steps=1,
-        lora={"r": 8, "alpha": 16, "dropout": 0.0},
-        reward="rules",
-        max_new_tokens=4,
-        length_bonus=0.0,
-        stop_penalty=-1.0,
-        reward_scale=1.0,
-        save_steps=None,
-        progress_bar=False,
-    )
-    values.update(overrides)
-    return RLConfig(**values)
+    return tiny_task_config(task["base"], task["train"], out, **overrides)
 
 
 def test_the_warm_start_is_image_blind(task):
