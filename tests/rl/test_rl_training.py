@@ -42,10 +42,7 @@ def rl_config(task, out, **overrides) -> RLConfig:
 
 def test_the_warm_start_is_image_blind(task):
     """The base RL starts from says "Yes" with the same odds (0.55, see `tiny_task`) to every image, so greedy
-    it calls every image safe: strict accuracy = the Safe share (8 of 24), balanced accuracy exactly 0.5.
-
-    Seen here (held-out): P(Yes) 0.545-0.554 per image, P(Yes) + P(No) >= 0.999.
-    """
+    it calls every image safe: strict accuracy = the Safe share (8 of 24), balanced accuracy exactly 0.5."""
     heldout = load_samples([DataFile(str(task["heldout"]))])
     model = SafeLlava.from_pretrained(task["base"], seed=0)
     odds = answer_odds(model, heldout)
@@ -75,9 +72,8 @@ def assert_clearly_better(start: dict, end: dict, start_p: float, end_p: float) 
 def test_grpo_raises_heldout_alignment_and_leaves_the_base_alone(task, tmp_path):
     """GRPO, 12 steps of 2 prompts x 4 samples, lr 2e-3, rules reward, 4 new tokens at most, on CPU.
 
-    Seen here, held-out (24 images), greedy: strict accuracy 0.333 -> 0.875, balanced 0.500 -> 0.844 after
-    the 12 steps, mean P(right answer) 0.484 -> 0.645; RL seeds 1-5: strict 0.875, 0.875, 0.875, 0.833,
-    0.875 (balanced 0.844, 0.844, 0.844, 0.781, 0.844; mean P(right) 0.637, 0.662, 0.625, 0.563, 0.558).
+    Printed with ``-s``: held-out (24 images), greedy, strict accuracy 0.333 -> 0.875, balanced 0.500 -> 0.844
+    after the 12 steps, mean P(right answer) 0.484 -> 0.645.
     """
     heldout = load_samples([DataFile(str(task["heldout"]))])
     base_model = SafeLlava.from_pretrained(task["base"], seed=0)
@@ -105,9 +101,8 @@ def test_ppo_raises_heldout_alignment(task, tmp_path):
     """PPO as published (value head, GAE with gamma = lambda = 1, k1 KL 0.1 in the reward, entropy 0.02),
     16 steps of 8 answers, lr 1e-3, rules reward, 4 new tokens at most, on CPU.
 
-    Seen here, held-out (24 images), greedy: strict accuracy 0.333 -> 0.875, balanced 0.500 -> 0.844,
-    mean P(right answer) 0.484 -> 0.660; RL seeds 1-5 the same greedy results (mean P(right) 0.658, 0.636,
-    0.635, 0.633, 0.600). At lr 2e-3 PPO lost the answer format on some images in 2 of 4 seeds (6-8 NA).
+    Printed with ``-s``: held-out (24 images), greedy, strict accuracy 0.333 -> 0.875, balanced 0.500 -> 0.844,
+    mean P(right answer) 0.484 -> 0.660.
     """
     heldout = load_samples([DataFile(str(task["heldout"]))])
     base_model = SafeLlava.from_pretrained(task["base"], seed=0)
