@@ -33,9 +33,6 @@ class Prompts:
         """Each prompt ``k`` times in a row (GRPO groups)."""
         return Prompts(self.embeds.repeat_interleave(k, 0), self.mask.repeat_interleave(k, 0))
 
-    def select(self, rows: Sequence[int] | torch.Tensor) -> Prompts:
-        return Prompts(self.embeds[rows], self.mask[rows])
-
 
 @torch.no_grad()
 def encode_prompts(
