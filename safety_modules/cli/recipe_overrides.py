@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+def add_recipe_arguments(p: argparse.ArgumentParser, steps: str, example: str) -> None:
+    """The recipe path and the override flags that `recipe_overrides` reads (``steps`` names what max_steps counts,
+    ``example`` is a ``--set`` example)."""
+    p.add_argument("config", type=Path)
+    p.add_argument("--output-dir", help="override output_dir")
+    p.add_argument("--resume-from", help="a checkpoint folder or 'latest'")
+    p.add_argument("--max-steps", type=int, help=f"override max_steps ({steps})")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override any setting, value read as YAML (e.g. --set {example})",
+    )
 
 
 def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:

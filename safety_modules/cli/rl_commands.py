@@ -5,21 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .recipe_overrides import add_recipe_arguments
+
 
 def add_rl_parser(stages: argparse._SubParsersAction) -> None:
     """Register ``train rl`` under the ``train`` sub-commands."""
     p = stages.add_parser("rl", help="RL alignment (PPO as published, or GRPO) from a YAML recipe (see train/)")
-    p.add_argument("config", type=Path)
-    p.add_argument("--output-dir", help="override output_dir")
-    p.add_argument("--resume-from", help="a checkpoint folder or 'latest'")
-    p.add_argument("--max-steps", type=int, help="override max_steps (RL steps)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any setting, value read as YAML (e.g. --set algorithm=grpo)",
-    )
+    add_recipe_arguments(p, "RL steps", "algorithm=grpo")
     p.add_argument("--no-report", action="store_true", help="skip the before/after report on eval_data")
     p.set_defaults(func=cmd_train_rl)
 

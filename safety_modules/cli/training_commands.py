@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .recipe_overrides import add_recipe_arguments
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..data.convert import CONVERTERS
@@ -31,17 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     stages = train.add_subparsers(dest="stage", required=True)
     for stage in ("stage1", "stage2"):
         p = stages.add_parser(stage, help=f"{stage} from a YAML recipe (see train/)")
-        p.add_argument("config", type=Path)
-        p.add_argument("--output-dir", help="override output_dir")
-        p.add_argument("--resume-from", help="a checkpoint folder or 'latest'")
-        p.add_argument("--max-steps", type=int, help="override max_steps")
-        p.add_argument(
-            "--set",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override any setting, value read as YAML (e.g. --set gradient_accumulation_steps=64)",
-        )
+        add_recipe_arguments(p, "optimizer steps", "gradient_accumulation_steps=64")
         p.set_defaults(func=cmd_train)
     from .rl_commands import add_rl_parser
 

@@ -200,6 +200,24 @@ def _unsafe_answer(concept: str) -> str:
     )
 
 
+def copy_unsafe_image(item: UnsafeConceptItem, out: Path) -> str | None:
+    """Write the item's image under ``out/images/unsafe_concepts/``; its relative path, or None if broken."""
+    relative = Path("images") / "unsafe_concepts" / f"{item.index}.png"
+    target = out / relative
+    if not target.exists():
+        try:
+            image = item.load_image()
+        except ImageDecodeError as exc:
+            logger.warning("UnsafeConcepts image %d does not decode (%s); record skipped", item.index, exc)
+            return None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if item.image_path is not None and item.image_path.suffix.lower() == ".png":
+            shutil.copyfile(item.image_path, target)
+        else:
+            image.save(target)
+    return relative.as_posix()
+
+
 def unsafe_concepts_to_records(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -219,23 +237,13 @@ def unsafe_concepts_to_records(
         if item.category not in mapping:
             raise KeyError(f"no (level, type) for UnsafeConcepts category {item.category!r} in the mapping")
         level, type_name = mapping[item.category]
-        relative = Path("images") / "unsafe_concepts" / f"{item.index}.png"
-        target = out / relative
-        if not target.exists():
-            try:
-                image = item.load_image()
-            except ImageDecodeError as exc:
-                logger.warning("UnsafeConcepts image %d does not decode (%s); record skipped", item.index, exc)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if item.image_path is not None and item.image_path.suffix.lower() == ".png":
-                shutil.copyfile(item.image_path, target)
-            else:
-                image.save(target)
+        image = copy_unsafe_image(item, out)
+        if image is None:
+            continue
         records.append(
             {
                 "id": item.id,
-                "image": relative.as_posix(),
+                "image": image,
                 "conversations": [
                     {"from": "human", "value": f"<image>\n{ALIGNMENT_PROMPTS[item.index % len(ALIGNMENT_PROMPTS)]}"},
                     {"from": "gpt", "value": _unsafe_answer(item.concept)},

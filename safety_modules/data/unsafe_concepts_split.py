@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import logging
 import random
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..images import ImageDecodeError
 from ..taxonomy import UNSAFE_CONCEPTS_CATEGORY_LABELS
-from .unsafe_concepts import ALIGNMENT_PROMPTS, UnsafeConceptItem, load_unsafe_concepts
+from .unsafe_concepts import ALIGNMENT_PROMPTS, UnsafeConceptItem, copy_unsafe_image, load_unsafe_concepts
 
 logger = logging.getLogger(__name__)
 
@@ -91,24 +89,6 @@ def alignment_label(record: dict) -> str:
     return label
 
 
-def _copy_unsafe_image(item: UnsafeConceptItem, out: Path) -> str | None:
-    """Write the item's image under ``out/images/unsafe_concepts/``; its relative path, or None if broken."""
-    relative = Path("images") / "unsafe_concepts" / f"{item.index}.png"
-    target = out / relative
-    if not target.exists():
-        try:
-            image = item.load_image()
-        except ImageDecodeError as exc:
-            logger.warning("UnsafeConcepts image %d does not decode (%s); record skipped", item.index, exc)
-            return None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if item.image_path is not None and item.image_path.suffix.lower() == ".png":
-            shutil.copyfile(item.image_path, target)
-        else:
-            image.save(target)
-    return relative.as_posix()
-
-
 def alignment_split_records(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -142,7 +122,7 @@ def alignment_split_records(
     for item in unsafe:
         if item.category not in mapping:
             raise KeyError(f"no (level, type) for UnsafeConcepts category {item.category!r} in the mapping")
-        image = _copy_unsafe_image(item, out)
+        image = copy_unsafe_image(item, out)
         if image is None:
             continue
         record = make_record(item.id, image, rng.choice(ALIGNMENT_PROMPTS), "", *mapping[item.category])

@@ -12,6 +12,7 @@ import json
 import random
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def set_rng_state(tensors: dict[str, torch.Tensor], data: dict[str, Any]) -> Non
 
 def save_checkpoint(
     directory: Path,
-    params: dict[str, torch.Tensor],
+    params: Mapping[str, torch.Tensor],
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     state: dict[str, Any],
@@ -119,3 +120,49 @@ def prune(output_dir: Path, keep: int | None) -> None:
         return
     for old in checkpoints(output_dir)[:-keep] if keep > 0 else checkpoints(output_dir):
         shutil.rmtree(old)
+
+
+def resume(
+    resume_from: str | None,
+    output_dir: Path,
+    params: Mapping[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    rank: int = 0,
+) -> tuple[Path, dict[str, Any], tuple[dict[str, torch.Tensor], dict[str, Any]]] | None:
+    """Restore ``params``, ``optimizer`` and ``scheduler`` from ``resume_from`` (a folder, or "latest": the newest
+    checkpoint in ``output_dir``). Returns (folder, the saved trainer state, the saved RNG state) or None when there
+    is nothing to resume. The caller restores the RNG with `set_rng_state` just before its loop, so nothing in
+    between draws from it."""
+    if resume_from == "latest":
+        found = checkpoints(output_dir)
+        resume_from = str(found[-1]) if found else None
+    if not resume_from:
+        return None
+    saved = load_checkpoint(Path(resume_from), rank)
+    missing = sorted(set(params) - set(saved["params"]))
+    if missing:
+        raise ValueError(f"checkpoint {resume_from} lacks trained tensors {missing[:3]} (another stage or model?)")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(saved["params"][name])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    return Path(resume_from), saved["state"], saved["rng"]
+
+
+def save_and_prune(
+    output_dir: Path,
+    step: int,
+    params: Mapping[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+    keep: int | None,
+    rank: int = 0,
+    is_main: bool = True,
+) -> None:
+    """Write ``output_dir/checkpoint-{step}`` (`save_checkpoint`) and keep only the newest ``keep`` (main rank)."""
+    save_checkpoint(output_dir / f"checkpoint-{step}", params, optimizer, scheduler, state, rank, is_main)
+    if is_main:
+        prune(output_dir, keep)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 
 @dataclass
@@ -27,8 +27,34 @@ class LoraSettings:
     dropout: float = 0.05
 
 
+class Recipe:
+    """Reading and writing a settings dataclass as a YAML recipe (shared by `TrainConfig` and `RLConfig`)."""
+
+    KIND = "training"  # names the settings in the unknown-key error
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.KIND} settings: {unknown}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> Self:
+        """The recipe at ``path``; each override that is not None replaces its setting."""
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(Recipe):
     """Settings of one stage. Defaults are the paper's stage-1 values where it gives them."""
 
     stage: int = 1
@@ -84,25 +110,6 @@ class TrainConfig:
             raise ValueError("stage 2 needs the stage-1 safety modules: set `safety:` to their folder")
         if not self.train_data:
             raise ValueError("train_data is empty: list at least one record file")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown training settings: {unknown}")
-        return cls(**data)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        import yaml
-
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _data_file(entry: Any) -> DataFile:

@@ -214,26 +214,14 @@ def train(cfg: TrainConfig, stop_after: int | None = None, log: Callable[[str], 
     wrapped, optimizer = accelerator.prepare(model, optimizer)
 
     global_step, history, eval_history, skipped = 0, [], [], []
-    resume = cfg.resume_from
-    if resume == "latest":
-        found = ckpt.checkpoints(out)
-        resume = str(found[-1]) if found else None
     rng_to_restore = None
-    if resume:
-        saved = ckpt.load_checkpoint(Path(resume), rank)
-        missing = sorted(set(params) - set(saved["params"]))
-        if missing:
-            raise ValueError(f"checkpoint {resume} lacks trained tensors {missing[:3]}... (another stage or model?)")
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(saved["params"][name])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        global_step = saved["state"]["global_step"]
-        history, eval_history = saved["state"]["history"], saved["state"]["eval_history"]
-        skipped = [tuple(s) for s in saved["state"]["skipped"]]
-        rng_to_restore = saved["rng"]
-        say(f"resumed from {resume} at step {global_step}/{total_steps}")
+    restored = ckpt.resume(cfg.resume_from, out, params, optimizer, scheduler, rank)
+    if restored:
+        folder, state, rng_to_restore = restored
+        global_step = state["global_step"]
+        history, eval_history = state["history"], state["eval_history"]
+        skipped = [tuple(s) for s in state["skipped"]]
+        say(f"resumed from {folder} at step {global_step}/{total_steps}")
 
     def save(step: int) -> None:
         state = {
@@ -244,11 +232,9 @@ def train(cfg: TrainConfig, stop_after: int | None = None, log: Callable[[str], 
             "total_steps": total_steps,
         }
         accelerator.wait_for_everyone()
-        ckpt.save_checkpoint(
-            out / f"checkpoint-{step}", params, optimizer, scheduler, state, rank, accelerator.is_main_process
+        ckpt.save_and_prune(
+            out, step, params, optimizer, scheduler, state, cfg.save_total_limit, rank, accelerator.is_main_process
         )
-        if accelerator.is_main_process:
-            ckpt.prune(out, cfg.save_total_limit)
 
     def evaluate(step: int) -> None:
         metrics = run_eval(model, eval_set, cfg, accelerator)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
@@ -14,9 +13,10 @@ from safety_modules.training.config import DataFile
 from safety_modules.training.rl.config import RLConfig
 from safety_modules.training.rl.data import load_samples
 from safety_modules.training.rl.evaluate import evaluate_alignment, greedy_answers
-from safety_modules.training.rl.tiny_task import answer_odds, make_rl_corpus, make_yes_no_base
+from safety_modules.training.rl.tiny_task import answer_odds, make_rl_corpus, make_yes_no_base, tiny_task_config
 from safety_modules.training.rl.trainer import train_rl
 from safety_modules.wrapper import SafeLlava
+from tests.training.helpers import base_digest
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,47 +36,13 @@ def task(one_thread, tiny_dir, tmp_path_factory):
     return {"base": base, "train": train, "heldout": heldout}
 
 
-def base_digest(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if "lora_" in name:
-            continue
-        digest.update(name.replace("base_model.model.", "").replace(".base_layer", "").encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def rl_config(task, out, **overrides) -> RLConfig:
-    values = dict(
-        base=str(task["base"]),
-        train_data=[str(task["train"])],
-        output_dir=str(out),
-        seed=0,
-        rollout_batch_size=8,
-        step_batch_size=8,
-        per_device_batch_size=8,
-        group_size=4,
-        learning_rate=2e-3,
-        warmup_steps=1,
-        lora={"r": 8, "alpha": 16, "dropout": 0.0},
-        reward="rules",
-        max_new_tokens=4,
-        length_bonus=0.0,
-        stop_penalty=-1.0,
-        reward_scale=1.0,
-        save_steps=None,
-        progress_bar=False,
-    )
-    values.update(overrides)
-    return RLConfig(**values)
+    return tiny_task_config(task["base"], task["train"], out, **overrides)
 
 
 def test_the_warm_start_is_image_blind(task):
     """The base RL starts from says "Yes" with the same odds (0.55, see `tiny_task`) to every image, so greedy
-    it calls every image safe: strict accuracy = the Safe share (8 of 24), balanced accuracy exactly 0.5.
-
-    Seen here (held-out): P(Yes) 0.545-0.554 per image, P(Yes) + P(No) >= 0.999.
-    """
+    it calls every image safe: strict accuracy = the Safe share (8 of 24), balanced accuracy exactly 0.5."""
     heldout = load_samples([DataFile(str(task["heldout"]))])
     model = SafeLlava.from_pretrained(task["base"], seed=0)
     odds = answer_odds(model, heldout)
@@ -106,9 +72,8 @@ def assert_clearly_better(start: dict, end: dict, start_p: float, end_p: float) 
 def test_grpo_raises_heldout_alignment_and_leaves_the_base_alone(task, tmp_path):
     """GRPO, 12 steps of 2 prompts x 4 samples, lr 2e-3, rules reward, 4 new tokens at most, on CPU.
 
-    Seen here, held-out (24 images), greedy: strict accuracy 0.333 -> 0.875, balanced 0.500 -> 0.844 after
-    the 12 steps, mean P(right answer) 0.484 -> 0.645; RL seeds 1-5: strict 0.875, 0.875, 0.875, 0.833,
-    0.875 (balanced 0.844, 0.844, 0.844, 0.781, 0.844; mean P(right) 0.637, 0.662, 0.625, 0.563, 0.558).
+    Printed with ``-s``: held-out (24 images), greedy, strict accuracy 0.333 -> 0.875, balanced 0.500 -> 0.844
+    after the 12 steps, mean P(right answer) 0.484 -> 0.645.
     """
     heldout = load_samples([DataFile(str(task["heldout"]))])
     base_model = SafeLlava.from_pretrained(task["base"], seed=0)
@@ -136,9 +101,8 @@ def test_ppo_raises_heldout_alignment(task, tmp_path):
     """PPO as published (value head, GAE with gamma = lambda = 1, k1 KL 0.1 in the reward, entropy 0.02),
     16 steps of 8 answers, lr 1e-3, rules reward, 4 new tokens at most, on CPU.
 
-    Seen here, held-out (24 images), greedy: strict accuracy 0.333 -> 0.875, balanced 0.500 -> 0.844,
-    mean P(right answer) 0.484 -> 0.660; RL seeds 1-5 the same greedy results (mean P(right) 0.658, 0.636,
-    0.635, 0.633, 0.600). At lr 2e-3 PPO lost the answer format on some images in 2 of 4 seeds (6-8 NA).
+    Printed with ``-s``: held-out (24 images), greedy, strict accuracy 0.333 -> 0.875, balanced 0.500 -> 0.844,
+    mean P(right answer) 0.484 -> 0.660.
     """
     heldout = load_samples([DataFile(str(task["heldout"]))])
     base_model = SafeLlava.from_pretrained(task["base"], seed=0)

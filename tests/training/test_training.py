@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import torch
 
@@ -12,6 +10,7 @@ from safety_modules.data.format import make_record, read_records, write_records
 from safety_modules.data.synth import synthesize
 from safety_modules.training import TrainConfig, train
 from safety_modules.training.checkpoint import checkpoints
+from tests.training.helpers import base_digest
 
 
 @pytest.fixture(scope="module")
@@ -21,16 +20,6 @@ def corpus(tmp_path_factory):
     # one held-out file from the val and test splits: more samples, a steadier AUROC
     write_records(read_records(out / "val.jsonl") + read_records(out / "test.jsonl"), out / "heldout.jsonl")
     return out
-
-
-def base_digest(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if "lora_" in name:
-            continue
-        digest.update(name.replace("base_model.model.", "").replace(".base_layer", "").encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def config(tiny_dir, corpus, out, **overrides):

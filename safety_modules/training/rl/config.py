@@ -6,18 +6,17 @@ of ``finetune_lora_ppo.py``, benchmarks B.8) where they exist.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-from ..config import DataFile, LoraSettings, _data_file
+from ..config import DataFile, LoraSettings, Recipe, _data_file
 
 ALGORITHMS = ("ppo", "grpo")
 
 
 @dataclass
-class RLConfig:
+class RLConfig(Recipe):
+    KIND = "RL"
+
     algorithm: str = "ppo"
     base: str = "llava-hf/llava-1.5-7b-hf"
     safety: str | None = None  # safety modules to attach (frozen); None = plain LLaVA (no tokens B)
@@ -99,22 +98,3 @@ class RLConfig:
     @property
     def prompts_per_step(self) -> int:
         return self.rollout_batch_size // (self.group_size if self.algorithm == "grpo" else 1)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RLConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown RL settings: {unknown}")
-        return cls(**data)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> RLConfig:
-        import yaml
-
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)

@@ -13,10 +13,8 @@ from pathlib import Path
 
 def run_rl_demo(workdir: Path, steps: int = 12, seed: int = 0) -> int:
     from ...tiny import make_tiny
-    from ..config import DataFile, LoraSettings
-    from .config import RLConfig
     from .report import before_after_report
-    from .tiny_task import make_rl_corpus, make_yes_no_base
+    from .tiny_task import make_rl_corpus, make_yes_no_base, tiny_task_config
     from .trainer import train_rl
 
     workdir = Path(workdir)
@@ -29,29 +27,7 @@ def run_rl_demo(workdir: Path, steps: int = 12, seed: int = 0) -> int:
         "the tiny LM is random otherwise)"
     )
     base = make_yes_no_base(tiny, train, workdir / "yes-no-base")
-    cfg = RLConfig(
-        algorithm="grpo",
-        base=str(base),
-        train_data=[DataFile(str(train))],
-        eval_data=[DataFile(str(heldout))],
-        output_dir=str(workdir / "run"),
-        seed=seed,
-        max_steps=steps,
-        rollout_batch_size=8,
-        step_batch_size=8,
-        per_device_batch_size=8,
-        group_size=4,
-        learning_rate=2e-3,
-        warmup_steps=1,
-        lora=LoraSettings(r=8, alpha=16, dropout=0.0),
-        reward="rules",
-        max_new_tokens=4,
-        length_bonus=0.0,
-        stop_penalty=-1.0,
-        reward_scale=1.0,
-        save_steps=None,
-        progress_bar=False,
-    )
+    cfg = tiny_task_config(base, train, workdir / "run", eval_data=[str(heldout)], seed=seed, max_steps=steps)
     print(f"[3/4] GRPO: {steps} steps of 2 prompts x 4 answers, rules reward (yes = Safe, no = Unsafe)")
     result = train_rl(cfg, log=lambda m: print("      " + m))
     for entry in result.history:

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from ...conversation import chat_text
-from ...images import decode_image
 from ...wrapper import SafeLlava
 from .losses import entropy_from_logits
 
@@ -34,9 +33,6 @@ class Prompts:
         """Each prompt ``k`` times in a row (GRPO groups)."""
         return Prompts(self.embeds.repeat_interleave(k, 0), self.mask.repeat_interleave(k, 0))
 
-    def select(self, rows: Sequence[int] | torch.Tensor) -> Prompts:
-        return Prompts(self.embeds[rows], self.mask[rows])
-
 
 @torch.no_grad()
 def encode_prompts(
@@ -44,8 +40,7 @@ def encode_prompts(
 ) -> Prompts:
     """Images (paths or PIL) and questions -> the language model's input embeddings, as at inference."""
     processor = model.processor
-    images = [decode_image(x) if not hasattr(x, "convert") else x for x in images]
-    features = model.vision_features(model.pixel_values(images))
+    features = model.encode_images(list(images))  # decodes paths; one tower pass per distinct image
     image_tokens = model.base.model.multi_modal_projector(features)
     n_image = features.shape[1]
     texts = [chat_text(processor, p).replace(processor.image_token, processor.image_token * n_image) for p in prompts]
@@ -115,6 +110,31 @@ class ActorCritic(nn.Module):
     def language_model(self):
         return self.model.base.model.language_model
 
+    def _inputs(
+        self,
+        prompt_embeds: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        response_ids: torch.Tensor,
+        response_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[prompt; response] input embeddings and attention mask (the token embeddings are outside the adapter)."""
+        response_ids = response_ids.to(prompt_embeds.device)
+        tokens = self.model.base.get_input_embeddings()(response_ids).to(prompt_embeds.dtype)
+        return torch.cat([prompt_embeds, tokens], 1), torch.cat([prompt_mask, response_mask.to(prompt_mask)], 1)
+
+    def _hidden(self, embeds: torch.Tensor, mask: torch.Tensor, start: int, length: int) -> torch.Tensor:
+        """The language model's last hidden state before each response token (B, length, d)."""
+        # left padding: positions count real tokens only, as generate does
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        hidden = self.model.base.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
+        return hidden.last_hidden_state[:, start - 1 : start - 1 + length]
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.base.lm_head(hidden).float() / self.temperature
+
+    def _values(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        return self.value_head(hidden.float()).squeeze(-1) if self.value_head is not None else None
+
     def forward(
         self,
         prompt_embeds: torch.Tensor,
@@ -123,29 +143,31 @@ class ActorCritic(nn.Module):
         response_mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(log-prob of each response token, entropy at each position, value at each position), each (B, T)."""
-        base = self.model.base
-        response_ids = response_ids.to(prompt_embeds.device)
-        embeds = torch.cat([prompt_embeds, base.get_input_embeddings()(response_ids).to(prompt_embeds.dtype)], 1)
-        mask = torch.cat([prompt_mask, response_mask.to(prompt_mask)], 1)
-        # left padding: positions count real tokens only, as generate does
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
-        hidden = base.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
-        start, length = prompt_embeds.shape[1] - 1, response_ids.shape[1]
-        hidden = hidden[:, start : start + length]  # the state before each response token
-        logits = base.lm_head(hidden).float() / self.temperature
-        logp = torch.log_softmax(logits, -1).gather(-1, response_ids[..., None]).squeeze(-1)
-        entropy = entropy_from_logits(logits)
-        values = self.value_head(hidden.float()).squeeze(-1) if self.value_head is not None else None
-        return logp, entropy, values
+        embeds, mask = self._inputs(prompt_embeds, prompt_mask, response_ids, response_mask)
+        hidden = self._hidden(embeds, mask, prompt_embeds.shape[1], response_ids.shape[1])
+        logits = self._logits(hidden)
+        return _token_logprobs(logits, response_ids), entropy_from_logits(logits), self._values(hidden)
 
     @torch.no_grad()
-    def reference_logprobs(
+    def rollout_logprobs(
         self,
         prompt_embeds: torch.Tensor,
         prompt_mask: torch.Tensor,
         response_ids: torch.Tensor,
         response_mask: torch.Tensor,
-    ) -> torch.Tensor:
-        """Log-probs under the reference: the same weights with the LoRA adapter switched off."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(policy log-probs, reference log-probs, policy values) of sampled responses, no entropy (unused there).
+
+        The reference is the same weights with the LoRA adapter switched off; it reuses the input
+        embeddings (prompt and response tokens, all outside the adapter), so only the language model runs again."""
+        embeds, mask = self._inputs(prompt_embeds, prompt_mask, response_ids, response_mask)
+        start, length = prompt_embeds.shape[1], response_ids.shape[1]
+        hidden = self._hidden(embeds, mask, start, length)
+        logp = _token_logprobs(self._logits(hidden), response_ids)
         with self.language_model.disable_adapter():
-            return self.forward(prompt_embeds, prompt_mask, response_ids, response_mask)[0]
+            ref = _token_logprobs(self._logits(self._hidden(embeds, mask, start, length)), response_ids)
+        return logp, ref, self._values(hidden)
+
+
+def _token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits, -1).gather(-1, ids.to(logits.device)[..., None]).squeeze(-1)

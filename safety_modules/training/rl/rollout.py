@@ -49,11 +49,11 @@ def collect(ac: ActorCritic, samples: Sequence[RLSample], judge: Judge, cfg: RLC
     old_logp, ref_logp, old_values = [], [], []
     for rows in _chunks(len(labels), cfg.per_device_batch_size):
         args = (prompts.embeds[rows], prompts.mask[rows], responses.ids[rows], responses.mask[rows])
-        logp, _, values = ac(*args)
+        logp, ref, values = ac.rollout_logprobs(*args)
         old_logp.append(logp.float().cpu())
+        ref_logp.append(ref.float().cpu())
         if values is not None:
             old_values.append(values.float().cpu())
-        ref_logp.append(ac.reference_logprobs(*args).float().cpu())
     logp, ref = torch.cat(old_logp), torch.cat(ref_logp)
     values = torch.cat(old_values) if old_values else None
     judged = judge(responses.texts, labels)

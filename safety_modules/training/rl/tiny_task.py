@@ -33,6 +33,7 @@ from ...data.synth import synthesize
 from ...data.unsafe_concepts import ALIGNMENT_PROMPTS
 from ...images import decode_image
 from ...wrapper import SafeLlava
+from .config import RLConfig
 from .data import RLSample
 from .policy import ActorCritic, encode_prompts
 
@@ -116,3 +117,31 @@ def answer_odds(model: SafeLlava, samples: Sequence[RLSample]) -> torch.Tensor:
         logp = ac(prompts.embeds, prompts.mask, ids, torch.ones_like(ids))[0]
         odds.append(logp.sum(1).exp())
     return torch.stack(odds, 1)
+
+
+def tiny_task_config(base: Path, train: Path, output_dir: Path, **overrides: object) -> RLConfig:
+    """The RL settings that move the yes/no base on this task within seconds on CPU: GRPO steps of
+    2 prompts x 4 answers, LoRA r 8, lr 2e-3, rules reward, 4 new tokens; ``overrides`` replace any."""
+    values: dict[str, object] = dict(
+        algorithm="grpo",
+        base=str(base),
+        train_data=[str(train)],
+        output_dir=str(output_dir),
+        seed=0,
+        rollout_batch_size=8,
+        step_batch_size=8,
+        per_device_batch_size=8,
+        group_size=4,
+        learning_rate=2e-3,
+        warmup_steps=1,
+        lora={"r": 8, "alpha": 16, "dropout": 0.0},
+        reward="rules",
+        max_new_tokens=4,
+        length_bonus=0.0,
+        stop_penalty=-1.0,
+        reward_scale=1.0,
+        save_steps=None,
+        progress_bar=False,
+    )
+    values.update(overrides)
+    return RLConfig.from_dict(values)

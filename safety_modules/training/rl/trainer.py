@@ -112,37 +112,18 @@ def train_rl(cfg: RLConfig, stop_after: int | None = None, log: Callable[[str], 
     wrapped, optimizer = accelerator.prepare(ac, optimizer)
 
     global_step, history, rng_to_restore = 0, [], None
-    resume = cfg.resume_from
-    if resume == "latest":
-        found = ckpt.checkpoints(out)
-        resume = str(found[-1]) if found else None
-    if resume:
-        saved = ckpt.load_checkpoint(Path(resume), rank)
-        missing = sorted(set(params) - set(saved["params"]))
-        if missing:
-            raise ValueError(f"checkpoint {resume} lacks trained tensors {missing[:3]} (another algorithm or model?)")
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(saved["params"][name])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        global_step, history = saved["state"]["global_step"], saved["state"]["history"]
-        rng_to_restore = saved["rng"]
-        say(f"resumed from {resume} at step {global_step}/{total_steps}")
+    restored = ckpt.resume(cfg.resume_from, out, params, optimizer, scheduler, rank)
+    if restored:
+        folder, state, rng_to_restore = restored
+        global_step, history = state["global_step"], state["history"]
+        say(f"resumed from {folder} at step {global_step}/{total_steps}")
 
     def save(step: int) -> None:
         accelerator.wait_for_everyone()
-        ckpt.save_checkpoint(
-            out / f"checkpoint-{step}",
-            params,
-            optimizer,
-            scheduler,
-            {"global_step": step, "history": history, "total_steps": total_steps},
-            rank,
-            accelerator.is_main_process,
+        state = {"global_step": step, "history": history, "total_steps": total_steps}
+        ckpt.save_and_prune(
+            out, step, params, optimizer, scheduler, state, cfg.save_total_limit, rank, accelerator.is_main_process
         )
-        if accelerator.is_main_process:
-            ckpt.prune(out, cfg.save_total_limit)
 
     bar = tqdm(
         total=total_steps,
