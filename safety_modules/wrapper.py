@@ -18,7 +18,7 @@ from torch import nn
 
 from .backbone import load_base, select_vision_features
 from .config import SafetyConfig
-from .conversation import clean_text
+from .conversation import chat_text, clean_text
 from .images import group_identical, group_labels, load_images
 from .modeling import SafetyModules, SafetyScores, base_fingerprint
 
@@ -252,6 +252,31 @@ class SafeLlava(nn.Module):
         return torch.stack(rows), torch.stack(masks), out_labels
 
     # ------------------------------------------------------------------ forward / assess
+
+    def prompt_embeds(
+        self,
+        features: torch.Tensor,
+        prompts: Sequence[str],
+        hints: Sequence[str | None] | None = None,
+        inject_safety_tokens: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """LLM input for answering: each question (and hint) in the chat format, left-padded, with its image
+        block from ``features`` (one row per prompt). Returns (inputs_embeds, attention_mask); the gate's
+        generation and the RL rollouts both start here."""
+        processor = self.processor
+        n_image = features.shape[1]
+        hints = hints if hints is not None else [None] * len(prompts)
+        # The same expansion the processor does: one <image> placeholder per image token.
+        texts = [
+            chat_text(processor, p, h).replace(processor.image_token, processor.image_token * n_image)
+            for p, h in zip(prompts, hints)
+        ]
+        enc = processor.tokenizer(texts, padding="longest", padding_side="left", return_tensors="pt")
+        image_tokens = self.base.model.multi_modal_projector(features)
+        embeds, mask, _ = self.build_inputs_embeds(
+            enc["input_ids"], image_tokens, enc["attention_mask"], inject_safety_tokens=inject_safety_tokens
+        )
+        return embeds, mask
 
     def forward(
         self,

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...conversation import chat_text
 from ...wrapper import SafeLlava
 from .losses import entropy_from_logits
 
@@ -39,15 +38,8 @@ def encode_prompts(
     model: SafeLlava, images: Sequence[Any], prompts: Sequence[str], inject_safety_tokens: bool
 ) -> Prompts:
     """Images (paths or PIL) and questions -> the language model's input embeddings, as at inference."""
-    processor = model.processor
     features = model.encode_images(list(images))  # decodes paths; one tower pass per distinct image
-    image_tokens = model.base.model.multi_modal_projector(features)
-    n_image = features.shape[1]
-    texts = [chat_text(processor, p).replace(processor.image_token, processor.image_token * n_image) for p in prompts]
-    enc = processor.tokenizer(texts, padding="longest", padding_side="left", return_tensors="pt")
-    embeds, mask, _ = model.build_inputs_embeds(
-        enc["input_ids"], image_tokens, enc["attention_mask"], inject_safety_tokens=inject_safety_tokens
-    )
+    embeds, mask = model.prompt_embeds(features, prompts, inject_safety_tokens=inject_safety_tokens)
     return Prompts(embeds.detach(), mask.detach())
 
 
