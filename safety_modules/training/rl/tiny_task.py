@@ -6,9 +6,9 @@ make it a stand-in for LLaVA-1.5 on the alignment prompts with one honest shortc
 layer (``lm_head``, nothing else) is fitted, with the rest frozen, to answer every prompt with
 "Yes" (then EOS) with probability 0.55 and "No" with 0.45 *whatever the image*: each training
 prompt is shown with both answers, weighted 0.55 / 0.45. Why not even odds: a fit to 0.5 / 0.5 is
-even only to about +-0.003 per image, and greedy decoding turns those residuals into hard answers
-that depend on the image by chance (one such base scored 0.46 on its training images and 0.75 on
-the held-out ones before any RL: luck, not a start). The small tilt is far above that residual, so
+even only up to small per-image residuals, and greedy decoding turns those into hard answers that
+depend on the image by chance, so the starting accuracy was luck. The small tilt is far above the
+residuals (`answer_odds` shows the odds; `tests/rl` asserts the all-"Yes" start), so
 the base answers "Yes" to every image under greedy decoding (`answer_odds` measures the odds per
 image) and samples both answers nearly evenly in rollouts. Greedy, it calls every image safe, the
 failure the paper reports for LLaVA-1.5 on unsafe images; its balanced accuracy is exactly 0.5.
