@@ -1,15 +1,17 @@
 """The model: safety modules, their configuration, and `SafeLlava` (a frozen LLaVA-1.5 with the modules attached).
 
 Only this package knows the base model's structure: `llava/` loads and converts LLaVA checkpoints and renders
-their conversations; `safe_llava.py` offers the doors the rest of the project uses.
+their conversations; `safe_llava.py` offers the doors the rest of the project uses (`language_model`, `vision_tower`,
+`llava_projector`, `lm_head`, `input_embeddings`, and LoRA through `lora.py`).
 """
 
 from .configuration import SafetyConfig
+from .errors import CheckpointError, IncompatibleBaseError
 from .fingerprint import base_fingerprint
 from .head import SafetyHead
 from .projector import SafetyProjector
 from .safe_llava import SafeLlava, SafeLlavaOutput
-from .safety_modules import CheckpointError, IncompatibleBaseError, SafetyModules
+from .safety_modules import SafetyModules
 from .scores import SafetyScores
 
 __all__ = [

@@ -7,7 +7,8 @@ safety head). In the LLM input the image block becomes [safety tokens B; image t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..images import group_identical, group_labels, load_images
+from . import lora
 from .configuration import SafetyConfig
 from .fingerprint import base_fingerprint
 from .llava import load_base, select_vision_features
@@ -42,17 +44,23 @@ class SafeLlavaOutput:
 
 
 class SafeLlava(nn.Module):
-    """Frozen LLaVA-1.5 base + trainable `SafetyModules`."""
+    """Frozen LLaVA-1.5 base + trainable `SafetyModules`.
 
-    def __init__(self, base: nn.Module, safety: SafetyModules, processor: Any = None) -> None:
+    Only this class (and `modeling/llava/`) knows how the base is built. The rest of the project goes
+    through its doors: `language_model`, `vision_tower`, `llava_projector`, `lm_head`,
+    `input_embeddings`, and the LoRA methods (`add_lora`, `load_lora`, `save_lora`, `lora_disabled`).
+    """
+
+    def __init__(
+        self, base: nn.Module, safety: SafetyModules, processor: Any = None, *, allow_unverified_base: bool = False
+    ) -> None:
+        """Attach ``safety`` to ``base`` (frozen here). The modules must carry this base's fingerprint;
+        ``allow_unverified_base=True`` accepts modules that carry none (they are then not checked)."""
         super().__init__()
         base.eval().requires_grad_(False)
         self.base = base
         self.processor = processor
-        fingerprint = base_fingerprint(base.config, base.model.multi_modal_projector)
-        if safety.config.base_fingerprint is None:
-            safety.config.base_fingerprint = fingerprint
-        safety.check_base(fingerprint)
+        safety.check_base(self.base_fingerprint(), allow_unverified=allow_unverified_base)
         self.safety = safety.to(device=self.device, dtype=self.dtype)
 
     # ------------------------------------------------------------------ construction
@@ -68,36 +76,88 @@ class SafeLlava(nn.Module):
         device: str | torch.device | None = None,
         seed: int | None = None,
         lora: str | Path | None = None,
+        allow_unverified_base: bool = False,
         **config_overrides: Any,
     ) -> SafeLlava:
         """Load the base (folder, hub id or an already loaded model) and attach modules.
 
-        ``safety=None`` builds fresh modules sized from the base config (``config_overrides``
-        change any `SafetyConfig` field, ``seed`` makes the init reproducible); a path or hub id
-        loads saved modules and checks they were made for this base. ``lora``: a stage-2 adapter
-        folder to attach to the language model (see `load_lora`).
+        ``safety=None`` builds fresh modules sized from the base config and made for it (its fingerprint;
+        ``config_overrides`` change any `SafetyConfig` field, ``seed`` makes the init reproducible without
+        touching the global RNG); a path or hub id loads saved modules and checks they were made for this
+        base (``allow_unverified_base=True`` accepts modules whose config names no base). ``lora``: a
+        stage-2 adapter folder to attach to the language model (see `load_lora`).
         """
         if isinstance(base, (str, Path)):
             base, loaded_processor = load_base(base, dtype=dtype, device=device)
             processor = processor or loaded_processor
         if safety is None:
-            if seed is not None:
-                torch.manual_seed(seed)
-            safety = SafetyModules(SafetyConfig.from_llava_config(base.config, **config_overrides))
+            fingerprint = base_fingerprint(base.config, _llava_projector(base))
+            config = SafetyConfig.from_llava_config(base.config, **{"base_fingerprint": fingerprint, **config_overrides})
+            with torch.random.fork_rng(devices=[], enabled=seed is not None):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                safety = SafetyModules(config)  # built on the CPU: forking the CPU generator is enough
         elif not isinstance(safety, SafetyModules):
             safety = SafetyModules.from_pretrained(safety)
-        model = cls(base, safety, processor)
+        model = cls(base, safety, processor, allow_unverified_base=allow_unverified_base)
         if lora is not None:
             model.load_lora(lora)
         return model
 
-    def load_lora(self, adapter_dir: str | Path) -> None:
-        """Attach a saved stage-2 LoRA adapter (peft) to the language model, frozen, for inference."""
-        from peft import PeftModel
+    # ------------------------------------------------------------------ doors into the base
 
-        language_model = self.base.model.language_model
-        self.base.model.language_model = PeftModel.from_pretrained(language_model, str(adapter_dir))
-        self.base.requires_grad_(False)
+    @property
+    def language_model(self) -> nn.Module:
+        """The base's decoder (LLaMA without its LM head), LoRA adapter included when one is attached."""
+        return self.base.get_decoder()
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        """The base's image encoder (CLIP vision model)."""
+        return self.base.get_encoder(modality="image")
+
+    @property
+    def llava_projector(self) -> nn.Module:
+        """LLaVA's frozen multimodal projector: vision features -> image tokens for the language model."""
+        return _llava_projector(self.base)
+
+    @property
+    def lm_head(self) -> nn.Module:
+        """The base's output layer: hidden states -> vocabulary logits."""
+        return self.base.get_output_embeddings()
+
+    @property
+    def input_embeddings(self) -> nn.Module:
+        """The base's token embeddings: token ids -> language-model input embeddings."""
+        return self.base.get_input_embeddings()
+
+    def base_fingerprint(self) -> dict[str, Any]:
+        """This base's fingerprint (geometry + projector digest), as safety modules record it."""
+        return base_fingerprint(self.base.config, self.llava_projector)
+
+    # ------------------------------------------------------------------ LoRA on the language model
+
+    def add_lora(self, r: int, alpha: int, dropout: float) -> None:
+        """A fresh trainable LoRA adapter on every linear layer of the language model (stage 2, RL)."""
+        lora.add_lora(self.language_model, r, alpha, dropout)
+
+    def load_lora(self, adapter_dir: str | Path) -> None:
+        """Attach a saved LoRA adapter (stage 2 or RL) to the language model, frozen, for inference."""
+        lora.load_lora(self.language_model, adapter_dir)
+
+    def save_lora(self, adapter_dir: str | Path) -> Path:
+        """Write the language model's adapter into ``adapter_dir`` (`load_lora` and peft read it)."""
+        return lora.save_lora(self.language_model, adapter_dir)
+
+    @property
+    def has_lora(self) -> bool:
+        return lora.has_lora(self.language_model)
+
+    @contextmanager
+    def lora_disabled(self) -> Iterator[None]:
+        """The base without the adapter inside the block (RL's reference policy)."""
+        with lora.lora_disabled(self.language_model):
+            yield
 
     # ------------------------------------------------------------------ properties
 
@@ -142,7 +202,7 @@ class SafeLlava(nn.Module):
                 return self.vision_features(pixel_values[firsts])[inverse]
         cfg = self.base.config
         return select_vision_features(
-            self.base.model.vision_tower,
+            self.vision_tower,
             pixel_values.to(self.device, self.dtype),
             cfg.vision_feature_layer,
             cfg.vision_feature_select_strategy,
@@ -200,7 +260,7 @@ class SafeLlava(nn.Module):
         prompt_embeds = None
         if head_input_ids is not None:
             head_input_ids = head_input_ids.to(self.device)
-            prompt_embeds = self.base.get_input_embeddings()(head_input_ids)
+            prompt_embeds = self.input_embeddings(head_input_ids)
             if head_attention_mask is not None:
                 head_attention_mask = head_attention_mask.to(self.device)
         return self.safety.score(features, prompt_embeds, head_attention_mask)
@@ -223,7 +283,7 @@ class SafeLlava(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         attention_mask = attention_mask.to(self.device)
-        embeds = self.base.get_input_embeddings()(input_ids)
+        embeds = self.input_embeddings(input_ids)
         image_features = image_features.to(embeds.dtype)
         n_image = image_features.shape[1]
         is_image = input_ids == self.image_token_id
@@ -274,7 +334,7 @@ class SafeLlava(nn.Module):
             for p, h in zip(prompts, hints)
         ]
         enc = processor.tokenizer(texts, padding="longest", padding_side="left", return_tensors="pt")
-        image_tokens = self.base.model.multi_modal_projector(features)
+        image_tokens = self.llava_projector(features)
         embeds, mask, _ = self.build_inputs_embeds(
             enc["input_ids"], image_tokens, enc["attention_mask"], inject_safety_tokens=inject_safety_tokens
         )
@@ -291,11 +351,17 @@ class SafeLlava(nn.Module):
         safety_levels: torch.Tensor | None = None,
         safety_types: torch.Tensor | None = None,
         inject_safety_tokens: bool = True,
+        num_items_in_batch: int | torch.Tensor | None = None,
     ) -> SafeLlavaOutput:
-        """One vision pass -> safety head + LLM. Labels are unshifted token ids (-100 = ignore)."""
+        """One vision pass -> safety head + LLM. Labels are unshifted token ids (-100 = ignore).
+
+        ``num_items_in_batch``: as in transformers, the number of label tokens of the whole optimizer step;
+        the LM loss is then this batch's summed token loss divided by it, so micro-batches of a gradient
+        accumulation step weigh by their token counts (see `lm_loss`). The safety loss is the batch mean.
+        """
         features = self.vision_features(pixel_values)
         scores = self.classify(features, head_input_ids, head_attention_mask)
-        image_tokens = self.base.model.multi_modal_projector(features)
+        image_tokens = self.llava_projector(features)
         embeds, mask, labels = self.build_inputs_embeds(
             input_ids, image_tokens, attention_mask, labels, inject_safety_tokens
         )
@@ -309,7 +375,7 @@ class SafeLlava(nn.Module):
         )
         losses = []
         if labels is not None:
-            out.lm_loss = lm_loss(logits, labels)
+            out.lm_loss = lm_loss(logits, labels, num_items_in_batch)
             losses.append(out.lm_loss)
         if safety_levels is not None and safety_types is not None:
             out.safety_loss = F.cross_entropy(
@@ -367,6 +433,11 @@ def head_prompt_inputs(tokenizer: Any, prompts: Sequence[str]) -> tuple[torch.Te
     return ids, mask
 
 
+def _llava_projector(base: nn.Module) -> nn.Module:
+    # transformers has no accessor for LLaVA's projector: this is the one place that names its attribute.
+    return base.model.multi_modal_projector
+
+
 def _grouping(groups: Sequence[int] | torch.Tensor, batch: int) -> tuple[list[int], list[int]]:
     """(firsts, inverse) from caller-given group labels, checked against the batch size."""
     labels = groups.tolist() if isinstance(groups, torch.Tensor) else list(groups)
@@ -375,12 +446,23 @@ def _grouping(groups: Sequence[int] | torch.Tensor, batch: int) -> tuple[list[in
     return group_labels(labels)
 
 
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy: position t predicts labels[t + 1]; -100 positions are ignored."""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:].to(logits.device)
-    if not torch.any(shift_labels != IGNORE_INDEX):
-        return shift_logits.sum() * 0.0
-    return F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX
+def lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
+) -> torch.Tensor:
+    """Next-token cross-entropy (position t predicts labels[t + 1]; -100 positions are ignored), by transformers'
+    ``ForCausalLMLoss``: the mean over this batch's label tokens, or with ``num_items_in_batch`` their sum
+    divided by it (token-weighted across the micro-batches of a step, see `count_label_tokens`)."""
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    if num_items_in_batch is None and not torch.any(labels[:, 1:] != IGNORE_INDEX):
+        return logits.float().sum() * 0.0  # no answer token (cut by max_length): no loss, but a graph
+    if num_items_in_batch is not None and float(num_items_in_batch) <= 0:
+        return logits.float().sum() * 0.0  # a step without any answer token
+    return ForCausalLMLoss(
+        logits, labels, vocab_size=logits.shape[-1], num_items_in_batch=num_items_in_batch, ignore_index=IGNORE_INDEX
     )
+
+
+def count_label_tokens(labels: torch.Tensor) -> int:
+    """The label tokens `lm_loss` counts in ``labels`` (all but the first position, -100 left out)."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ..checkpoints import CARD_NAME, CardData, name_base, upload_folder, write_card
 from ..checkpoints.card import as_card_data
 from .configuration import SafetyConfig
+from .errors import CheckpointError, IncompatibleBaseError, load_safetensors
 from .fingerprint import describe
 from .head import SafetyHead
 from .projector import SafetyProjector
@@ -22,14 +23,10 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 # What a published modules folder holds: the two files `from_pretrained` reads and the model card.
 PUBLISHED_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
+# The flag and argument that accept modules whose config names no base (named in the refusal).
+UNVERIFIED_BASE_FLAG = "--allow-unverified-base"
 
-
-class IncompatibleBaseError(ValueError):
-    """Safety modules were trained for another base model than the one they are attached to."""
-
-
-class CheckpointError(ValueError):
-    """A safety-modules folder is missing files or holds tensors that do not fit the config."""
+__all__ = ["CheckpointError", "IncompatibleBaseError", "SafetyModules", "checkpoint_files"]
 
 
 class SafetyModules(nn.Module):
@@ -80,11 +77,21 @@ class SafetyModules(nn.Module):
         level, type_ = self.head(head_tokens, safety_features, prompt_embeds, prompt_mask)
         return SafetyScores(level, type_, self.config.level_temperature, self.config.type_temperature)
 
-    def check_base(self, fingerprint: dict[str, Any]) -> None:
-        """Raise `IncompatibleBaseError` unless ``fingerprint`` is the base these modules were made for."""
+    def check_base(self, fingerprint: dict[str, Any], allow_unverified: bool = False) -> None:
+        """Raise `IncompatibleBaseError` unless ``fingerprint`` is the base these modules were made for.
+
+        Modules whose config records no base (``base_fingerprint`` null or missing) cannot be checked:
+        they are refused unless ``allow_unverified`` (``--allow-unverified-base`` on the command line).
+        """
         expected = self.config.base_fingerprint
         if expected is None:
-            return
+            if allow_unverified:
+                return
+            raise IncompatibleBaseError(
+                "these safety modules do not say which base model they were trained for (base_fingerprint is "
+                "null or missing in their config.json), so they cannot be checked against this base; if you know "
+                f"they belong to it, pass {UNVERIFIED_BASE_FLAG} (allow_unverified_base=True in Python)"
+            )
         if expected != fingerprint:
             made_for, given = name_base(expected), name_base(fingerprint)
             raise IncompatibleBaseError(
@@ -141,12 +148,20 @@ class SafetyModules(nn.Module):
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> SafetyModules:
-        """Load from a local folder or a Hugging Face hub id (``config.json`` + ``model.safetensors``)."""
+        """Load from a local folder or a Hugging Face hub id (``config.json`` + ``model.safetensors``).
+
+        Our own loader rather than ``PyTorchModelHubMixin``'s: every tensor must be in the file with the
+        config's shape and nothing else may be (the mixin loads non-strictly by default), and an
+        unreadable file or config is one `CheckpointError` naming it.
+        """
         config_file, weights_file = checkpoint_files(name_or_path)
-        config = SafetyConfig.load(config_file)
+        try:
+            config = SafetyConfig.load(config_file)
+        except (ValueError, TypeError) as exc:  # JSON errors are ValueErrors; unknown or mistyped fields too
+            raise CheckpointError(f"{config_file} is not a valid safety-modules config: {exc}") from None
         with torch.device("meta"):
             modules = cls(config)
-        state = load_file(str(weights_file), device="cpu")
+        state = load_safetensors(weights_file)
         expected = modules.state_dict()
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))

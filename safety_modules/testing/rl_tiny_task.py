@@ -79,15 +79,15 @@ def make_yes_no_base(tiny_dir: Path, records_file: Path, out: Path, steps: int =
         prompts = encode_prompts(model, images, questions, inject_safety_tokens=False)
         for answer in answers:
             ids = torch.tensor([answer] * len(records))
-            embeds = torch.cat([prompts.embeds, model.base.get_input_embeddings()(ids)], 1)
+            embeds = torch.cat([prompts.embeds, model.input_embeddings(ids)], 1)
             mask = torch.cat([prompts.mask, torch.ones_like(ids)], 1)
-            hidden = model.base.model(
+            hidden = model.language_model(
                 inputs_embeds=embeds, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0)
             ).last_hidden_state
             start = prompts.embeds.shape[1] - 1
             features.append(hidden[:, start : start + ids.shape[1]].reshape(-1, hidden.shape[-1]))
             targets.append(ids.reshape(-1))
-    head = model.base.lm_head
+    head = model.lm_head
     head.weight.requires_grad_(True)
     optimizer = torch.optim.Adam([head.weight], lr=0.05)
     for _ in range(steps):

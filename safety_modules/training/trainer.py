@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +26,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from ..data.format import read_records
 from ..metrics import format_metrics, head_metrics
-from ..modeling.safe_llava import SafeLlava
+from ..modeling.lora import ADAPTER_DIR
+from ..modeling.safe_llava import SafeLlava, count_label_tokens
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import MODEL_INPUTS, SafetyCollator, SafetyDataset
@@ -34,7 +35,6 @@ from .data import MODEL_INPUTS, SafetyCollator, SafetyDataset
 logger = logging.getLogger(__name__)
 
 SAFETY_DIR = "safety_modules"
-ADAPTER_DIR = "lora_adapter"
 
 
 @dataclass
@@ -53,15 +53,6 @@ class TrainResult:
 # ---------------------------------------------------------------- model
 
 
-def add_lora(model: SafeLlava, r: int, alpha: int, dropout: float) -> None:
-    """Wrap the language model with peft LoRA on all its linear layers (not the vision tower,
-    the projectors or ``lm_head``, which live outside ``model.base.model.language_model``)."""
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear")
-    model.base.model.language_model = get_peft_model(model.base.model.language_model, config)
-
-
 def build_model(cfg: TrainConfig, device: torch.device) -> SafeLlava:
     model = SafeLlava.from_pretrained(cfg.base, cfg.safety, dtype=cfg.dtype, device=device, seed=cfg.seed)
     model.safety.float()  # master weights in float32 even on a bf16 base
@@ -76,9 +67,9 @@ def build_model(cfg: TrainConfig, device: torch.device) -> SafeLlava:
         )
         model.config.level_temperature = model.config.type_temperature = None
     if cfg.stage == 2:
-        add_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
+        model.add_lora(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
     if cfg.gradient_checkpointing:
-        model.base.model.language_model.gradient_checkpointing_enable(
+        model.language_model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False}
         )
     return model
@@ -89,7 +80,7 @@ def set_train_mode(model: SafeLlava, cfg: TrainConfig) -> None:
     language model in train mode (LLaVA's attention dropout is 0, so nothing else changes)."""
     model.train()
     if cfg.stage == 2 or cfg.gradient_checkpointing:
-        model.base.model.language_model.train()
+        model.language_model.train()
 
 
 # ---------------------------------------------------------------- data
@@ -129,6 +120,55 @@ def make_loader(dataset, indices: list[int], batch_size: int, collator, workers:
         num_workers=workers,
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def micro_batches(
+    dataset, start: int, micro_per_epoch: int, collator, cfg: TrainConfig, rank: int, world: int
+) -> Iterator[dict]:
+    """This rank's micro-batches from micro-batch ``start`` on, endlessly: epoch ``e`` in its seeded order
+    (`epoch_order`), so a resumed run sees the batches the uninterrupted run would have."""
+    micro = start
+    while True:
+        epoch, position = divmod(micro, micro_per_epoch)
+        order = epoch_order(len(dataset), cfg.seed, epoch, rank, world)
+        loader = make_loader(
+            dataset,
+            order[position * cfg.per_device_batch_size :],
+            cfg.per_device_batch_size,
+            collator,
+            cfg.num_workers,
+            cfg.seed + epoch,
+        )
+        for batch in loader:
+            micro += 1
+            yield batch
+
+
+def accumulate_gradients(accelerator, wrapped, step_batches: list[dict]) -> dict[str, list[float]]:
+    """Forward and backward over the micro-batches of one optimizer step; returns each micro-batch's losses.
+
+    The LM loss is token-weighted over the whole step, on every process: each micro-batch divides its
+    summed token loss by the step's label-token count (transformers' ``num_items_in_batch``), so a short
+    answer weighs as much per token as a long one whatever micro-batch it is in. accelerate divides each
+    micro-batch's loss by the accumulation steps and DDP averages over processes, hence the share below.
+    The safety loss stays the mean over samples. Gradients sync on the last micro-batch (accelerate's
+    counter, ``accelerator.step``, counts micro-batches); the caller then steps the optimizer.
+    """
+    tokens = sum(count_label_tokens(batch["labels"]) for batch in step_batches if batch["num_samples"])
+    tokens = accelerator.reduce(torch.tensor(tokens, device=accelerator.device), reduction="sum")
+    num_items = tokens.float() / (len(step_batches) * accelerator.num_processes)
+    losses: dict[str, list[float]] = {"loss": [], "lm_loss": [], "safety_loss": []}
+    for batch in step_batches:
+        with accelerator.accumulate(wrapped):
+            if batch["num_samples"]:
+                inputs = {k: batch[k].to(accelerator.device) for k in MODEL_INPUTS}
+                output = wrapped(**inputs, num_items_in_batch=num_items)
+                accelerator.backward(output.loss)
+                for key, values in losses.items():
+                    value = getattr(output, key)
+                    if value is not None:
+                        values.append(value.item())
+    return losses
 
 
 # ---------------------------------------------------------------- evaluation
@@ -253,60 +293,38 @@ def train(cfg: TrainConfig, stop_after: int | None = None, log: Callable[[str], 
     set_train_mode(model, cfg)
     micro = global_step * accum
     accelerator.step = micro  # accelerate's micro-batch counter decides when a step syncs
+    stream = micro_batches(train_set, micro, micro_per_epoch, collator, cfg, rank, world)
     window: dict[str, list[float]] = {"loss": [], "lm_loss": [], "safety_loss": []}
     ran_here = trained_here = 0  # micro-batches and samples seen by this process in this run
     while global_step < total_steps and (stop_after is None or global_step < stop_after):
-        epoch, position = divmod(micro, micro_per_epoch)
-        order = epoch_order(len(train_set), cfg.seed, epoch, rank, world)
-        loader = make_loader(
-            train_set,
-            order[position * cfg.per_device_batch_size :],
-            cfg.per_device_batch_size,
-            collator,
-            cfg.num_workers,
-            cfg.seed + epoch,
-        )
-        for batch in loader:
-            micro += 1
-            ran_here += 1
-            trained_here += batch["num_samples"]
-            skipped += batch["skipped"]
-            # accelerate's accumulation: no gradient sync and no optimizer step until the last micro-batch
-            # of a step (its counter is the micro-batch count); backward divides the loss by `accum`.
-            with accelerator.accumulate(wrapped):
-                if batch["num_samples"]:
-                    output = wrapped(**{k: batch[k].to(accelerator.device) for k in MODEL_INPUTS})
-                    accelerator.backward(output.loss)
-                    for key in ("loss", "lm_loss", "safety_loss"):
-                        value = getattr(output, key)
-                        if value is not None:
-                            window[key].append(value.item())
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(params.values(), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            global_step += 1
-            bar.update(1)
-            if global_step % cfg.logging_steps == 0 or global_step == total_steps:
-                entry = {"step": global_step, "lr": scheduler.get_last_lr()[0]}
-                entry.update({k: sum(v) / len(v) for k, v in window.items() if v})
-                history.append(entry)
-                window = {k: [] for k in window}
-                bar.set_postfix(loss=f"{entry.get('loss', float('nan')):.4f}")
-                if accelerator.is_main_process:
-                    out.mkdir(parents=True, exist_ok=True)
-                    with open(out / "log.jsonl", "a") as f:
-                        f.write(json.dumps(entry) + "\n")
-            if eval_set is not None and cfg.eval_steps and global_step % cfg.eval_steps == 0:
-                evaluate(global_step)
-            interrupted = stop_after is not None and global_step >= stop_after
-            if (cfg.save_steps and global_step % cfg.save_steps == 0) or (interrupted and global_step < total_steps):
-                save(global_step)
-            if global_step >= total_steps or interrupted:
-                break
+        step_batches = [next(stream) for _ in range(accum)]
+        ran_here += accum
+        trained_here += sum(batch["num_samples"] for batch in step_batches)
+        skipped += [item for batch in step_batches for item in batch["skipped"]]
+        for key, values in accumulate_gradients(accelerator, wrapped, step_batches).items():
+            window[key] += values
+        if cfg.max_grad_norm:
+            accelerator.clip_grad_norm_(params.values(), cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        global_step += 1
+        bar.update(1)
+        if global_step % cfg.logging_steps == 0 or global_step == total_steps:
+            entry = {"step": global_step, "lr": scheduler.get_last_lr()[0]}
+            entry.update({k: sum(v) / len(v) for k, v in window.items() if v})
+            history.append(entry)
+            window = {k: [] for k in window}
+            bar.set_postfix(loss=f"{entry.get('loss', float('nan')):.4f}")
+            if accelerator.is_main_process:
+                out.mkdir(parents=True, exist_ok=True)
+                with open(out / "log.jsonl", "a") as f:
+                    f.write(json.dumps(entry) + "\n")
+        if eval_set is not None and cfg.eval_steps and global_step % cfg.eval_steps == 0:
+            evaluate(global_step)
+        interrupted = stop_after is not None and global_step >= stop_after
+        if (cfg.save_steps and global_step % cfg.save_steps == 0) or (interrupted and global_step < total_steps):
+            save(global_step)
     bar.close()
     if ran_here and not trained_here:
         example = f", e.g. {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
@@ -328,8 +346,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None, log: Callable[[str], 
         if cfg.train_safety_modules:
             result.safety_dir = unwrapped.safety.save_pretrained(out / SAFETY_DIR)
         if cfg.stage == 2:
-            unwrapped.base.model.language_model.save_pretrained(str(out / ADAPTER_DIR))
-            result.adapter_dir = out / ADAPTER_DIR
+            result.adapter_dir = unwrapped.save_lora(out / ADAPTER_DIR)
         (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
         (out / "metrics.json").write_text(
             json.dumps({"history": history, "eval": eval_history, "skipped": skipped}, indent=1) + "\n"

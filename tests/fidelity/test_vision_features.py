@@ -16,7 +16,7 @@ from tests.conftest import random_image
 @pytest.mark.parametrize("layer", [-2, -1, 0, 1, 3])
 @pytest.mark.parametrize("strategy", ["default", "full"])
 def test_selected_layer_is_bit_identical_to_the_towers_hidden_state(tiny_model, layer, strategy):
-    tower = tiny_model.base.model.vision_tower
+    tower = tiny_model.vision_tower
     pixels = tiny_model.pixel_values([random_image(1), random_image(2)])
     with torch.no_grad():
         expected = tower(pixels, output_hidden_states=True).hidden_states[layer]
@@ -25,7 +25,7 @@ def test_selected_layer_is_bit_identical_to_the_towers_hidden_state(tiny_model, 
 
 
 def test_a_layer_the_tower_does_not_have_is_refused(tiny_model):
-    tower = tiny_model.base.model.vision_tower
+    tower = tiny_model.vision_tower
     with pytest.raises(ValueError, match="does not exist"):
         select_vision_features(tower, torch.zeros(1, 3, 336, 336), 7, "default")
 
@@ -42,7 +42,7 @@ def _attribute_ids(module: torch.nn.Module) -> dict[str, int]:
 
 
 def test_no_attribute_of_the_tower_is_reassigned_during_a_call(tiny_model):
-    tower = tiny_model.base.model.vision_tower
+    tower = tiny_model.vision_tower
     layers = vision_encoder(tower).layers
     before = _attribute_ids(tower)
     during = []

@@ -15,7 +15,7 @@ REFUSE_ALL = {"name": "refuse_all", "defaults": {"hint": None, "refuse": 0.0}}
 
 def lm_calls(model) -> list[int]:
     calls: list[int] = []
-    model.base.model.language_model.register_forward_hook(lambda m, args, out: calls.append(1))
+    model.language_model.register_forward_hook(lambda m, args, out: calls.append(1))
     return calls
 
 

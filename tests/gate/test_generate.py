@@ -82,7 +82,7 @@ def test_allow_all_without_safety_tokens_is_the_base_model_token_for_token(tiny_
 
 def test_safety_tokens_b_are_in_the_language_model_input(tiny_model, photos):
     lengths = []
-    hook = tiny_model.base.model.language_model.register_forward_hook(
+    hook = tiny_model.language_model.register_forward_hook(
         lambda module, args, kwargs, out: lengths.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True
     )
     Gate(tiny_model).generate(photos[0], "What is this?", SafetyPolicy.allow_all(), max_new_tokens=1)
@@ -99,8 +99,8 @@ def test_safety_tokens_b_are_in_the_language_model_input(tiny_model, photos):
 def test_mixed_batch_refused_sample_skips_the_language_model(tiny_model, photos):
     policies = [SafetyPolicy.allow_all(), SafetyPolicy.from_dict(HINT_ALL), SafetyPolicy.from_dict(REFUSE_ALL)]
     questions = ["What is this?", "Describe the image in detail.", "Read the text in the image."]
-    lm = CallCounter(tiny_model.base.model.language_model)
-    vision = CallCounter(tiny_model.base.model.vision_tower.embeddings)  # once per vision pass
+    lm = CallCounter(tiny_model.language_model)
+    vision = CallCounter(tiny_model.vision_tower.embeddings)  # once per vision pass
     answers = Gate(tiny_model).generate(photos, questions, policies, **GREEDY)
 
     assert [a.decision.action for a in answers] == ["allow", "hint", "refuse"]
@@ -140,7 +140,7 @@ def test_hint_goes_into_the_prompt_through_the_chat_template(tiny_model, photos)
 @pytest.mark.device_sensitive
 def test_refusal_generate_keeps_the_reference_behaviour(tiny_model, photos):
     policy = SafetyPolicy.from_dict(REFUSE_ALL)
-    lm = CallCounter(tiny_model.base.model.language_model)
+    lm = CallCounter(tiny_model.language_model)
     gate = Gate(tiny_model, policy, refusal="generate", inject_safety_tokens=False)
     answer = gate.generate(photos[0], "What is this?", **GREEDY)[0]
     assert lm.batches and answer.token_ids is not None
@@ -183,7 +183,7 @@ def break_head_with_error(model):
 def test_scoring_failure_fail_closed_both_ways(tiny_model, photos, breaker, fail_closed):
     breaker(tiny_model)
     policy = SafetyPolicy.from_dict({"fail_closed": fail_closed})
-    lm = CallCounter(tiny_model.base.model.language_model)
+    lm = CallCounter(tiny_model.language_model)
     answer = Gate(tiny_model).generate(photos[0], "What is this?", policy, max_new_tokens=3)[0]
     decision = answer.decision
     assert decision.scoring_failed and decision.rule == "scoring_failed" and decision.error

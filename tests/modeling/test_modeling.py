@@ -122,7 +122,7 @@ def test_prompt_padding_does_not_change_scores(tiny_model, tol):
 def test_vision_tower_runs_once_per_forward_and_assess(tiny_model):
     calls = []
     # The embeddings run once per vision pass (select_vision_features calls the layers it needs itself).
-    tiny_model.base.model.vision_tower.embeddings.register_forward_hook(lambda *a: calls.append(1))
+    tiny_model.vision_tower.embeddings.register_forward_hook(lambda *a: calls.append(1))
     proc = tiny_model.processor
     enc = proc(
         images=[random_image(9), random_image(10)],
@@ -190,7 +190,7 @@ def test_folded_head_attention_equals_multihead_attention():
 @pytest.mark.device_sensitive
 def test_vision_features_skip_unused_layers_and_match_the_full_tower(tiny_model, tol):
     pixels = tiny_model.pixel_values([random_image(30), random_image(31)])
-    tower = tiny_model.base.model.vision_tower
+    tower = tiny_model.vision_tower
     ran = []
     hooks = [layer.register_forward_hook(lambda *a: ran.append(1)) for layer in tower.encoder.layers]
     features = tiny_model.vision_features(pixels)
@@ -207,7 +207,7 @@ def test_vision_features_skip_unused_layers_and_match_the_full_tower(tiny_model,
 def test_identical_images_in_a_batch_take_one_vision_pass(tiny_model, tol):
     a, b = random_image(40), random_image(41)
     seen = []
-    hook = tiny_model.base.model.vision_tower.embeddings.register_forward_hook(
+    hook = tiny_model.vision_tower.embeddings.register_forward_hook(
         lambda mod, args, out: seen.append(args[0].shape[0])
     )
     # the same object twice and an equal copy: both are recognised by content

@@ -63,7 +63,7 @@ def test_scan_never_loads_the_language_model_and_matches_assess(tiny_dir, safety
     held = {n: p.numel() for module in (scorer.vision_tower, scorer.safety) for n, p in module.named_parameters()}
     assert not any("language_model" in n or "lm_head" in n or "embed_tokens" in n for n in held)
     full = SafeLlava.from_pretrained(tiny_dir, safety_dir)
-    tower = full.base.model.vision_tower
+    tower = full.vision_tower
     # The scan holds the vision tower and the safety modules, nothing of the language model.
     vision_params = sum(p.numel() for p in tower.parameters())
     assert sum(held.values()) == vision_params + sum(p.numel() for p in full.safety.parameters())

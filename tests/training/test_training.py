@@ -200,3 +200,42 @@ def test_train_cli_runs_a_recipe(tiny_dir, corpus, tmp_path, capsys):
     )  # max_steps 2 (from the CLI), logged at the end
     assert main(["train", "stage2", str(recipe)]) == 2  # a stage-1 recipe run as stage 2: one clear error
     assert "stage 1 recipe" in capsys.readouterr().err
+
+
+def test_gradient_accumulation_weighs_every_answer_token_alike(tiny_dir, tmp_path):
+    """4 micro-batches of 1 give the gradient of 1 batch of 4 when the answers have different lengths
+    (the LM loss is token-weighted over the step, as transformers does with ``num_items_in_batch``)."""
+    from accelerate import Accelerator
+
+    from safety_modules.training.data import SafetyCollator, SafetyDataset
+    from safety_modules.training.trainer import accumulate_gradients
+
+    from ..conftest import random_image
+
+    answers = ["No.", "A cat on a sofa, sleeping in the sun next to a green cushion and a book.", "Yes.", "A dog."]
+    records = []
+    for i, answer in enumerate(answers):
+        random_image(i).save(tmp_path / f"{i}.png")
+        records.append(make_record(str(i), f"{i}.png", "What is shown?", answer, 0, "safe"))
+
+    def gradients(batch_size: int) -> dict[str, torch.Tensor]:
+        model = SafeLlava.from_pretrained(tiny_dir, seed=0)
+        model.safety.requires_grad_(True)
+        dataset = SafetyDataset(records, tmp_path, model.processor, model.config.taxonomy, 576)
+        collate = SafetyCollator(model.processor)
+        batches = [collate([dataset[j] for j in range(i, i + batch_size)]) for i in range(0, 4, batch_size)]
+        if batch_size == 1:  # the answers' token counts differ a lot: a plain mean per micro-batch would show
+            counts = [int((b["labels"] != -100).sum()) for b in batches]
+            assert max(counts) > 3 * min(counts), counts
+        accelerator = Accelerator(cpu=True, gradient_accumulation_steps=len(batches))
+        wrapped = accelerator.prepare(model)
+        model.train()
+        losses = accumulate_gradients(accelerator, wrapped, batches)
+        assert len(losses["lm_loss"]) == len(batches)
+        return {n: p.grad.clone() for n, p in model.safety.named_parameters() if p.grad is not None}
+
+    one_batch, micro = gradients(4), gradients(1)
+    assert "llm_tokens" in one_batch  # the LM loss reaches the safety tokens B
+    assert one_batch.keys() == micro.keys()
+    for name in one_batch:
+        torch.testing.assert_close(micro[name], one_batch[name], rtol=1e-4, atol=1e-7, msg=lambda m, name=name: f"{name}: {m}")

@@ -1,7 +1,7 @@
 """The RL policy around a `SafeLlava`: sampling answers and scoring them token by token.
 
 The policy is the LoRA-adapted language model (peft); the reference is the same model with the
-adapter disabled (``with language_model.disable_adapter()``, no second copy); the value is a
+adapter disabled (``with model.lora_disabled()``, no second copy); the value is a
 linear head on the policy's last hidden state (the trunk is the policy's, so it starts from the
 policy). The vision tower, the projectors and the safety modules stay frozen: a prompt's input
 embeddings ([text; tokens B; image tokens; text], from `SafeLlava.build_inputs_embeds`) are built
@@ -98,10 +98,6 @@ class ActorCritic(nn.Module):
             nn.init.zeros_(self.value_head.weight)  # values start at 0; the trunk is the policy's
             nn.init.zeros_(self.value_head.bias)
 
-    @property
-    def language_model(self):
-        return self.model.base.model.language_model
-
     def _inputs(
         self,
         prompt_embeds: torch.Tensor,
@@ -111,18 +107,18 @@ class ActorCritic(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """[prompt; response] input embeddings and attention mask (the token embeddings are outside the adapter)."""
         response_ids = response_ids.to(prompt_embeds.device)
-        tokens = self.model.base.get_input_embeddings()(response_ids).to(prompt_embeds.dtype)
+        tokens = self.model.input_embeddings(response_ids).to(prompt_embeds.dtype)
         return torch.cat([prompt_embeds, tokens], 1), torch.cat([prompt_mask, response_mask.to(prompt_mask)], 1)
 
     def _hidden(self, embeds: torch.Tensor, mask: torch.Tensor, start: int, length: int) -> torch.Tensor:
         """The language model's last hidden state before each response token (B, length, d)."""
         # left padding: positions count real tokens only, as generate does
         positions = (mask.cumsum(1) - 1).clamp(min=0)
-        hidden = self.model.base.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
+        hidden = self.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
         return hidden.last_hidden_state[:, start - 1 : start - 1 + length]
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.model.base.lm_head(hidden).float() / self.temperature
+        return self.model.lm_head(hidden).float() / self.temperature
 
     def _values(self, hidden: torch.Tensor) -> torch.Tensor | None:
         return self.value_head(hidden.float()).squeeze(-1) if self.value_head is not None else None
@@ -156,7 +152,7 @@ class ActorCritic(nn.Module):
         start, length = prompt_embeds.shape[1], response_ids.shape[1]
         hidden = self._hidden(embeds, mask, start, length)
         logp = _token_logprobs(self._logits(hidden), response_ids)
-        with self.language_model.disable_adapter():
+        with self.model.lora_disabled():
             ref = _token_logprobs(self._logits(self._hidden(embeds, mask, start, length)), response_ids)
         return logp, ref, self._values(hidden)
 

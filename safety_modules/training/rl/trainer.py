@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
+from ...modeling.lora import ADAPTER_DIR
 from ...modeling.safe_llava import SafeLlava
 from .. import checkpoint as ckpt
-from ..trainer import ADAPTER_DIR, add_lora
 from .config import RLConfig
 from .data import RLSample, load_samples
 from .policy import ActorCritic
@@ -51,9 +51,9 @@ def build_policy(cfg: RLConfig, device: torch.device) -> ActorCritic:
     """`SafeLlava` (base and safety modules frozen) + a fresh LoRA adapter on its language model + value head."""
     model = SafeLlava.from_pretrained(cfg.base, cfg.safety, dtype=cfg.dtype, device=device, seed=cfg.seed)
     model.requires_grad_(False)
-    add_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
+    model.add_lora(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
     if cfg.gradient_checkpointing:
-        model.base.model.language_model.gradient_checkpointing_enable(
+        model.language_model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False}
         )
     return ActorCritic(model, cfg.temperature, with_value=cfg.algorithm == "ppo").to(device)
@@ -73,7 +73,7 @@ def step_samples(samples: list[RLSample], step: int, per_step: int, seed: int, r
 def _set_mode(ac: ActorCritic, training: bool) -> None:
     # SafeLlava.train keeps the base in eval; LoRA dropout lives in the language model's adapter layers.
     ac.train(training)
-    ac.model.base.model.language_model.train(training)
+    ac.model.language_model.train(training)
 
 
 def train_rl(cfg: RLConfig, stop_after: int | None = None, log: Callable[[str], None] | None = None) -> RLResult:
@@ -193,8 +193,7 @@ def train_rl(cfg: RLConfig, stop_after: int | None = None, log: Callable[[str], 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(wrapped)
-        unwrapped.language_model.save_pretrained(str(out / ADAPTER_DIR))
-        result.adapter_dir = out / ADAPTER_DIR
+        result.adapter_dir = unwrapped.model.save_lora(out / ADAPTER_DIR)
         if unwrapped.value_head is not None:
             from safetensors.torch import save_file
 
