@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -13,6 +15,22 @@ class CheckpointError(ValueError):
 
 class IncompatibleBaseError(ValueError):
     """Safety modules were trained for another base model than the one they are attached to (or say for none)."""
+
+
+@contextmanager
+def from_hub(what: str) -> Iterator[None]:
+    """Hub downloads inside the block fail with one `CheckpointError` that names ``what`` (huggingface_hub's
+    own errors, offline or for a missing repository, name neither the model nor what to do)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        yield
+    except (OSError, HfHubHTTPError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(
+            f"{what} is not a local folder and could not be fetched from the Hugging Face Hub "
+            f"(offline, or no such repository?): {reason}"
+        ) from None
 
 
 def check_safetensors(file: str | Path) -> None:

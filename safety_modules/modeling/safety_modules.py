@@ -13,7 +13,7 @@ from torch import nn
 from ..checkpoints import CARD_NAME, CardData, name_base, upload_folder, write_card
 from ..checkpoints.card import as_card_data
 from .configuration import SafetyConfig
-from .errors import CheckpointError, IncompatibleBaseError, load_safetensors
+from .errors import CheckpointError, IncompatibleBaseError, from_hub, load_safetensors
 from .fingerprint import describe
 from .head import SafetyHead
 from .projector import SafetyProjector
@@ -193,10 +193,11 @@ def checkpoint_files(name_or_path: str | Path) -> tuple[Path, Path]:
     else:
         from huggingface_hub import hf_hub_download
 
-        files = (
-            Path(hf_hub_download(str(name_or_path), CONFIG_NAME)),
-            Path(hf_hub_download(str(name_or_path), WEIGHTS_NAME)),
-        )
+        with from_hub(f"safety modules {name_or_path}"):
+            files = (
+                Path(hf_hub_download(str(name_or_path), CONFIG_NAME)),
+                Path(hf_hub_download(str(name_or_path), WEIGHTS_NAME)),
+            )
     for file in files:
         if not file.is_file():
             raise CheckpointError(f"safety modules folder {name_or_path} has no {file.name}")

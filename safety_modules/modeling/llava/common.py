@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from ..errors import check_safetensors, from_hub
+
 DEVICE_ENV = "SAFEVLM_DEVICE"
 ORIGINAL_ARCHITECTURES = {"LlavaLlamaForCausalLM"}
 
@@ -43,7 +45,8 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 def local_folder(name_or_path: str | Path, allow_patterns: list[str] | None = None) -> Path:
-    """A local folder as is; otherwise a Hugging Face hub id fetched with ``snapshot_download``."""
+    """A local folder as is; otherwise a Hugging Face hub id fetched with ``snapshot_download``
+    (a `CheckpointError` naming the model when it is neither, e.g. a hub id offline and not in the cache)."""
     path = Path(name_or_path)
     if path.is_dir():
         return path
@@ -51,7 +54,14 @@ def local_folder(name_or_path: str | Path, allow_patterns: list[str] | None = No
         raise FileNotFoundError(f"model folder not found: {name_or_path}")
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(str(name_or_path), allow_patterns=allow_patterns))
+    with from_hub(f"model {name_or_path}"):
+        return Path(snapshot_download(str(name_or_path), allow_patterns=allow_patterns))
+
+
+def check_weight_files(folder: Path) -> None:
+    """A `CheckpointError` naming the first unreadable ``*.safetensors`` file of a model folder (headers only)."""
+    for file in sorted(folder.glob("*.safetensors")):
+        check_safetensors(file)
 
 
 def read_config(folder: Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import torch
 
 from .common import (
     check_llava,
+    check_weight_files,
     is_original_format,
     local_folder,
     read_config,
@@ -36,6 +37,7 @@ def load_base(
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     folder = local_folder(name_or_path)
+    check_weight_files(folder)
     config = read_config(folder)
     if is_original_format(config):
         model, processor = load_original(folder, config, dtype)

@@ -1,9 +1,10 @@
 """Original LLaVA checkpoints (``liuhaotian/llava-v1.5-7b`` layout), converted to the HF layout at load time.
 
 An original checkpoint is ``LlavaLlamaForCausalLM`` with ``model.mm_projector.{0,2}`` and a
-vision tower named by ``mm_vision_tower``. Its weights are renamed with the key map of
-transformers' LLaVA conversion script; ``<image>`` and ``<pad>`` are added to the tokenizer
-and the embeddings grow to a multiple of 64, new rows set to the mean.
+vision tower named by ``mm_vision_tower``. transformers reads it shard by shard, renaming the keys
+with `ORIGINAL_KEY_MAP` (the key map of transformers' LLaVA conversion script, and the one map the
+vision-only loader uses too); ``<image>`` and ``<pad>`` are added to the tokenizer and the embeddings
+grow to a multiple of 64 (``resize_token_embeddings``), new rows set to the mean of the old ones.
 
 So that the converted model behaves as the original code does (``llava.model.builder``,
 ``llava.mm_utils``, ``conv_templates['vicuna_v1']``):
@@ -19,67 +20,60 @@ So that the converted model behaves as the original code does (``llava.model.bui
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .common import local_folder
+from .common import check_weight_files, local_folder
 from .conversation import IMAGE_TOKEN, VICUNA_V1
 
 _VOCAB_MULTIPLE = 64
 
+# Original LLaVA key -> transformers 5 ``LlavaForConditionalGeneration`` key, as ``from_pretrained``'s
+# ``key_mapping`` takes it: every matching rule applies, in this order (``lm_head.*`` stays as it is;
+# transformers 5's CLIPVisionModel has no inner ``vision_model`` level).
+ORIGINAL_KEY_MAP = {
+    r"^model\.mm_projector\.0\.": "model.multi_modal_projector.linear_1.",
+    r"^model\.mm_projector\.2\.": "model.multi_modal_projector.linear_2.",
+    r"^model\.vision_tower\.vision_tower\.(vision_model\.)?": "model.vision_tower.",
+    r"^model\.(?!multi_modal_projector\.|vision_tower\.|language_model\.)": "model.language_model.",
+}
+# Buffers that old checkpoints saved and transformers recomputes.
+_IGNORED_KEYS = re.compile(r"rotary_emb\.inv_freq$")
+
 
 def convert_original_key(key: str) -> str:
-    """Map an original LLaVA state-dict key to the transformers 5 ``LlavaForConditionalGeneration`` key."""
-    if key.startswith("model.mm_projector.0."):
-        return "model.multi_modal_projector.linear_1." + key[len("model.mm_projector.0.") :]
-    if key.startswith("model.mm_projector.2."):
-        return "model.multi_modal_projector.linear_2." + key[len("model.mm_projector.2.") :]
-    for prefix in ("model.vision_tower.vision_tower.vision_model.", "model.vision_tower.vision_tower."):
-        # transformers 5's CLIPVisionModel has no inner ``vision_model`` level
-        if key.startswith(prefix):
-            return "model.vision_tower." + key[len(prefix) :]
-    if key.startswith("lm_head."):
-        return key
-    if key.startswith("model."):
-        return "model.language_model." + key[len("model.") :]
-    raise KeyError(f"unexpected key in original LLaVA checkpoint: {key}")
-
-
-def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of the checkpoint (safetensors preferred; ``.bin`` read with ``weights_only=True``)."""
-    from safetensors.torch import load_file
-
-    files = sorted(folder.glob("*.safetensors"))
-    if files:
-        state: dict[str, torch.Tensor] = {}
-        for file in files:
-            state.update(load_file(str(file)))
-        return state
-    bins = sorted(folder.glob("pytorch_model*.bin"))
-    if not bins:
-        raise FileNotFoundError(f"{folder} holds no *.safetensors or pytorch_model*.bin weights")
-    state = {}
-    for file in bins:
-        # weights_only=True: tensors only, no arbitrary pickled code.
-        state.update(torch.load(file, map_location="cpu", weights_only=True))
-    return state
+    """An original LLaVA state-dict key as `ORIGINAL_KEY_MAP` renames it (what ``from_pretrained`` does)."""
+    for pattern, replacement in ORIGINAL_KEY_MAP.items():
+        key = re.sub(pattern, replacement, key, count=1)
+    if not key.startswith(("model.", "lm_head.")):
+        raise KeyError(f"unexpected key in original LLaVA checkpoint: {key}")
+    return key
 
 
 def resolve_vision_tower(folder: Path, name: str) -> Path:
     """The folder of the CLIP tower named by ``mm_vision_tower`` (absolute, relative to the checkpoint, or hub id)."""
-    for candidate in (Path(name), folder / name):
-        if candidate.is_dir():
-            return candidate
-    return local_folder(name)
+    found = next((c for c in (Path(name), folder / name) if c.is_dir()), None) or local_folder(name)
+    check_weight_files(found)
+    return found
 
 
-def _grow_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
-    if weight.shape[0] >= rows:
-        return weight
-    mean = weight.float().mean(0, keepdim=True).to(weight.dtype)
-    return torch.cat([weight, mean.expand(rows - weight.shape[0], -1)], dim=0)
+def grow_vocabulary(model: Any, size: int) -> None:
+    """Grow the input and output embeddings to ``size`` rounded up to a multiple of 64, new rows = the mean row.
+
+    ``resize_token_embeddings`` does the growing. Its ``mean_resizing`` would draw the new rows from a normal
+    around that mean (from the global RNG, after an eigendecomposition of the hidden-size covariance); the
+    mean itself is what the new tokens (``<image>``, replaced by image features, and ``<pad>``, masked) get
+    here: deterministic, and what the oracle tests compare against.
+    """
+    old = model.get_input_embeddings().weight.shape[0]
+    model.resize_token_embeddings(size, pad_to_multiple_of=_VOCAB_MULTIPLE, mean_resizing=False)
+    with torch.no_grad():
+        for layer in (model.get_input_embeddings(), model.get_output_embeddings()):
+            weight = layer.weight
+            weight[old:] = weight[:old].float().mean(0, keepdim=True).to(weight.dtype)
 
 
 def llama_tokenizer(model_file: str | Path):
@@ -141,12 +135,13 @@ def original_llava_config(folder: Path, config: dict[str, Any]):
     vt_folder = resolve_vision_tower(folder, config["mm_vision_tower"])
     vision_config = CLIPVisionConfig.from_pretrained(vt_folder)
     tokenizer = original_tokenizer(folder)
-    vocab = -(-len(tokenizer) // _VOCAB_MULTIPLE) * _VOCAB_MULTIPLE
 
+    # The checkpoint's own vocabulary (and its pad id, if any, inside it): `load_original` grows the vocabulary
+    # for the added tokens after loading and then sets the pad id to ``<pad>``'s.
     text_fields = {
         k: v for k, v in config.items() if not k.startswith("mm_") and k not in ("architectures", "model_type")
     }
-    text_config = LlamaConfig(**{**text_fields, "vocab_size": vocab, "pad_token_id": tokenizer.pad_token_id})
+    text_config = LlamaConfig(**text_fields)
     select = config.get("mm_vision_select_feature", "patch")
     llava_config = LlavaConfig(
         vision_config=vision_config.to_dict(),
@@ -205,24 +200,27 @@ def load_original(folder: Path, config: dict[str, Any], dtype: torch.dtype):
     )
 
     llava_config, tokenizer, vt_folder = original_llava_config(folder, config)
-    vocab = llava_config.text_config.vocab_size
-
-    state = {convert_original_key(k): v for k, v in read_state_dict(folder).items() if "rotary_emb.inv_freq" not in k}
-    if not any(k.startswith("model.vision_tower.") for k in state):
-        tower = CLIPVisionModel.from_pretrained(vt_folder, dtype=dtype)
-        state.update({"model.vision_tower." + k: v for k, v in tower.state_dict().items()})
-    for key in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
-        state[key] = _grow_rows(state[key], vocab)
-    model, info = LlavaForConditionalGeneration.from_pretrained(
-        None, config=llava_config, state_dict=state, dtype=dtype, output_loading_info=True
-    )
-    if info.get("missing_keys") or info.get("mismatched_keys"):
-        # Missing weights would be silently random-initialised: refuse instead.
-        raise ValueError(
-            f"original LLaVA checkpoint {folder} does not convert cleanly: "
-            f"missing {sorted(info.get('missing_keys') or [])[:10]}, "
-            f"mismatched {list(info.get('mismatched_keys') or [])[:10]}"
+    # Weights missing from the checkpoint (the tower, usually) are initialised before they are loaded below:
+    # on a forked CPU generator, so that loading a base never moves the caller's RNG.
+    with torch.random.fork_rng(devices=[]):
+        model, info = LlavaForConditionalGeneration.from_pretrained(
+            folder, config=llava_config, key_mapping=ORIGINAL_KEY_MAP, dtype=dtype, output_loading_info=True
         )
+        missing = set(info.get("missing_keys") or [])
+        tower_missing = {k for k in missing if k.startswith("model.vision_tower.")}
+        if tower_missing and tower_missing == {"model.vision_tower." + k for k in _tower(model).state_dict()}:
+            # the usual case: original checkpoints name their CLIP tower instead of holding it
+            _tower(model).load_state_dict(CLIPVisionModel.from_pretrained(vt_folder, dtype=dtype).state_dict())
+            missing -= tower_missing
+        unexpected = [k for k in info.get("unexpected_keys") or [] if not _IGNORED_KEYS.search(k)]
+        if missing or unexpected or info.get("mismatched_keys"):
+            # Missing weights would be silently random-initialised: refuse instead.
+            raise ValueError(
+                f"original LLaVA checkpoint {folder} does not convert cleanly: missing {sorted(missing)[:10]}, "
+                f"unexpected {sorted(unexpected)[:10]}, mismatched {list(info.get('mismatched_keys') or [])[:10]}"
+            )
+        grow_vocabulary(model, len(tokenizer))
+    model.config.text_config.pad_token_id = tokenizer.pad_token_id
 
     processor = LlavaProcessor(
         image_processor=original_image_processor(vt_folder, config),
@@ -233,3 +231,7 @@ def load_original(folder: Path, config: dict[str, Any], dtype: torch.dtype):
         chat_template=VICUNA_V1.chat_template(),
     )
     return model, processor
+
+
+def _tower(model: Any) -> torch.nn.Module:
+    return model.get_encoder(modality="image")

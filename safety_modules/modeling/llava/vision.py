@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..errors import check_safetensors
 from .common import (
     check_llava,
     is_original_format,
@@ -18,7 +19,7 @@ from .common import (
     resolve_device,
     resolve_dtype,
 )
-from .original import original_image_processor, original_llava_config
+from .original import convert_original_key, original_image_processor, original_llava_config
 
 
 def select_vision_features(
@@ -72,8 +73,6 @@ class VisionParts:
 
 _HF_TOWER_PREFIXES = ("model.vision_tower.", "vision_tower.")
 _HF_PROJECTOR_PREFIXES = ("model.multi_modal_projector.", "multi_modal_projector.")
-_ORIGINAL_TOWER_PREFIX = "model.vision_tower.vision_tower."
-_ORIGINAL_PROJECTOR_KEYS = {"model.mm_projector.0.": "linear_1.", "model.mm_projector.2.": "linear_2."}
 
 
 def _strip_prefix(key: str, prefixes) -> str | None:
@@ -99,6 +98,7 @@ def _read_selected(folder: Path, rename: Callable[[str], str | None]) -> dict[st
         weight_map = json.loads(index.read_text())["weight_map"]
         files = sorted({folder / shard for key, shard in weight_map.items() if rename(key) is not None})
     for file in files:
+        check_safetensors(file)  # only the shards read are checked: the others may be anything
         with safe_open(str(file), framework="pt") as reader:
             for key in reader.keys():  # noqa: SIM118 - safe_open readers are not dicts
                 name = rename(key)
@@ -132,12 +132,11 @@ def _build_tower(vision_config: Any, state: dict[str, torch.Tensor], dtype: torc
 
 
 def _original_rename(key: str) -> str | None:
-    if key.startswith(_ORIGINAL_TOWER_PREFIX):
-        return "tower." + key[len(_ORIGINAL_TOWER_PREFIX) :]
-    for old, new in _ORIGINAL_PROJECTOR_KEYS.items():
-        if key.startswith(old):
-            return "projector." + new + key[len(old) :]
-    return None
+    """An original checkpoint's key through the full loader's key map (`ORIGINAL_KEY_MAP`), then as an HF key."""
+    try:
+        return _hf_rename(convert_original_key(key))
+    except KeyError:
+        return None
 
 
 def _hf_rename(key: str) -> str | None:
