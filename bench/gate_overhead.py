@@ -41,7 +41,7 @@ def build(vision_layers: int, text_layers: int, seed: int, device: torch.device,
     """The 7B-geometry SafeLlava, initialised directly on ``device`` in ``dtype``."""
     from transformers import LlavaForConditionalGeneration
 
-    from safety_modules import SafeLlava, SafetyConfig, SafetyModules
+    from safety_modules import SafeLlava
     from safety_modules.testing.tiny import (
         LLAVA_7B_TEXT,
         LLAVA_7B_VISION,
@@ -58,8 +58,7 @@ def build(vision_layers: int, text_layers: int, seed: int, device: torch.device,
     with torch.device(device):  # no full-size float32 copy on the CPU first
         base = LlavaForConditionalGeneration._from_config(config, dtype=dtype).eval()
     base.generation_config.pad_token_id = tokenizer.pad_token_id
-    safety = SafetyModules(SafetyConfig.from_llava_config(base.config))
-    return SafeLlava(base, safety, processor)
+    return SafeLlava.from_pretrained(base, processor=processor)  # fresh modules, made for this base
 
 
 def main() -> None:

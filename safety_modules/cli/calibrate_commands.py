@@ -10,6 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="fit temperatures on validation data, choose policy thresholds for a target")
     p.add_argument("--base", required=True, help="LLaVA-1.5 folder or hub id (HF or original layout)")
     p.add_argument("--safety", required=True, help="safety-modules folder or hub id (never modified)")
+    p.add_argument("--allow-unverified-base", action="store_true", help="accept safety modules whose config names no base (base_fingerprint null): they cannot be checked")
     p.add_argument(
         "--data",
         type=Path,
@@ -58,7 +59,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     target = Target(recall=parse_target(args.target), max_over_refusal=args.max_over_refusal)
     val_items = [item for path in args.data for item in load_labelled(path)]
     test_items = [item for path in args.test for item in load_labelled(path)] if args.test else None
-    model = SafeLlava.from_pretrained(args.base, args.safety, dtype=args.dtype, device=args.device, lora=args.lora)
+    model = SafeLlava.from_pretrained(
+        args.base,
+        args.safety,
+        dtype=args.dtype,
+        device=args.device,
+        lora=args.lora,
+        allow_unverified_base=args.allow_unverified_base,
+    )
     result = run_calibration(
         model,
         args.safety,

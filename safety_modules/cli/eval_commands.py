@@ -15,6 +15,7 @@ def _model_args(p: argparse.ArgumentParser, generation: bool = True, recipe: boo
     """Model and run flags. With ``recipe``, settings that a recipe holds default to None: recipe, then defaults."""
     p.add_argument("--base", required=True, help="LLaVA-1.5 folder or hub id (HF or original layout)")
     p.add_argument("--safety", help="safety-modules folder or hub id (default: fresh, untrained modules)")
+    p.add_argument("--allow-unverified-base", action="store_true", help="accept safety modules whose config names no base (base_fingerprint null): they cannot be checked")
     p.add_argument("--out", type=Path, required=True, help="output folder (report, CSV, plots, caches)")
     p.add_argument(
         "--policy",
@@ -106,7 +107,15 @@ def _load_model(args: argparse.Namespace):
     if args.safety is None and not getattr(args, "baseline", False):
         logger.warning("no --safety given: fresh, untrained safety modules (their scores are meaningless)")
     lora = None if getattr(args, "baseline", False) else getattr(args, "lora", None)
-    return SafeLlava.from_pretrained(args.base, args.safety, dtype=args.dtype, device=args.device, seed=0, lora=lora)
+    return SafeLlava.from_pretrained(
+        args.base,
+        args.safety,
+        dtype=args.dtype,
+        device=args.device,
+        seed=0,
+        lora=lora,
+        allow_unverified_base=args.allow_unverified_base,
+    )
 
 
 def _model_label(args: argparse.Namespace) -> str:

@@ -13,6 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", required=True, help="LLaVA-1.5 folder or hub id (HF or original layout)")
     p.add_argument("--safety", help="safety-modules folder or hub id (default: fresh, untrained modules)")
     p.add_argument("--lora", help="stage-2 LoRA adapter folder for the language model")
+    p.add_argument("--allow-unverified-base", action="store_true", help="accept safety modules whose config names no base (base_fingerprint null): they cannot be checked")
     p.add_argument("--image", required=True, type=Path)
     p.add_argument("--prompt", required=True)
     p.add_argument("--policy", help="default (the default), argmax, allow-all or a policy YAML laid over the default")
@@ -37,7 +38,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from ..policy import SafetyPolicy
 
     image = decode_image(args.image)
-    model = SafeLlava.from_pretrained(args.base, args.safety, dtype=args.dtype, device=args.device, lora=args.lora)
+    model = SafeLlava.from_pretrained(
+        args.base,
+        args.safety,
+        dtype=args.dtype,
+        device=args.device,
+        lora=args.lora,
+        allow_unverified_base=args.allow_unverified_base,
+    )
     policy = SafetyPolicy.load(args.policy, model.config.taxonomy)
     streamer = None
     if args.stream and not args.json:

@@ -57,15 +57,17 @@ class VisionScorer:
         safety: str | Path,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = "auto",
+        allow_unverified_base: bool = False,
     ) -> VisionScorer:
-        """Load the vision parts of ``base`` and the safety modules, checking they belong together."""
+        """Load the vision parts of ``base`` and the safety modules, checking they belong together
+        (``allow_unverified_base``: as in `SafeLlava.from_pretrained`)."""
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
         parts = load_vision_parts(base, dtype=dtype, device=device)
         modules = SafetyModules.from_pretrained(safety)
         # Same check as SafeLlava: the modules' fingerprint must be this base's.
         fingerprint = base_fingerprint(parts.config, parts.projector)
-        modules.check_base(fingerprint)
+        modules.check_base(fingerprint, allow_unverified=allow_unverified_base)
         modules.to(device=device, dtype=dtype).eval().requires_grad_(False)
         # The LLaVA projector was needed only for the fingerprint; the scan never uses it.
         return cls(parts.vision_tower, modules, parts.config, parts.image_processor, fingerprint)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -185,3 +189,123 @@ def test_loader_errors_are_clear(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ValueError, match="'bert' model, not a LLaVA"):
         load_base(tmp_path)
+
+
+def test_sharded_original_checkpoint_with_old_buffers_loads_the_same(tiny_dir, tmp_path):
+    """Shards with an index (read one by one by transformers) and the ``rotary_emb.inv_freq`` buffers that
+    old checkpoints saved; loading a base leaves the global RNG where it was."""
+    twin, ckpt = write_original_twin(tiny_dir, tmp_path)
+    state = load_file(str(ckpt / "model.safetensors"))
+    (ckpt / "model.safetensors").unlink()
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    shards["model-00002-of-00002.safetensors"].append("model.layers.0.self_attn.rotary_emb.inv_freq")
+    state["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(4)
+    for name, names in shards.items():
+        save_file({k: state[k] for k in names}, str(ckpt / name), metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: name for name, names in shards.items() for k in names}}
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
+    rng = torch.get_rng_state()
+    model, processor = load_base(ckpt)
+    assert torch.equal(torch.get_rng_state(), rng)
+    enc = processor(images=[random_image(25)], text=["USER: <image>\nWhat? ASSISTANT:"], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**enc).logits, twin(**enc).logits, atol=1e-5, rtol=1e-5)
+
+
+def damage(file, how: str) -> None:
+    """Break a safetensors file the ways downloads and disks do."""
+    data = file.read_bytes()
+    file.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "garbage": b"\x93NUMPY garbage" * 99}[how])
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "garbage"])
+def test_unreadable_weights_are_one_line_naming_the_file(tiny_model, tiny_dir, tmp_path, how, capsys):
+    from safety_modules.cli import main
+
+    modules = tiny_model.safety.save_pretrained(tmp_path / "mods")
+    damage(modules / "model.safetensors", how)
+    with pytest.raises(CheckpointError) as info:
+        SafeLlava.from_pretrained(tiny_dir, modules)
+    assert str(modules / "model.safetensors") in str(info.value) and "\n" not in str(info.value)
+
+    base = shutil.copytree(tiny_dir, tmp_path / "base")
+    damage(base / "model.safetensors", how)
+    with pytest.raises(CheckpointError) as info:
+        SafeLlava.from_pretrained(base)
+    assert str(base / "model.safetensors") in str(info.value) and "\n" not in str(info.value)
+
+    random_image(26).save(tmp_path / "image.png")
+    capsys.readouterr()
+    assert main(["assess", str(tmp_path / "image.png"), "--base", str(base)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert str(base / "model.safetensors") in line and "not a readable safetensors file" in line
+
+
+@pytest.mark.parametrize("fingerprint", ["null", "missing"])
+def test_modules_that_name_no_base_need_the_override(tiny_model, tiny_dir, tmp_path, fingerprint, capsys):
+    from safety_modules.cli import main
+    from safety_modules.scan.scorer import VisionScorer
+
+    modules = tiny_model.safety.save_pretrained(tmp_path / "mods")
+    config = json.loads((modules / "config.json").read_text())
+    if fingerprint == "null":
+        config["base_fingerprint"] = None
+    else:
+        del config["base_fingerprint"]
+    (modules / "config.json").write_text(json.dumps(config))
+    for load in (lambda **kw: SafeLlava.from_pretrained(tiny_dir, modules, **kw), lambda **kw: VisionScorer.from_pretrained(tiny_dir, modules, **kw)):
+        with pytest.raises(IncompatibleBaseError, match="--allow-unverified-base"):
+            load()
+    images = [random_image(27), random_image(28)]
+    unverified = SafeLlava.from_pretrained(tiny_dir, modules, allow_unverified_base=True)
+    assert torch.equal(unverified.assess(images).level_logits, tiny_model.assess(images).level_logits)
+    assert unverified.config.base_fingerprint is None  # accepted as it is, not silently stamped
+
+    images[0].save(tmp_path / "image.png")
+    command = ["assess", str(tmp_path / "image.png"), "--base", str(tiny_dir), "--safety", str(modules)]
+    capsys.readouterr()
+    assert main(command) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "--allow-unverified-base" in line
+    assert main([*command, "--allow-unverified-base", "--json"]) == 0
+
+
+def test_hub_ids_that_cannot_be_fetched_offline_are_named(tiny_dir, tmp_path):
+    """No network (HF_HUB_OFFLINE, an empty cache): the error names the base or the modules it could not get."""
+    code = (
+        "import sys\n"
+        "from safety_modules import CheckpointError, SafeLlava\n"
+        "for args in (('nobody/no-such-llava',), (sys.argv[1], 'nobody/no-such-modules')):\n"
+        "    try:\n"
+        "        SafeLlava.from_pretrained(*args)\n"
+        "    except CheckpointError as exc:\n"
+        "        print(exc)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_dir)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    base_line, modules_line = run.stdout.strip().splitlines()
+    assert base_line.startswith("model nobody/no-such-llava is not a local folder and could not be fetched")
+    assert modules_line.startswith("safety modules nobody/no-such-modules is not a local folder")
+
+
+def test_attaching_modules_touches_neither_their_config_nor_the_global_rng(tiny_dir):
+    from safety_modules import SafetyConfig
+
+    base, processor = load_base(tiny_dir)
+    config = SafetyConfig.from_llava_config(base.config)
+    before = config.to_dict()
+    SafeLlava(base, SafetyModules(config), processor, allow_unverified_base=True)
+    assert config.to_dict() == before and config.base_fingerprint is None
+
+    rng = torch.get_rng_state()
+    first = SafeLlava.from_pretrained(tiny_dir, seed=3)
+    assert torch.equal(torch.get_rng_state(), rng)
+    second = SafeLlava.from_pretrained(tiny_dir, seed=3)
+    other = SafeLlava.from_pretrained(tiny_dir, seed=4)
+    assert torch.equal(first.safety.llm_tokens, second.safety.llm_tokens)
+    assert not torch.equal(first.safety.llm_tokens, other.safety.llm_tokens)
+    assert first.config.base_fingerprint == first.base_fingerprint()  # fresh modules are made for their base
