@@ -17,7 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--base", required=True, help="LLaVA-1.5 folder or hub id (HF or original layout)")
     p.add_argument("--safety", help="safety-modules folder or hub id (default: fresh, untrained modules)")
-    p.add_argument("--allow-unverified-base", action="store_true", help="accept safety modules whose config names no base (base_fingerprint null): they cannot be checked")
+    p.add_argument(
+        "--allow-unverified-base",
+        action="store_true",
+        help="accept safety modules whose config names no base (base_fingerprint null): they cannot be checked",
+    )
     p.add_argument("--prompt", help="the user prompt the head should also see")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="auto")

@@ -15,7 +15,11 @@ def _model_args(p: argparse.ArgumentParser, generation: bool = True, recipe: boo
     """Model and run flags. With ``recipe``, settings that a recipe holds default to None: recipe, then defaults."""
     p.add_argument("--base", required=True, help="LLaVA-1.5 folder or hub id (HF or original layout)")
     p.add_argument("--safety", help="safety-modules folder or hub id (default: fresh, untrained modules)")
-    p.add_argument("--allow-unverified-base", action="store_true", help="accept safety modules whose config names no base (base_fingerprint null): they cannot be checked")
+    p.add_argument(
+        "--allow-unverified-base",
+        action="store_true",
+        help="accept safety modules whose config names no base (base_fingerprint null): they cannot be checked",
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder (report, CSV, plots, caches)")
     p.add_argument(
         "--policy",

@@ -13,7 +13,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", required=True, help="LLaVA-1.5 folder or hub id (HF or original layout)")
     p.add_argument("--safety", help="safety-modules folder or hub id (default: fresh, untrained modules)")
     p.add_argument("--lora", help="stage-2 LoRA adapter folder for the language model")
-    p.add_argument("--allow-unverified-base", action="store_true", help="accept safety modules whose config names no base (base_fingerprint null): they cannot be checked")
+    p.add_argument(
+        "--allow-unverified-base",
+        action="store_true",
+        help="accept safety modules whose config names no base (base_fingerprint null): they cannot be checked",
+    )
     p.add_argument("--image", required=True, type=Path)
     p.add_argument("--prompt", required=True)
     p.add_argument("--policy", help="default (the default), argmax, allow-all or a policy YAML laid over the default")

@@ -50,7 +50,7 @@ def check_safetensors(file: str | Path) -> None:
 
 
 def load_safetensors(file: str | Path) -> dict[str, torch.Tensor]:
-    """Every tensor of ``file`` on the CPU, each in storage of its own (see below); a `CheckpointError` names a bad file.
+    """Every tensor of ``file`` on the CPU, each in its own storage (see below); a `CheckpointError` names a bad file.
 
     ``safetensors.torch.load_file`` returns views into one buffer that starts after the header, so most
     tensors are not 64-byte aligned; with one thread, CPU kernels then take other code paths than for the

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
 from torch import nn
 
@@ -73,7 +74,7 @@ def load_lora(language_model: nn.Module, folder: str | Path) -> None:
         raise CheckpointError(f"{folder / CONFIG_FILE} is not a LoRA adapter config: {exc}") from None
     state = {k.removeprefix(_SAVED_PREFIX): v for k, v in load_safetensors(folder / WEIGHTS_FILE).items()}
     _inject(language_model, config)
-    result = set_peft_model_state_dict(language_model, state, ADAPTER_NAME)
+    result: Any = set_peft_model_state_dict(language_model, state, ADAPTER_NAME)
     missing = [k for k in result.missing_keys if "lora_" in k]
     if result.unexpected_keys or missing:
         raise CheckpointError(
@@ -93,7 +94,7 @@ def save_lora(language_model: nn.Module, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = get_peft_model_state_dict(language_model, adapter_name=ADAPTER_NAME)
-    language_model.peft_config[ADAPTER_NAME].save_pretrained(str(folder))
+    cast(Any, language_model).peft_config[ADAPTER_NAME].save_pretrained(str(folder))
     tensors = {_SAVED_PREFIX + k: v.detach().contiguous().cpu() for k, v in state.items()}
     save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     return folder

@@ -51,6 +51,9 @@ class SafeLlava(nn.Module):
     `input_embeddings`, and the LoRA methods (`add_lora`, `load_lora`, `save_lora`, `lora_disabled`).
     """
 
+    # transformers' LlavaForConditionalGeneration; Any because its config and submodules are dynamic attributes.
+    base: Any
+
     def __init__(
         self, base: nn.Module, safety: SafetyModules, processor: Any = None, *, allow_unverified_base: bool = False
     ) -> None:
@@ -87,19 +90,22 @@ class SafeLlava(nn.Module):
         base (``allow_unverified_base=True`` accepts modules whose config names no base). ``lora``: a
         stage-2 adapter folder to attach to the language model (see `load_lora`).
         """
+        llava: Any = base
         if isinstance(base, (str, Path)):
-            base, loaded_processor = load_base(base, dtype=dtype, device=device)
+            llava, loaded_processor = load_base(base, dtype=dtype, device=device)
             processor = processor or loaded_processor
         if safety is None:
-            fingerprint = base_fingerprint(base.config, _llava_projector(base))
-            config = SafetyConfig.from_llava_config(base.config, **{"base_fingerprint": fingerprint, **config_overrides})
+            fingerprint = base_fingerprint(llava.config, _llava_projector(llava))
+            config = SafetyConfig.from_llava_config(
+                llava.config, **{"base_fingerprint": fingerprint, **config_overrides}
+            )
             with torch.random.fork_rng(devices=[], enabled=seed is not None):
                 if seed is not None:
                     torch.manual_seed(seed)
                 safety = SafetyModules(config)  # built on the CPU: forking the CPU generator is enough
         elif not isinstance(safety, SafetyModules):
             safety = SafetyModules.from_pretrained(safety)
-        model = cls(base, safety, processor, allow_unverified_base=allow_unverified_base)
+        model = cls(llava, safety, processor, allow_unverified_base=allow_unverified_base)
         if lora is not None:
             model.load_lora(lora)
         return model
@@ -221,11 +227,11 @@ class SafeLlava(nn.Module):
         if isinstance(images, torch.Tensor):
             everyone = list(range(len(images)))
             firsts, inverse = (everyone, everyone) if groups is None else _grouping(groups, len(images))
-            distinct = images[firsts]
+            distinct: Any = images[firsts]
         else:
-            images = load_images(images)
-            firsts, inverse = group_identical(images) if groups is None else _grouping(groups, len(images))
-            distinct = [images[i] for i in firsts]
+            decoded = load_images(images)
+            firsts, inverse = group_identical(decoded) if groups is None else _grouping(groups, len(decoded))
+            distinct = [decoded[i] for i in firsts]
         features = self.vision_features(self.pixel_values(distinct))  # preprocessing only for distinct images
         return features if len(firsts) == len(images) else features[inverse]
 
@@ -383,7 +389,7 @@ class SafeLlava(nn.Module):
             ) + F.cross_entropy(scores.type_logits.float(), safety_types.to(self.device))
             losses.append(self.config.safety_loss_weight * out.safety_loss)
         if losses:
-            out.loss = sum(losses)
+            out.loss = sum(losses[1:], losses[0])
         return out
 
     @torch.no_grad()
@@ -433,7 +439,7 @@ def head_prompt_inputs(tokenizer: Any, prompts: Sequence[str]) -> tuple[torch.Te
     return ids, mask
 
 
-def _llava_projector(base: nn.Module) -> nn.Module:
+def _llava_projector(base: Any) -> nn.Module:
     # transformers has no accessor for LLaVA's projector: this is the one place that names its attribute.
     return base.model.multi_modal_projector
 
@@ -458,8 +464,9 @@ def lm_loss(
         return logits.float().sum() * 0.0  # no answer token (cut by max_length): no loss, but a graph
     if num_items_in_batch is not None and float(num_items_in_batch) <= 0:
         return logits.float().sum() * 0.0  # a step without any answer token
+    items = None if num_items_in_batch is None else torch.as_tensor(num_items_in_batch)
     return ForCausalLMLoss(
-        logits, labels, vocab_size=logits.shape[-1], num_items_in_batch=num_items_in_batch, ignore_index=IGNORE_INDEX
+        logits, labels, vocab_size=logits.shape[-1], num_items_in_batch=items, ignore_index=IGNORE_INDEX
     )
 
 

@@ -69,9 +69,7 @@ def build_model(cfg: TrainConfig, device: torch.device) -> SafeLlava:
     if cfg.stage == 2:
         model.add_lora(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
     if cfg.gradient_checkpointing:
-        model.language_model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
+        model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 

@@ -47,9 +47,7 @@ class Calls:
 def tower_rows(tiny_model):
     """Rows that reach the real vision tower, one entry per call."""
     rows: list[int] = []
-    hook = tiny_model.vision_tower.embeddings.register_forward_hook(
-        lambda m, args, out: rows.append(len(args[0]))
-    )
+    hook = tiny_model.vision_tower.embeddings.register_forward_hook(lambda m, args, out: rows.append(len(args[0])))
     yield rows
     hook.remove()
 

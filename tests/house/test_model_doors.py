@@ -59,5 +59,9 @@ def test_the_checker_finds_reaches_however_they_are_written(tmp_path):
         "    d = model.language_model, model.base.config, model.base.generate, model.lm_head\n"
     )
     found = reaches(tmp_path / "user.py")
-    assert [line.split(": ", 1)[1] for line in found] == ["model.base.model", "ac.model.base.lm_head", "model.base.model"]
+    assert [line.split(": ", 1)[1] for line in found] == [
+        "model.base.model",
+        "ac.model.base.lm_head",
+        "model.base.model",
+    ]
     assert [int(line.split(":")[1]) for line in found] == [2, 3, 4]

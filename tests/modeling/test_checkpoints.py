@@ -254,7 +254,10 @@ def test_modules_that_name_no_base_need_the_override(tiny_model, tiny_dir, tmp_p
     else:
         del config["base_fingerprint"]
     (modules / "config.json").write_text(json.dumps(config))
-    for load in (lambda **kw: SafeLlava.from_pretrained(tiny_dir, modules, **kw), lambda **kw: VisionScorer.from_pretrained(tiny_dir, modules, **kw)):
+    for load in (
+        lambda **kw: SafeLlava.from_pretrained(tiny_dir, modules, **kw),
+        lambda **kw: VisionScorer.from_pretrained(tiny_dir, modules, **kw),
+    ):
         with pytest.raises(IncompatibleBaseError, match="--allow-unverified-base"):
             load()
     images = [random_image(27), random_image(28)]

@@ -46,8 +46,9 @@ def test_adapters_written_by_peft_model_load_and_save_alike(tiny_dir, tmp_path):
     assert not any(p.requires_grad for n, p in model.named_parameters() if not n.startswith("safety."))
 
     saved = model.save_lora(tmp_path / "ours")
-    theirs, ours = load_file(str(tmp_path / "peft" / "adapter_model.safetensors")), load_file(
-        str(saved / "adapter_model.safetensors")
+    theirs, ours = (
+        load_file(str(tmp_path / "peft" / "adapter_model.safetensors")),
+        load_file(str(saved / "adapter_model.safetensors")),
     )
     assert sorted(theirs) == sorted(ours) and all(torch.equal(theirs[k], ours[k]) for k in theirs)
 

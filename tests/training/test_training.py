@@ -238,4 +238,6 @@ def test_gradient_accumulation_weighs_every_answer_token_alike(tiny_dir, tmp_pat
     assert "llm_tokens" in one_batch  # the LM loss reaches the safety tokens B
     assert one_batch.keys() == micro.keys()
     for name in one_batch:
-        torch.testing.assert_close(micro[name], one_batch[name], rtol=1e-4, atol=1e-7, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            micro[name], one_batch[name], rtol=1e-4, atol=1e-7, msg=lambda m, name=name: f"{name}: {m}"
+        )

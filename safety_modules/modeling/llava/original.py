@@ -133,7 +133,7 @@ def original_llava_config(folder: Path, config: dict[str, Any]):
             f"only LLaVA-1.5 checkpoints (mm_projector_type 'mlp2x_gelu') are supported, got {projector_type!r}"
         )
     vt_folder = resolve_vision_tower(folder, config["mm_vision_tower"])
-    vision_config = CLIPVisionConfig.from_pretrained(vt_folder)
+    vision_config: Any = CLIPVisionConfig.from_pretrained(vt_folder)
     tokenizer = original_tokenizer(folder)
 
     # The checkpoint's own vocabulary (and its pad id, if any, inside it): `load_original` grows the vocabulary
@@ -143,7 +143,7 @@ def original_llava_config(folder: Path, config: dict[str, Any]):
     }
     text_config = LlamaConfig(**text_fields)
     select = config.get("mm_vision_select_feature", "patch")
-    llava_config = LlavaConfig(
+    settings: dict[str, Any] = dict(
         vision_config=vision_config.to_dict(),
         text_config=text_config.to_dict(),
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
@@ -153,6 +153,7 @@ def original_llava_config(folder: Path, config: dict[str, Any]):
         projector_hidden_act="gelu",
         image_seq_length=(vision_config.image_size // vision_config.patch_size) ** 2,
     )
+    llava_config = LlavaConfig(**settings)
     return llava_config, tokenizer, vt_folder
 
 
@@ -203,9 +204,10 @@ def load_original(folder: Path, config: dict[str, Any], dtype: torch.dtype):
     # Weights missing from the checkpoint (the tower, usually) are initialised before they are loaded below:
     # on a forked CPU generator, so that loading a base never moves the caller's RNG.
     with torch.random.fork_rng(devices=[]):
-        model, info = LlavaForConditionalGeneration.from_pretrained(
+        loaded: Any = LlavaForConditionalGeneration.from_pretrained(
             folder, config=llava_config, key_mapping=ORIGINAL_KEY_MAP, dtype=dtype, output_loading_info=True
         )
+        model, info = loaded
         missing = set(info.get("missing_keys") or [])
         tower_missing = {k for k in missing if k.startswith("model.vision_tower.")}
         if tower_missing and tower_missing == {"model.vision_tower." + k for k in _tower(model).state_dict()}:

@@ -34,12 +34,13 @@ def select_vision_features(
     tower computes for ``hidden_states[layer]``. Nothing on the tower is changed, so any
     number of threads may call this on one tower. Other towers run whole with hidden states.
     """
-    layers = vision_encoder(vision_tower).layers
+    layers: Any = vision_encoder(vision_tower).layers
     keep = layer if layer >= 0 else len(layers) + 1 + layer
     if not 0 <= keep <= len(layers):
         raise ValueError(f"vision feature layer {layer} does not exist in a tower of {len(layers)} layers")
     if _is_clip_tower(vision_tower):
-        hidden = vision_tower.pre_layrnorm(vision_tower.embeddings(pixel_values))
+        clip: Any = vision_tower
+        hidden = clip.pre_layrnorm(clip.embeddings(pixel_values))
         for encoder_layer in layers[:keep]:
             hidden = encoder_layer(hidden, None)  # CLIP's vision encoder runs without an attention mask
         features = hidden
@@ -122,7 +123,7 @@ def _read_selected(folder: Path, rename: Callable[[str], str | None]) -> dict[st
 def _build_tower(vision_config: Any, state: dict[str, torch.Tensor], dtype: torch.dtype, where: Path):
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-    tower_class = MODEL_MAPPING[type(vision_config)]
+    tower_class: Any = MODEL_MAPPING[type(vision_config)]
     tower, info = tower_class.from_pretrained(
         None, config=vision_config, state_dict=state, dtype=dtype, output_loading_info=True
     )

@@ -53,9 +53,7 @@ def build_policy(cfg: RLConfig, device: torch.device) -> ActorCritic:
     model.requires_grad_(False)
     model.add_lora(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
     if cfg.gradient_checkpointing:
-        model.language_model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
+        model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return ActorCritic(model, cfg.temperature, with_value=cfg.algorithm == "ppo").to(device)
 
 
