@@ -109,6 +109,11 @@ class SafetyModules(nn.Module):
 
         ``card_data`` (a `CardData` or a dict of its fields: name, training_data, metrics, license, ...)
         fills the parts of the card the modules cannot know; ``write_card_file=False`` skips the card.
+
+        Our own writer rather than ``PyTorchModelHubMixin.save_pretrained``: the mixin writes ``config.json``
+        from the ``__init__`` arguments and a card from its own template, while ours carries the format
+        version and the base fingerprint, and the card is `checkpoints.card`'s (uploads are huggingface_hub's,
+        see `push_to_hub`).
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
