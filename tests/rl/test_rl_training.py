@@ -99,16 +99,18 @@ def test_grpo_raises_heldout_alignment_and_leaves_the_base_alone(task, tmp_path)
 
 def test_ppo_raises_heldout_alignment(task, tmp_path):
     """PPO as published (value head, GAE with gamma = lambda = 1, k1 KL 0.1 in the reward, entropy 0.02),
-    16 steps of 8 answers, lr 1e-3, rules reward, 4 new tokens at most, on CPU.
+    24 steps of 8 answers, lr 1e-3, rules reward, 4 new tokens at most, on CPU.
 
     Printed with ``-s``: held-out (24 images), greedy, strict accuracy 0.333 -> 0.875, balanced 0.500 -> 0.844,
-    mean P(right answer) 0.484 -> 0.660.
+    mean P(right answer) 0.484 -> 0.687. 16 steps were enough for one LoRA initialisation only (the one the
+    global RNG happened to give before seeds stopped reseeding it); after 16 steps the runs with seeds 0 and 2
+    still answered 5 and 4 images with neither yes nor no, after 24 none did.
     """
     heldout = load_samples([DataFile(str(task["heldout"]))])
     base_model = SafeLlava.from_pretrained(task["base"], seed=0)
     start, _ = evaluate_alignment(base_model, heldout, False, 4)
     start_p = mean_p_correct(base_model, heldout)
-    result = train_rl(rl_config(task, tmp_path / "ppo", algorithm="ppo", max_steps=16, learning_rate=1e-3))
+    result = train_rl(rl_config(task, tmp_path / "ppo", algorithm="ppo", max_steps=24, learning_rate=1e-3))
     trained = SafeLlava.from_pretrained(task["base"], seed=0, lora=result.adapter_dir)
     end, _ = evaluate_alignment(trained, heldout, False, 4)
     end_p = mean_p_correct(trained, heldout)
