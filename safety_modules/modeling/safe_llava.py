@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..images import group_identical, group_labels, load_images
-from . import lora
+from . import lora as adapters
 from .configuration import SafetyConfig
 from .fingerprint import base_fingerprint
 from .llava import load_base, select_vision_features
@@ -145,24 +145,24 @@ class SafeLlava(nn.Module):
 
     def add_lora(self, r: int, alpha: int, dropout: float) -> None:
         """A fresh trainable LoRA adapter on every linear layer of the language model (stage 2, RL)."""
-        lora.add_lora(self.language_model, r, alpha, dropout)
+        adapters.add_lora(self.language_model, r, alpha, dropout)
 
     def load_lora(self, adapter_dir: str | Path) -> None:
         """Attach a saved LoRA adapter (stage 2 or RL) to the language model, frozen, for inference."""
-        lora.load_lora(self.language_model, adapter_dir)
+        adapters.load_lora(self.language_model, adapter_dir)
 
     def save_lora(self, adapter_dir: str | Path) -> Path:
         """Write the language model's adapter into ``adapter_dir`` (`load_lora` and peft read it)."""
-        return lora.save_lora(self.language_model, adapter_dir)
+        return adapters.save_lora(self.language_model, adapter_dir)
 
     @property
     def has_lora(self) -> bool:
-        return lora.has_lora(self.language_model)
+        return adapters.has_lora(self.language_model)
 
     @contextmanager
     def lora_disabled(self) -> Iterator[None]:
         """The base without the adapter inside the block (RL's reference policy)."""
-        with lora.lora_disabled(self.language_model):
+        with adapters.lora_disabled(self.language_model):
             yield
 
     # ------------------------------------------------------------------ properties
