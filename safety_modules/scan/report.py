@@ -26,7 +26,7 @@ THUMBNAIL_SIZE = 160
 BLUR_RADIUS = 12
 
 
-def risk_score(table, taxonomy_types: list[str], safe_type: str) -> np.ndarray:
+def top_risk_type_prob(table, taxonomy_types: list[str], safe_type: str) -> np.ndarray:
     """Per row, the highest probability among the risk types (NaN for error rows)."""
     columns = [
         np.asarray(table.column(f"p_{t}").to_numpy(zero_copy_only=False), dtype=np.float64)
@@ -61,7 +61,7 @@ def write_report(
     if export_flagged:
         _write_ids(export_flagged, ids[flagged_mask].tolist())
 
-    risk = risk_score(table, types, safe_type)
+    risk = top_risk_type_prob(table, types, safe_type)
     candidates = np.flatnonzero(flagged_mask)
     order = candidates[np.argsort(-risk[candidates], kind="stable")][:top_k]
     thumbs = _thumbnails(settings["input"], set(ids[order].tolist()), blur)
