@@ -27,6 +27,7 @@ DEFAULT_MAX_PIXELS = 50_000_000
 # the central part of a very long image is ever seen. Cropping such images to this aspect
 # ratio first gives the same view without resizing, say, a 1 x 20000 strip to 336 x 6.7M px.
 MAX_ASPECT_RATIO = 8.0
+BLANK_IMAGE_SIZE = (1000, 1000)
 
 
 class ImageDecodeError(ValueError):
@@ -82,6 +83,12 @@ def decode_image(
         kind = "truncated" if "truncated" in message.lower() or isinstance(exc, EOFError) else "unreadable"
         raise ImageDecodeError(kind, message) from None
     return to_rgb(img)
+
+
+def blank_image() -> Image.Image:
+    """The 1000x1000 all-white RGB image that stands in for "no image": UnsafeConcepts pairs it with its
+    text-only prompts, and the server scores and answers text-only requests with it."""
+    return Image.new("RGB", BLANK_IMAGE_SIZE, (255, 255, 255))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -153,6 +153,21 @@ def test_the_library_does_not_import_its_test_fixtures():
     assert not offenders, f"library modules import the test fixtures: {offenders}"
 
 
+def test_the_server_and_the_scan_share_what_they_both_use_from_below():
+    """The server scores with the gate's `VisionScorer` and the images' blank image: it never imports the scan
+    or a benchmark loader, and the gate, below both, imports neither."""
+    graph = import_graph(PACKAGE)
+    for name, targets in graph.items():
+        if name.startswith("safety_modules.serve"):
+            sideways = sorted(t for t in targets if t.startswith(("safety_modules.scan", "safety_modules.data")))
+            assert not sideways, f"{name} imports {sideways}"
+        if name.startswith("safety_modules.gate"):
+            above = sorted(
+                t for t in _reachable(graph, name) if t.startswith(("safety_modules.scan", "safety_modules.serve"))
+            )
+            assert not above, f"{name} reaches {above}"
+
+
 def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
     seen, todo = set(), [start]
     while todo:
