@@ -1,5 +1,6 @@
 """Decoding images from untrusted sources: one function, clear error kinds, unusual formats normalised;
-and grouping identical images of a batch by their content (so each distinct image is processed once).
+grouping identical images of a batch by their content (so each distinct image is processed once); and the
+blank image that stands in for "no image".
 
 Valid but unusual inputs are decoded, not rejected: CMYK, 16-bit, palette with
 transparency, RGBA/LA (composited on white), animated files (first frame), and
