@@ -204,7 +204,9 @@ class ChatJudge:
         try:
             import openai
         except ImportError:
-            raise JudgeError("the api judge needs the openai client: pip install 'safety-modules[eval]'") from None
+            raise JudgeError(
+                "the api judge needs the openai client: install the eval extra, pip install 'safety_modules[eval]'"
+            ) from None
 
         # max_retries=0: the retries, their backoff and the deadline are ours (above), so they are bounded.
         # A local server may need no key; the client insists on one, and such a server ignores it.
