@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 # 50 M pixels: well above any training image, far below what exhausts memory.
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -46,10 +46,6 @@ def decode_image(
 
     ``before_load`` sees the opened image after the size check and before its pixels are decoded (the
     scan uses it to ask the JPEG decoder for a reduced scale with ``Image.draft``).
-
-    A cut-off file raises ``truncated`` as long as PIL's process-wide ``ImageFile.LOAD_TRUNCATED_IMAGES``
-    keeps its default (False). PIL has no per-call form of that switch, so this function never writes it:
-    an application that sets it has chosen lenient decoding for the whole process, and gets it here too.
     """
     if isinstance(source, (str, Path)):
         try:
@@ -70,6 +66,7 @@ def decode_image(
             img.seek(0)
             if before_load is not None:
                 before_load(img)
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
             img.load()
     except ImageDecodeError:
         raise

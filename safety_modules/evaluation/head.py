@@ -251,10 +251,12 @@ def write_head_report(metrics: dict, items, level_probs, type_probs, actions, cf
 
 
 def _plots(metrics: dict, cfg, out: Path) -> None:
-    from matplotlib.figure import Figure  # not pyplot: no global backend to set, no figure registry to close
+    import matplotlib
 
-    fig = Figure(figsize=(4.5, 4.5))
-    ax = fig.subplots()
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
     if metrics["auroc"] is not None:
         ax.plot(metrics["roc"]["fpr"], metrics["roc"]["tpr"], label=f"AUROC {metrics['auroc']:.3f}")
     else:
@@ -266,13 +268,13 @@ def _plots(metrics: dict, cfg, out: Path) -> None:
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(out / "roc.png", dpi=100)
+    plt.close(fig)
     for name, matrix, labels in (
         ("level_confusion", metrics["level_confusion"], cfg.level_names),
         ("type_confusion", metrics["type_confusion"], cfg.type_names),
     ):
         matrix = np.array(matrix)
-        fig = Figure(figsize=(1.2 + 0.8 * len(labels), 1 + 0.7 * len(labels)))
-        ax = fig.subplots()
+        fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(labels), 1 + 0.7 * len(labels)))
         ax.imshow(matrix, cmap="Blues")
         ax.set_xticks(range(len(labels)), labels, rotation=40, ha="right")
         ax.set_yticks(range(len(labels)), labels)
@@ -282,3 +284,4 @@ def _plots(metrics: dict, cfg, out: Path) -> None:
         ax.set_ylabel("gold")
         fig.tight_layout()
         fig.savefig(out / f"{name}.png", dpi=100)
+        plt.close(fig)

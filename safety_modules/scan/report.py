@@ -82,13 +82,15 @@ def _write_ids(path: str | Path, ids: list[str]) -> None:
 
 def _histograms(table, types: list[str], levels: list[str], safe_type: str) -> str:
     """One PNG (base64): a histogram of each risk type's probability and of the top level's index."""
-    from matplotlib.figure import Figure  # not pyplot: no global backend to set, no figure registry to close
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     panels = [t for t in types if t != safe_type]
     cols = 4
     rows = -(-(len(panels) + 1) // cols)
-    fig = Figure(figsize=(3.2 * cols, 2.4 * rows))
-    axes = fig.subplots(rows, cols, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
     for ax, name in zip(axes.flat, panels):
         values = np.asarray(table.column(f"p_{name}").to_numpy(zero_copy_only=False), dtype=np.float64)
         ax.hist(values[~np.isnan(values)], bins=30, range=(0.0, 1.0), color="#b5473a")
@@ -103,6 +105,7 @@ def _histograms(table, types: list[str], levels: list[str], safe_type: str) -> s
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode()
 
 
