@@ -245,7 +245,7 @@ def test_unreadable_weights_are_one_line_naming_the_file(tiny_model, tiny_dir, t
 @pytest.mark.parametrize("fingerprint", ["null", "missing"])
 def test_modules_that_name_no_base_need_the_override(tiny_model, tiny_dir, tmp_path, fingerprint, capsys):
     from safety_modules.cli import main
-    from safety_modules.scan.scorer import VisionScorer
+    from safety_modules.gate.vision_scorer import VisionScorer
 
     modules = tiny_model.safety.save_pretrained(tmp_path / "mods")
     config = json.loads((modules / "config.json").read_text())
