@@ -18,7 +18,7 @@ from torch import nn
 
 from .backbone import load_base, select_vision_features
 from .config import SafetyConfig
-from .conversation import chat_text, clean_text
+from .conversation import Prompt, chat_text, clean_text
 from .images import group_identical, group_labels, load_images
 from .modeling import SafetyModules, SafetyScores, base_fingerprint
 
@@ -256,7 +256,7 @@ class SafeLlava(nn.Module):
     def prompt_embeds(
         self,
         features: torch.Tensor,
-        prompts: Sequence[str],
+        prompts: Sequence[Prompt],
         hints: Sequence[str | None] | None = None,
         inject_safety_tokens: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
