@@ -136,7 +136,7 @@ class Gate:
         images, prompts, policies = self._requests(images, prompts, policies)
         if streamer is not None and len(prompts) != 1:
             raise ValueError("a streamer can only follow a single request (batch of 1)")
-        self._prompt_tokens(prompts, [None] * len(prompts))  # refuse too long prompts before any model work
+        self.prompt_tokens(prompts)  # refuse too long prompts before any model work
 
         features = model.encode_images(images, groups)  # the only vision pass
         vision_done = time.perf_counter()
@@ -165,7 +165,7 @@ class Gate:
             )
             outputs = dict(zip(rows, generated))
         finished = time.perf_counter()
-        lengths = self._prompt_tokens(prompts, [hints.get(i) for i in range(len(prompts))])
+        lengths = self.prompt_tokens(prompts, [hints.get(i) for i in range(len(prompts))])
 
         tokenizer = model.processor.tokenizer
         answers = []
@@ -185,10 +185,11 @@ class Gate:
 
     # ------------------------------------------------------------------ helpers
 
-    def _prompt_tokens(self, prompts: list[Prompt], hints: list[str | None]) -> list[int]:
-        """The language model's input length per row (chat text, image and safety tokens); raises
-        `limits.PromptTooLong` over ``max_prompt_tokens``."""
+    def prompt_tokens(self, prompts: Sequence[Prompt], hints: Sequence[str | None] | None = None) -> list[int]:
+        """The language model's input length per row (chat text with the hint, image and safety tokens);
+        raises `limits.PromptTooLong` over ``max_prompt_tokens``."""
         model = self.model
+        hints = hints if hints is not None else [None] * len(prompts)
         image_tokens = int(getattr(model.base.config, "image_seq_length", 576))
         safety_tokens = model.safety.llm_tokens.shape[1] if self.inject_safety_tokens else 0
         texts = [chat_text(model.processor, p, h) for p, h in zip(prompts, hints)]
