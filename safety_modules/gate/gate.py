@@ -165,7 +165,8 @@ class Gate:
             )
             outputs = dict(zip(rows, generated))
         finished = time.perf_counter()
-        lengths = self.prompt_tokens(prompts, [hints.get(i) for i in range(len(prompts))])
+        # Counted, not checked: the limit is on what the caller sent; the gate's hint may add a few tokens.
+        lengths = self.prompt_tokens(prompts, [hints.get(i) for i in range(len(prompts))], check=False)
 
         tokenizer = model.processor.tokenizer
         answers = []
@@ -185,9 +186,11 @@ class Gate:
 
     # ------------------------------------------------------------------ helpers
 
-    def prompt_tokens(self, prompts: Sequence[Prompt], hints: Sequence[str | None] | None = None) -> list[int]:
+    def prompt_tokens(
+        self, prompts: Sequence[Prompt], hints: Sequence[str | None] | None = None, check: bool = True
+    ) -> list[int]:
         """The language model's input length per row (chat text with the hint, image and safety tokens);
-        raises `limits.PromptTooLong` over ``max_prompt_tokens``."""
+        with ``check``, raises `limits.PromptTooLong` over ``max_prompt_tokens``."""
         model = self.model
         hints = hints if hints is not None else [None] * len(prompts)
         image_tokens = int(getattr(model.base.config, "image_seq_length", 576))
@@ -195,7 +198,8 @@ class Gate:
         texts = [chat_text(model.processor, p, h) for p, h in zip(prompts, hints)]
         # The text holds one <image> placeholder; the model sees it as the image block.
         extra = image_tokens - 1 + safety_tokens
-        return check_prompt_tokens(model.processor.tokenizer, texts, self.max_prompt_tokens, extra)
+        limit = self.max_prompt_tokens if check else None
+        return check_prompt_tokens(model.processor.tokenizer, texts, limit, extra)
 
     def _requests(
         self, images: Any, prompts: Prompt | Sequence[Prompt], policies: Policies

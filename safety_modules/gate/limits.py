@@ -18,7 +18,7 @@ class PromptTooLong(ValueError):
     def __init__(self, index: int, count: int, limit: int, exact: bool = True) -> None:
         self.index, self.count, self.limit, self.exact = index, count, limit, exact
         counted = f"{count:,} tokens" if exact else f"more than {limit:,} tokens ({count:,} characters)"
-        super().__init__(f"prompt {index} is {counted}; the limit is {limit:,} tokens (the model's context)")
+        super().__init__(f"prompt {index} is {counted}; the prompt limit is {limit:,} tokens")
 
 
 def context_length(model_config: Any) -> int:
@@ -32,22 +32,22 @@ def longest_token_chars(tokenizer: Any) -> int:
     return max((len(token) for token in tokenizer.get_vocab()), default=1)
 
 
-def check_prompt_tokens(tokenizer: Any, texts: Sequence[str], limit: int, extra: int = 0) -> list[int]:
+def check_prompt_tokens(tokenizer: Any, texts: Sequence[str], limit: int | None, extra: int = 0) -> list[int]:
     """Each text's length in tokens plus ``extra`` (positions the text does not spell: image and safety
-    tokens); raises `PromptTooLong` naming the first one over ``limit``.
+    tokens); raises `PromptTooLong` naming the first one over ``limit`` (``None``: count only).
 
     A text longer than ``limit`` times the longest vocabulary entry is over without being tokenised
     (no tokenisation can spell it in fewer tokens), so a megabyte of text costs nothing to refuse.
     """
-    if limit < 1:
+    if limit is not None and limit < 1:
         raise ValueError(f"the prompt token limit must be >= 1, got {limit}")
-    cap = (limit + 1) * longest_token_chars(tokenizer)
+    cap = None if limit is None else (limit + 1) * longest_token_chars(tokenizer)
     counts = []
     for i, text in enumerate(texts):
-        if len(text) > cap:
+        if limit is not None and cap is not None and len(text) > cap:
             raise PromptTooLong(i, len(text), limit, exact=False)
         count = len(tokenizer(text, add_special_tokens=True)["input_ids"]) + extra
-        if count > limit:
+        if limit is not None and count > limit:
             raise PromptTooLong(i, count, limit)
         counts.append(count)
     return counts

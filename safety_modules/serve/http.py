@@ -90,7 +90,9 @@ def run(
     keep_alive_s: int = 5,
     max_connections: int | None = 1024,
 ) -> None:
-    """Serve ``app`` until interrupted; uvicorn's own logs at warning level (the app logs each request)."""
+    """Serve ``app`` until interrupted; uvicorn's own logs at warning level (the app logs each request),
+    httpx's too (it would log every upstream call and image download)."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     config = uvicorn.Config(
         app,
         host=host,
