@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from ..conversation import Prompt, chat_text, prompt_turns, user_text
 from ..images import load_images
+from ..modeling.llava.conversation import Prompt, chat_text, prompt_turns, user_text
+from ..modeling.safe_llava import SafeLlava, SafetyScores
 from ..policy import SafetyDecision, SafetyPolicy
-from ..wrapper import SafeLlava, SafetyScores
 from .answer import GatedAnswer
 from .language import generate_rows, stream_text
 from .limits import check_prompt_tokens, context_length

@@ -24,9 +24,9 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..conversation import Prompt, prompt_turns
 from ..data.unsafe_concepts import blank_image  # (issue 19 moves it below; this is its one use here)
 from ..gate.limits import PromptTooLong
+from ..modeling.llava.conversation import Prompt, prompt_turns
 from ..policy import SafetyDecision
 from .batching import AsyncTextStreamer, Batcher, QueueFull
 from .inputs import InputLimits, decode, fetch_image_bytes, read_json

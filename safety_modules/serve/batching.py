@@ -36,7 +36,7 @@ from transformers.generation.stopping_criteria import (
 )
 from transformers.generation.streamers import BaseStreamer
 
-from ..conversation import Prompt
+from ..modeling.llava.conversation import Prompt
 from .metrics import ServerMetrics
 from .model_runner import ModelRunner, Sampling
 

@@ -18,14 +18,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..conversation import Prompt, user_text
 from ..gate import Gate, GatedAnswer
 from ..gate.limits import check_prompt_tokens
 from ..images import bound_aspect
+from ..modeling.llava.conversation import Prompt, user_text
+from ..modeling.safe_llava import SafeLlava
 from ..policy import SafetyDecision, SafetyPolicy
 from ..scan.scorer import VisionScorer
 from ..taxonomy import Taxonomy
-from ..wrapper import SafeLlava
 
 
 @dataclass(frozen=True)

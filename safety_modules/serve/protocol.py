@@ -16,8 +16,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 
-from ..conversation import Prompt
 from ..gate import GatedAnswer
+from ..modeling.llava.conversation import Prompt
 from ..policy import SafetyDecision
 from ..taxonomy import Taxonomy
 from .model_runner import Sampling

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from safety_modules.conversation import VICUNA_V1, chat_text, conversation_format, render
 from safety_modules.gate import Gate
 from safety_modules.gate.limits import PromptTooLong, check_prompt_tokens, context_length
+from safety_modules.modeling.llava.conversation import VICUNA_V1, chat_text, conversation_format, render
 
 
 def test_check_prompt_tokens_counts_and_names_count_and_limit(tiny_model):
