@@ -16,7 +16,7 @@ import torch
 
 from .gpu_decode import passthrough_jpeg
 from .pixels import PixelSpec, prepare_uint8
-from .readers import Item
+from .items import Item
 from .settings import Part
 
 

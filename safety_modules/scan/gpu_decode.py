@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..images import MAX_ASPECT_RATIO
 from .pixels import PixelSpec, output_size
-from .readers import Item, ItemError, load_bytes
+from .items import Item, ItemError, load_bytes
 
 
 def gpu_decode_available(setting: str, device: torch.device) -> bool:

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from ..images import DEFAULT_MAX_PIXELS, ImageDecodeError, bound_aspect, decode_image
-from .readers import Item, ItemError, load_bytes
+from .items import Item, ItemError, load_bytes
 
 # Pillow: shrinking by this factor or more goes through `Image.reduce` first (the docs call
 # 3.0 indistinguishable from a plain resize in most cases).

@@ -22,7 +22,7 @@ import numpy as np
 from ..taxonomy import Taxonomy
 from .batches import BatchJob, batch_jobs, prepare_batch
 from .pixels import PixelSpec
-from .readers import Item
+from .items import Item
 from .settings import Part, Progress, ScanSettings, WritePart
 
 # Batches handed to Ray per dataset: the driver's memory is bounded by one window (one JSON
@@ -108,8 +108,7 @@ def ray_engine(
                 errors = [tuple(e) if e else None for e in meta["errors"]]
                 ok = np.array([e is None for e in errors], dtype=bool)
                 probs = scored["probs"][0]
-                tables.append(
-                    batch_table(
+                table = batch_table(
                         schema,
                         taxonomy,
                         np.asarray(meta["positions"], dtype=np.int64),
@@ -119,10 +118,10 @@ def ray_engine(
                         ok,
                         probs[:, :levels],
                         probs[:, levels:],
-                        scored["flags"][0],
-                    )
+                    scored["flags"][0],
                 )
-                on_rows(len(errors), int((~ok).sum()))
+                tables.append(table)
+                on_rows(table.num_rows, table.num_rows - table.column("error").null_count)  # non_finite rows too
                 if meta["last"]:
                     write(meta["part"], pa.concat_tables(tables))
                     tables = []
