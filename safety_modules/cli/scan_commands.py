@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--image-root",
-        help="llava/parquet/hf: folder that relative image paths start from; a path leaving it is an outside_root error",
+        help="llava/parquet/hf: the folder relative image paths start from (a path leaving it: outside_root error)",
     )
     p.add_argument(
         "--allow-absolute-paths",

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from .gpu_decode import passthrough_jpeg
-from .pixels import PixelSpec, prepare_uint8
 from .items import Item
+from .pixels import PixelSpec, prepare_uint8
 from .settings import Part
 
 
@@ -55,10 +55,6 @@ class PreparedBatch:
         """Called by the DataLoader's pin-memory thread: page-locked pixels copy to the GPU asynchronously."""
         self.pixels = self.pixels.pin_memory()
         return self
-
-    @property
-    def error_count(self) -> int:
-        return len(self.errors) - int(self.ok.sum())
 
 
 def prepare_batch(

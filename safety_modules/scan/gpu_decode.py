@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 
 from ..images import MAX_ASPECT_RATIO
-from .pixels import PixelSpec, output_size
 from .items import Item, ItemError, load_bytes
+from .pixels import PixelSpec, output_size
 
 
 def gpu_decode_available(setting: str, device: torch.device) -> bool:

@@ -90,7 +90,8 @@ def load_bytes(item: Item) -> bytes | str:
         return _tar_member(ref)
     if "parquet" in ref:
         try:
-            value = _parquet_group(ref["parquet"], ref["group"], ref["column"])[ref["row"]].as_py()
+            column = _parquet_group(ref["parquet"], ref.get("version"), ref["group"], ref["column"])
+            value = column[ref["row"]].as_py()
         except Exception as exc:  # a damaged row group: this item is lost, the scan goes on
             raise ItemError("unreadable", f"parquet row group {ref['group']} cannot be read: {exc}") from None
         return _cell_bytes(value, ref)
@@ -106,7 +107,7 @@ def load_bytes(item: Item) -> bytes | str:
 def _tar_member(ref: dict[str, Any]) -> bytes:
     try:
         if ref.get("compressed"):
-            stream = _decompressed(ref["tar"])
+            stream = _decompressed(ref["tar"], ref.get("version"))
             stream.seek(ref["offset"])  # forward: decompress and skip; backward: from the start
             data = stream.read(ref["size"])
         else:
@@ -121,8 +122,9 @@ def _tar_member(ref: dict[str, Any]) -> bytes:
 
 
 @functools.lru_cache(maxsize=2)
-def _decompressed(shard: str):
-    # A worker gets a shard's batches in order, so one open stream per shard seeks forward only.
+def _decompressed(shard: str, version: int | None):
+    # A worker gets a shard's batches in order, so one open stream per shard seeks forward only;
+    # ``version`` as for `_parquet_group`.
     import tarfile
 
     return tarfile.open(shard, mode="r:*").fileobj
@@ -149,8 +151,9 @@ def _cell_bytes(value: Any, ref: dict[str, Any]) -> bytes | str:
 
 
 @functools.lru_cache(maxsize=2)
-def _parquet_group(file: str, group: int, column: str):
+def _parquet_group(file: str, version: int | None, group: int, column: str):
     # Items arrive in order, so caching the last row groups reads each one about once per worker.
+    # ``version`` (the file's mtime when it was listed) keeps a file rewritten since from being read stale.
     import pyarrow.parquet as pq
 
     return pq.ParquetFile(file).read_row_group(group, columns=[column]).column(column)

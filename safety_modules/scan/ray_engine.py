@@ -21,8 +21,8 @@ import numpy as np
 
 from ..taxonomy import Taxonomy
 from .batches import BatchJob, batch_jobs, prepare_batch
-from .pixels import PixelSpec
 from .items import Item
+from .pixels import PixelSpec
 from .settings import Part, Progress, ScanSettings, WritePart
 
 # Batches handed to Ray per dataset: the driver's memory is bounded by one window (one JSON
@@ -109,15 +109,15 @@ def ray_engine(
                 ok = np.array([e is None for e in errors], dtype=bool)
                 probs = scored["probs"][0]
                 table = batch_table(
-                        schema,
-                        taxonomy,
-                        np.asarray(meta["positions"], dtype=np.int64),
-                        meta["ids"],
-                        meta["sources"],
-                        errors,
-                        ok,
-                        probs[:, :levels],
-                        probs[:, levels:],
+                    schema,
+                    taxonomy,
+                    np.asarray(meta["positions"], dtype=np.int64),
+                    meta["ids"],
+                    meta["sources"],
+                    errors,
+                    ok,
+                    probs[:, :levels],
+                    probs[:, levels:],
                     scored["flags"][0],
                 )
                 tables.append(table)

@@ -224,7 +224,7 @@ class CorpusReader:
         id_column = self.options.id_column or next((c for c in _ID_COLUMNS if c in names), None)
         is_path = str(pfile.schema_arrow.field(column).type) in ("string", "large_string")
         root, root_real = self._root(file)
-        cell = {"column": column, "root_dir": str(root), "root": root_real}
+        cell = {"column": column, "root_dir": str(root), "root": root_real, "version": file.stat().st_mtime_ns}
         if self.options.allow_absolute_paths:
             cell["absolute"] = True
         wanted = [c for c in dict.fromkeys([column if is_path else None, id_column]) if c]
@@ -344,6 +344,7 @@ def _tar_items(shard: Path, source: str, account: Account) -> Iterator[Located]:
         yield Item(source, "*", {}, ("unreadable", f"not a readable tar shard: {exc}")), None
         return
     compressed = not isinstance(archive.fileobj, io.BufferedReader)
+    version = shard.stat().st_mtime_ns
     seen: dict[str, set[str]] = {}  # key -> its image fields so far
     with archive:
         members = iter(archive)
@@ -378,5 +379,5 @@ def _tar_items(shard: Path, source: str, account: Account) -> Iterator[Located]:
             else:
                 ref = {"tar": str(shard), "offset": member.offset_data, "size": member.size}
                 if compressed:
-                    ref["compressed"] = True
+                    ref |= {"compressed": True, "version": version}
                 yield Item(source, key, ref), f"member{n}"
