@@ -278,3 +278,21 @@ def test_non_finite_scores_are_error_rows_never_clean(tiny_dir, safety_dir, tmp_
     assert code == 0
     answer = json.loads(printed, parse_constant=lambda name: pytest.fail(f"bare {name} in JSON output"))
     assert set(answer["levels"].values()) == {None} and answer["error"].startswith("non_finite")
+
+
+def test_an_item_that_no_part_holds_makes_the_scan_incomplete_and_says_so(tiny_dir, safety_dir, tmp_path, capsys):
+    from safety_modules.cli import main
+
+    corpus = write_folder(tmp_path / "c", plain_images(7))
+    command = ["scan", str(corpus), "--base", str(tiny_dir), "--safety", str(safety_dir), "--out", str(tmp_path / "out")]
+    command += ["--workers", "0", "--part-size", "3", "--no-progress"]
+    assert main(command) == 0
+    printed = capsys.readouterr().out
+    assert "account: 7 seen = 7 rows + 0 skipped" in printed and "complete: every item seen" in printed
+    # An image added where a finished part already stands: the resumed scan cannot place it, and says so.
+    write_folder(corpus, {"img_002b.png": plain_images(1, start=40)["img_000.png"]})
+    assert main(command) == 1
+    printed = capsys.readouterr().out
+    assert "c: 8 seen, 7 scored" in printed and "1 MISSING" in printed and "INCOMPLETE: 1 items have no row" in printed
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert not manifest["complete"] and manifest["account"]["by_source"]["c"]["missing_rows"] == 1
