@@ -19,6 +19,8 @@ paths) and ``hf`` (a `datasets` folder written by ``save_to_disk``). `detect.det
 from __future__ import annotations
 
 import io
+import itertools
+import json
 import os
 import tarfile
 from collections.abc import Iterator
@@ -203,7 +205,6 @@ class CorpusReader:
 
         files = self._files(".parquet")
         if self.path.is_dir():
-            files = [f for f in files if self._source(f) not in metadata_parquets(self._listing)]
             self._count_unread({self._source(f) for f in files})
         for file in files:
             source = self._source(file)
@@ -214,7 +215,7 @@ class CorpusReader:
                 yield Item(source, "*", {}, ("unreadable", f"parquet file cannot be opened: {exc}")), None
                 continue
             column = self.options.image_column or next((c for c in _IMAGE_COLUMNS if c in names), None)
-            if column not in names:
+            if column is None or column not in names:
                 message = f"no image column in {source}: columns are {names}; name it with --image-column"
                 yield Item(source, "*", {}, ("no_image_column", message)), None
                 continue
@@ -224,7 +225,12 @@ class CorpusReader:
         id_column = self.options.id_column or next((c for c in _ID_COLUMNS if c in names), None)
         is_path = str(pfile.schema_arrow.field(column).type) in ("string", "large_string")
         root, root_real = self._root(file)
-        cell = {"column": column, "root_dir": str(root), "root": root_real, "version": file.stat().st_mtime_ns}
+        cell: dict[str, Any] = {
+            "column": column,
+            "root_dir": str(root),
+            "root": root_real,
+            "version": file.stat().st_mtime_ns,
+        }
         if self.options.allow_absolute_paths:
             cell["absolute"] = True
         wanted = [c for c in dict.fromkeys([column if is_path else None, id_column]) if c]
@@ -233,9 +239,11 @@ class CorpusReader:
             size = pfile.metadata.row_group(group).num_rows
             try:
                 # One conversion per row group (not one Arrow scalar per row): the ids and the paths as lists.
-                table = pfile.read_row_group(group, columns=wanted) if wanted else None
-                keys = table.column(id_column).to_pylist() if id_column else None
-                paths = table.column(column).to_pylist() if is_path else None
+                keys = paths = None
+                if wanted:
+                    table = pfile.read_row_group(group, columns=wanted)
+                    keys = table.column(id_column).to_pylist() if id_column else None
+                    paths = table.column(column).to_pylist() if is_path else None
             except Exception as exc:  # a damaged page: this row group's rows are error rows, the rest goes on
                 message = f"row group {group} (rows {row} to {row + size - 1}) cannot be read: {exc}"
                 for i in range(size):
@@ -265,7 +273,13 @@ class CorpusReader:
             id_column = self.options.id_column or next((c for c in _ID_COLUMNS if c in ds.column_names), None)
             ids = ds[id_column] if id_column else None
             source = self.path.name if split is None else f"{self.path.name}/{split}"
-            ref = {"hf": str(self.path), "split": split, "column": column, "root_dir": str(root), "root": root_real}
+            ref: dict[str, Any] = {
+                "hf": str(self.path),
+                "split": split,
+                "column": column,
+                "root_dir": str(root),
+                "root": root_real,
+            }
             if self.options.allow_absolute_paths:
                 ref["absolute"] = True
             for row in range(len(ds)):
@@ -315,8 +329,6 @@ def _llava_records(file: Path) -> Iterator[tuple[str, int, Any]]:
         return
     # LLaVA instruction files are one JSON array of records (text only; images stay on disk).
     try:
-        import json
-
         entries = json.loads(file.read_bytes().decode("utf-8"))
     except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         yield "*", 0, RecordError(f"{file}: not a readable JSON file ({exc})")
@@ -348,7 +360,7 @@ def _tar_items(shard: Path, source: str, account: Account) -> Iterator[Located]:
     seen: dict[str, set[str]] = {}  # key -> its image fields so far
     with archive:
         members = iter(archive)
-        for n in range(1 << 62):
+        for n in itertools.count():
             try:
                 member = next(members)
             except StopIteration:
