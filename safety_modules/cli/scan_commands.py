@@ -12,7 +12,9 @@ from ..images import DEFAULT_MAX_PIXELS
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("scan", help="score every image of a corpus with the vision tower + safety modules only")
     p.add_argument(
-        "input", type=Path, help="image folder, LLaVA JSON/JSONL, .tar shards, parquet, or a save_to_disk folder"
+        "input",
+        type=Path,
+        help="image folder, LLaVA JSON/JSONL, .tar/.tar.gz shards, parquet, or a save_to_disk folder (detected)",
     )
     p.add_argument("--base", required=True, help="LLaVA-1.5 folder or hub id (HF or original layout)")
     p.add_argument("--safety", required=True, help="safety-modules folder or hub id")

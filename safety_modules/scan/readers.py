@@ -118,18 +118,17 @@ class CorpusReader:
     # ------------------------------------------------------------------ helpers
 
     def _files(self, *suffixes: str) -> list[Path]:
-        """The input's files ending in ``suffixes``; a folder's other files are counted as not read."""
+        """The input's files ending in ``suffixes`` (the input itself when it is a file)."""
         if self.path.is_file():
             return [self.path]
         listing = getattr(self, "_listing", None) or walk(self.path)
         return [self.path / rel for rel in listing if rel.lower().endswith(suffixes)]
 
     def _count_unread(self, read: set[str]) -> None:
-        if self.path.is_dir():
-            not_images = self.account.of(INPUT).not_images
-            for rel in self._listing:
-                if rel not in read:
-                    not_images[suffix(rel)] += 1
+        """Count the input folder's files that this reader does not read, by suffix (nothing passes unsaid)."""
+        unread = [suffix(rel) for rel in self._listing if rel not in read]
+        if unread:
+            self.account.of(INPUT).not_images.update(unread)
 
     def _source(self, file: Path) -> str:
         base = self.path if self.path.is_dir() else self.path.parent
