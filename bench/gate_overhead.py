@@ -42,7 +42,13 @@ def build(vision_layers: int, text_layers: int, seed: int, device: torch.device,
     from transformers import LlavaForConditionalGeneration
 
     from safety_modules import SafeLlava, SafetyConfig, SafetyModules
-    from safety_modules.tiny import LLAVA_7B_TEXT, LLAVA_7B_VISION, build_tokenizer, llava_config, llava_processor
+    from safety_modules.testing.tiny import (
+        LLAVA_7B_TEXT,
+        LLAVA_7B_VISION,
+        build_tokenizer,
+        llava_config,
+        llava_processor,
+    )
 
     tokenizer = build_tokenizer()
     processor = llava_processor(tokenizer)
@@ -57,7 +63,7 @@ def build(vision_layers: int, text_layers: int, seed: int, device: torch.device,
 
 
 def main() -> None:
-    from safety_modules.backbone import resolve_device, resolve_dtype
+    from safety_modules.modeling.llava import resolve_device, resolve_dtype
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None, help="cuda when available, else cpu ($SAFEVLM_DEVICE is honoured)")
@@ -85,7 +91,7 @@ def main() -> None:
     from skimage import data
 
     from safety_modules import Gate, SafetyPolicy
-    from safety_modules.conversation import chat_text
+    from safety_modules.modeling.llava.conversation import chat_text
 
     started = time.perf_counter()
     load_before = os.getloadavg()[0]

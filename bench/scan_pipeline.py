@@ -41,7 +41,7 @@ from pathlib import Path
 
 def build_models(work: Path) -> tuple[Path, Path]:
     from safety_modules import SafeLlava
-    from safety_modules.tiny import make_tiny
+    from safety_modules.testing.tiny import make_tiny
 
     base = make_tiny(work / "base", seed=0)
     safety = SafeLlava.from_pretrained(base, seed=0).safety.save_pretrained(work / "safety")
@@ -65,7 +65,7 @@ def preprocess_rate(folder: Path, base: Path, workers: int, batch_size: int) -> 
     """Images/s of the scan's worker pool alone, batches discarded as they arrive."""
     import torch
 
-    from safety_modules.backbone import load_vision_parts
+    from safety_modules.modeling.llava import load_vision_parts
     from safety_modules.scan.batches import BatchPreparer, batch_jobs, only
     from safety_modules.scan.engine import split_parts
     from safety_modules.scan.pixels import PixelSpec

@@ -60,7 +60,13 @@ def build_checkpoint(folder: Path, vision_layers: int, lm_layers: int) -> None:
 
     from safety_modules import SafetyConfig, SafetyModules
     from safety_modules.modeling import base_fingerprint
-    from safety_modules.tiny import LLAVA_7B_TEXT, LLAVA_7B_VISION, build_tokenizer, llava_config, llava_processor
+    from safety_modules.testing.tiny import (
+        LLAVA_7B_TEXT,
+        LLAVA_7B_VISION,
+        build_tokenizer,
+        llava_config,
+        llava_processor,
+    )
 
     tokenizer = build_tokenizer()
     vision = {**LLAVA_7B_VISION, "num_hidden_layers": vision_layers}
@@ -115,7 +121,7 @@ def main() -> None:
 
     import torch
 
-    from safety_modules.backbone import resolve_device, resolve_dtype
+    from safety_modules.modeling.llava import resolve_device, resolve_dtype
 
     args.device = resolve_device(args.device)
     args.dtype = resolve_dtype(args.dtype, args.device)
@@ -161,7 +167,7 @@ def measure(work: Path, args: argparse.Namespace) -> None:
     import transformers.models.llava.modeling_llava  # noqa: F401
     from safetensors.torch import load_file
 
-    from safety_modules.backbone import load_vision_parts
+    from safety_modules.modeling.llava import load_vision_parts
     from safety_modules.scan import ScanSettings, run_scan
     from safety_modules.scan.batches import batch_jobs, prepare_batch
     from safety_modules.scan.engine import split_parts
@@ -211,7 +217,7 @@ def measure(work: Path, args: argparse.Namespace) -> None:
     parts = None  # free the tower before the full model loads (vision_rate is not called again)
 
     # (c) a generation-based judge on the same model: prompt + image in, 32 tokens out.
-    from safety_modules.backbone import load_base
+    from safety_modules.modeling.llava import load_base
 
     model, processor = load_base(base, dtype=args.dtype, device=args.device)
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": JUDGE_PROMPT}]}]

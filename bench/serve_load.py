@@ -1,6 +1,6 @@
 """Serving load: throughput of `safevlm serve` with dynamic batching vs one request at a time.
 
-Builds the tiny LLaVA (``safety_modules.tiny``) and fresh safety modules in a temporary folder and
+Builds the tiny LLaVA (``safety_modules.testing.tiny``) and fresh safety modules in a temporary folder and
 starts two real server subprocesses on 127.0.0.1:
 
   (a) ``--max-batch 1``: the model loop takes one request at a time (no batching);
@@ -110,7 +110,7 @@ def main() -> None:
     import torch
 
     from safety_modules import SafeLlava
-    from safety_modules.tiny import make_tiny
+    from safety_modules.testing.tiny import make_tiny
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from safety_modules.data.synth import synthesize
-from safety_modules.tiny import make_tiny
+from safety_modules.testing.synth import synthesize
+from safety_modules.testing.tiny import make_tiny
 from safety_modules.training import TrainConfig, train
 
 WARM = 2

@@ -1,11 +1,17 @@
 """Safety modules for a frozen LLaVA-v1.5: projector, safety tokens, safety head, gate, training, scanning."""
 
-from .config import SafetyConfig
 from .gate import Gate, GatedAnswer
-from .modeling import CheckpointError, IncompatibleBaseError, SafetyModules
+from .modeling import (
+    CheckpointError,
+    IncompatibleBaseError,
+    SafeLlava,
+    SafeLlavaOutput,
+    SafetyConfig,
+    SafetyModules,
+    SafetyScores,
+)
 from .policy import PolicyError, SafetyDecision, SafetyPolicy
 from .taxonomy import Taxonomy
-from .wrapper import SafeLlava, SafeLlavaOutput, SafetyScores
 
 __all__ = [
     "CheckpointError",

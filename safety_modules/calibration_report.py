@@ -29,11 +29,11 @@ from .calibration import (
     unmet_targets,
 )
 from .checkpoints.card import write_card
-from .config import SafetyConfig
 from .evaluation.head import LabelledImage, collect_scores
 from .evaluation.report import fmt, markdown_table, write_markdown
 from .metrics import ece_noise_floor, expected_calibration_error, negative_log_likelihood, reliability_bins
 from .modeling import SafetyScores
+from .modeling.configuration import SafetyConfig
 from .modeling.safety_modules import CONFIG_NAME, WEIGHTS_NAME, checkpoint_files
 from .policy import SafetyPolicy
 

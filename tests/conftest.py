@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from safety_modules.backbone import DEVICE_ENV
-from safety_modules.tiny import make_tiny
+from safety_modules.modeling.llava import DEVICE_ENV
+from safety_modules.testing.tiny import make_tiny
 
 
 def pytest_addoption(parser):

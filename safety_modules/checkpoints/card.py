@@ -12,13 +12,22 @@ import json
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from ..config import SafetyConfig
 from .bases import FINGERPRINT_KEYS, matching_bases
 
 TEMPLATE_PATH = Path(__file__).parent / "model_card.md"
 CARD_NAME = "README.md"
+
+
+class CardConfig(Protocol):
+    """What the card reads of a modules config (`modeling.SafetyConfig`); a protocol, so that this package
+    stays below `modeling/`, which writes the card when it saves."""
+
+    base_fingerprint: dict[str, Any] | None
+    level_names: list[str]
+    type_names: list[str]
+    safe_type: str
 
 
 @dataclass
@@ -89,7 +98,7 @@ def _value(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def render_card(config: SafetyConfig, card: CardData | dict[str, Any] | None = None) -> str:
+def render_card(config: CardConfig, card: CardData | dict[str, Any] | None = None) -> str:
     """The model card's Markdown for modules with ``config``."""
     data = as_card_data(card)
     fingerprint = config.base_fingerprint or {}
@@ -142,7 +151,7 @@ def render_card(config: SafetyConfig, card: CardData | dict[str, Any] | None = N
     return string.Template(TEMPLATE_PATH.read_text()).substitute(values)
 
 
-def write_card(directory: str | Path, config: SafetyConfig, card: CardData | dict[str, Any] | None = None) -> Path:
+def write_card(directory: str | Path, config: CardConfig, card: CardData | dict[str, Any] | None = None) -> Path:
     """Write ``README.md`` into ``directory`` and return its path."""
     path = Path(directory) / CARD_NAME
     path.write_text(render_card(config, card))

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:
-    from ..tiny import make_tiny
+    from ..testing.tiny import make_tiny
 
     out = make_tiny(args.out_dir, seed=args.seed)
     print(f"tiny LLaVA-1.5 written to {out}")
@@ -51,7 +51,7 @@ def format_scores(name: str, level_probs, type_probs, config) -> str:
 def cmd_assess(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from ..wrapper import SafeLlava
+    from ..modeling.safe_llava import SafeLlava
 
     model = SafeLlava.from_pretrained(args.base, args.safety, dtype=args.dtype, device=args.device)
     images = []
@@ -78,9 +78,9 @@ def cmd_assess(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.rl:
-        from ..training.rl.demo import run_rl_demo
+        from ..testing.rl_demo import run_rl_demo
 
         return run_rl_demo(args.workdir / "rl")
-    from ..demo import run_demo
+    from ..testing.demo import run_demo
 
     return run_demo(args.workdir)

@@ -51,7 +51,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..calibration import Target, parse_target
     from ..calibration_report import run_calibration, summary_lines
     from ..evaluation.head import load_labelled
-    from ..wrapper import SafeLlava
+    from ..modeling.safe_llava import SafeLlava
 
     if args.max_over_refusal is not None and not 0.0 <= args.max_over_refusal < 1.0:
         raise ValueError(f"--max-over-refusal must be in [0, 1), got {args.max_over_refusal}")

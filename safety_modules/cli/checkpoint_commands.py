@@ -37,9 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_fingerprint(args: argparse.Namespace) -> int:
     import yaml
 
-    from ..backbone import load_vision_parts
     from ..checkpoints import known_base, name_base
     from ..modeling import base_fingerprint
+    from ..modeling.llava import load_vision_parts
 
     parts = load_vision_parts(args.base, dtype=args.dtype, device=args.device)
     fingerprint = base_fingerprint(parts.config, parts.projector)

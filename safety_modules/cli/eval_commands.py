@@ -101,7 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load_model(args: argparse.Namespace):
-    from ..wrapper import SafeLlava
+    from ..modeling.safe_llava import SafeLlava
 
     if args.safety is None and not getattr(args, "baseline", False):
         logger.warning("no --safety given: fresh, untrained safety modules (their scores are meaningless)")

@@ -33,8 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     from ..gate import Gate
     from ..images import decode_image
+    from ..modeling.safe_llava import SafeLlava
     from ..policy import SafetyPolicy
-    from ..wrapper import SafeLlava
 
     image = decode_image(args.image)
     model = SafeLlava.from_pretrained(args.base, args.safety, dtype=args.dtype, device=args.device, lora=args.lora)

@@ -56,7 +56,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from ..data.synth import synthesize
+    from ..testing.synth import synthesize
 
     manifest = synthesize(args.out_dir, args.size, args.seed, args.resolution, progress=print)
     print(f"wrote {manifest['total']} images to {args.out_dir}: splits {manifest['splits']}")

@@ -21,8 +21,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..conversation import clean_text
 from ..images import ImageDecodeError, decode_image
+from ..modeling.llava.conversation import clean_text
 from ..taxonomy import Taxonomy
 
 IMAGE_MARKER = "<image>"

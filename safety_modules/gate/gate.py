@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from ..images import load_images
+from ..modeling.safe_llava import SafeLlava, SafetyScores
 from ..policy import SafetyDecision, SafetyPolicy
-from ..wrapper import SafeLlava, SafetyScores
 from .answer import GatedAnswer
 from .language import generate_rows, stream_text
 

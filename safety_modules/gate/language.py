@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ..wrapper import SafeLlava
+from ..modeling.safe_llava import SafeLlava
 
 
 def generate_rows(

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..checkpoints import CARD_NAME, CardData, name_base, upload_folder, write_card
 from ..checkpoints.card import as_card_data
-from ..config import SafetyConfig
+from .configuration import SafetyConfig
 from .fingerprint import describe
 from .head import SafetyHead
 from .projector import SafetyProjector

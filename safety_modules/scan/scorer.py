@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..backbone import (
+from ..modeling import SafetyModules, base_fingerprint
+from ..modeling.llava import (
     load_vision_parts,
     resolve_device,
     resolve_dtype,
     select_vision_features,
 )
-from ..modeling import SafetyModules, base_fingerprint
 from ..modeling.scores import SafetyScores
 from ..policy import SafetyPolicy
 from ..taxonomy import Taxonomy

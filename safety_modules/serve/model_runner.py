@@ -20,10 +20,10 @@ from PIL import Image
 
 from ..gate import Gate, GatedAnswer
 from ..images import bound_aspect
+from ..modeling.safe_llava import SafeLlava
 from ..policy import SafetyDecision, SafetyPolicy
 from ..scan.scorer import VisionScorer
 from ..taxonomy import Taxonomy
-from ..wrapper import SafeLlava
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,10 @@
 Labels follow the usual convention: ``labels[t]`` is ``input_ids[t]`` for the tokens an
 assistant turn generates (its text and its end-of-sequence token) and -100 everywhere
 else: system text, the user's turns, the image tokens, the role markers and padding.
-They are *not* shifted here; `safety_modules.wrapper.lm_loss` shifts logits and labels
+They are *not* shifted here; `safety_modules.modeling.safe_llava.lm_loss` shifts logits and labels
 together, and the wrapper inserts -100 for the safety tokens it adds.
 
-The conversation is rendered and labelled by `safety_modules.conversation.encode_conversation`,
+The conversation is rendered and labelled by `safety_modules.modeling.llava.conversation.encode_conversation`,
 the same renderer inference uses (`chat_text`), in the base's own format (llava-hf for HF
 bases, ``vicuna_v1`` with its system prompt for original checkpoints). Answer tokens come
 from the assistant turns' positions in that rendering, never from searching the text, so an
@@ -23,11 +23,11 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..conversation import encode_conversation
 from ..data.format import question_text, record_label
 from ..images import ImageDecodeError, decode_image
+from ..modeling.llava.conversation import encode_conversation
+from ..modeling.safe_llava import IGNORE_INDEX, head_prompt_inputs
 from ..taxonomy import Taxonomy
-from ..wrapper import IGNORE_INDEX, head_prompt_inputs
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from ..data.format import read_records
 from ..metrics import format_metrics, head_metrics
-from ..wrapper import SafeLlava
+from ..modeling.safe_llava import SafeLlava
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import MODEL_INPUTS, SafetyCollator, SafetyDataset

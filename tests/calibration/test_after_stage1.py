@@ -10,9 +10,9 @@ import torch
 
 from safety_modules import SafeLlava, SafetyModules
 from safety_modules.data.format import read_records, write_records
-from safety_modules.data.synth import synthesize
 from safety_modules.images import decode_image
 from safety_modules.scan.scorer import VisionScorer
+from safety_modules.testing.synth import synthesize
 from safety_modules.training import TrainConfig, train
 
 from .conftest import calibrate

@@ -12,9 +12,9 @@ import torch
 from safety_modules import SafeLlava, SafetyModules, SafetyPolicy
 from safety_modules.calibration import Target, policy_metrics, unmet_targets
 from safety_modules.calibration_report import score_labelled
-from safety_modules.data.synth import synthesize
 from safety_modules.evaluation.head import load_labelled
 from safety_modules.images import decode_image
+from safety_modules.testing.synth import synthesize
 
 from .conftest import calibrate
 

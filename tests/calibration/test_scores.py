@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from safety_modules import SafeLlava, SafetyConfig, SafetyModules, SafetyScores
-from safety_modules.wrapper import SafetyScores as WrapperScores
+from safety_modules.modeling.safe_llava import SafetyScores as WrapperScores
 
 
 def test_scores_import_from_every_old_place():

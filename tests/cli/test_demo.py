@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from safety_modules.demo import run_demo
 from safety_modules.modeling import SafetyModules
+from safety_modules.testing.demo import run_demo
 
 
 def test_demo_runs_every_step(tmp_path, capsys):

@@ -13,9 +13,9 @@ from safety_modules.cli import main
 from safety_modules.data.balance import balance
 from safety_modules.data.convert import convert_image_folders, convert_vlguard
 from safety_modules.data.format import RecordError, make_record, read_records, write_records
-from safety_modules.data.synth import luhn_number, synthesize
 from safety_modules.metrics import head_metrics
 from safety_modules.taxonomy import VLGUARD_SUBCATEGORY_LABELS
+from safety_modules.testing.synth import luhn_number, synthesize
 from safety_modules.training.data import SafetyCollator, SafetyDataset, encode_conversation
 
 
@@ -236,7 +236,7 @@ def test_head_metrics_by_hand():
 
 
 def test_eos_is_trained_whatever_template_the_processor_carries(tiny_model):
-    """Training renders the base's format itself (safety_modules.conversation), not the processor's template:
+    """Training renders the base's format itself (modeling.llava.conversation), not the processor's template:
     a template that writes no EOS (as llava-hf's ends an answer with a space) still gives answer + EOS labels."""
     processor = tiny_model.processor
     original = processor.chat_template

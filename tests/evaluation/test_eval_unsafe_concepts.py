@@ -126,7 +126,7 @@ def _tiny_classifier(folder, labels, with_head=True):
     from safetensors.torch import save_file
     from transformers import RobertaConfig, RobertaModel
 
-    from safety_modules.tiny import build_tokenizer
+    from safety_modules.testing.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
     tokenizer.save_pretrained(folder)

@@ -105,7 +105,7 @@ def build_original_checkpoint(root: Path, seed: int = 0, model_file: Path | None
     )
     from transformers import CLIPVisionModel
 
-    from safety_modules.tiny import TINY_TEXT, TINY_VISION, clip_config, tiny_image_processor
+    from safety_modules.testing.tiny import TINY_TEXT, TINY_VISION, clip_config, tiny_image_processor
 
     torch.manual_seed(seed)
     tower_dir = root / "clip-vit-tiny-336"

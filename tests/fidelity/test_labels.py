@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from safety_modules.backbone import load_base
-from safety_modules.conversation import (
+from safety_modules.modeling.llava import load_base
+from safety_modules.modeling.llava.conversation import (
     IGNORE_INDEX,
     IMAGE_TOKEN,
     LLAVA_CHAT_TEMPLATE,
@@ -201,7 +201,7 @@ def test_chat_template_of_each_format_renders_like_render(tiny_dir):
 
 def test_the_safety_head_reads_a_prompt_alike_in_training_and_inference(tiny_model):
     from safety_modules.data.format import question_text
-    from safety_modules.wrapper import head_prompt_inputs
+    from safety_modules.modeling.safe_llava import head_prompt_inputs
 
     record = {"conversations": turns("  What is it?\n", "A cat.")}
     tok = tiny_model.processor.tokenizer

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from safety_modules.backbone import load_base
-from safety_modules.conversation import IMAGE_TOKEN, chat_text
+from safety_modules.modeling.llava import load_base
+from safety_modules.modeling.llava.conversation import IMAGE_TOKEN, chat_text
 from tests.conftest import random_image
 from tests.fidelity.oracle import (
     SlowLlamaTokenizer,

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from safety_modules.backbone import llama_tokenizer, load_base
-from safety_modules.conversation import (
+from safety_modules.modeling.llava import llama_tokenizer, load_base
+from safety_modules.modeling.llava.conversation import (
     IGNORE_INDEX,
     IMAGE_TOKEN,
     chat_text,

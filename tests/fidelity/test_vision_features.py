@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from safety_modules.backbone import select_vision_features, vision_encoder
+from safety_modules.modeling.llava import select_vision_features, vision_encoder
 from tests.conftest import random_image
 
 

@@ -11,7 +11,7 @@ from transformers import TextStreamer
 
 from safety_modules import Gate, SafetyPolicy
 from safety_modules.cli import main
-from safety_modules.conversation import chat_text
+from safety_modules.modeling.llava.conversation import chat_text
 from safety_modules.policy import PolicyError
 from safety_modules.taxonomy import Taxonomy
 

@@ -127,15 +127,27 @@ def test_no_import_cycles_in_the_package():
 def test_the_gate_sits_above_the_wrapper():
     graph = import_graph(PACKAGE)
     below_the_gate = {
-        "safety_modules.wrapper",
+        "safety_modules.modeling.safe_llava",
         "safety_modules.policy",
         "safety_modules.images",
-        "safety_modules.conversation",
+        "safety_modules.modeling.llava.conversation",
     }
-    assert "safety_modules.wrapper" in graph["safety_modules.gate.gate"]
+    assert "safety_modules.modeling.safe_llava" in graph["safety_modules.gate.gate"]
     for name in below_the_gate:
         reached = _reachable(graph, name)
         assert not any(m.startswith("safety_modules.gate") for m in reached), f"{name} reaches the gate"
+
+
+def test_the_library_does_not_import_its_test_fixtures():
+    """`testing/` (tiny model, synthetic corpus, demo jobs) is for the tests, benches and the CLI only."""
+    graph = import_graph(PACKAGE)
+    users = {
+        name: sorted(t for t in targets if t.startswith("safety_modules.testing"))
+        for name, targets in graph.items()
+        if not name.startswith(("safety_modules.testing", "safety_modules.cli"))
+    }
+    offenders = {name: targets for name, targets in users.items() if targets}
+    assert not offenders, f"library modules import the test fixtures: {offenders}"
 
 
 def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from safety_modules import CheckpointError, IncompatibleBaseError, SafeLlava, SafetyModules
-from safety_modules.backbone import load_base
-from safety_modules.tiny import make_tiny
+from safety_modules.modeling.llava import load_base
+from safety_modules.testing.tiny import make_tiny
 
 from ..conftest import random_image
 
@@ -81,7 +81,7 @@ def write_original_twin(tiny_dir, out):
     """Write the tiny model in the original LLaVA layout; return its HF twin (vocab grown the same way)."""
     from transformers import CLIPVisionModel, LlavaForConditionalGeneration
 
-    from safety_modules.tiny import build_tokenizer, tiny_image_processor
+    from safety_modules.testing.tiny import build_tokenizer, tiny_image_processor
 
     hf = LlavaForConditionalGeneration.from_pretrained(tiny_dir).eval()
     tokenizer = build_tokenizer(llava_tokens=False)

@@ -8,7 +8,7 @@ from transformers import LlamaConfig, LlavaConfig
 
 from safety_modules import SafeLlava, SafetyConfig, SafetyModules
 from safety_modules.taxonomy import Taxonomy
-from safety_modules.tiny import LLAVA_7B_VISION, clip_config
+from safety_modules.testing.tiny import LLAVA_7B_VISION, clip_config
 
 from ..conftest import random_image
 

@@ -11,7 +11,7 @@ def classifier_dir(tmp_path_factory):
     """A real (randomly initialised) RoBERTa sequence classifier with labels Safe/Unsafe/NA, saved as safetensors."""
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
-    from safety_modules.tiny import build_tokenizer
+    from safety_modules.testing.tiny import build_tokenizer
 
     out = tmp_path_factory.mktemp("classifier")
     tokenizer = build_tokenizer(llava_tokens=True)

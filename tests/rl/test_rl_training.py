@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from safety_modules.modeling.safe_llava import SafeLlava
+from safety_modules.testing.rl_tiny_task import answer_odds, make_rl_corpus, make_yes_no_base, tiny_task_config
 from safety_modules.training.checkpoint import checkpoints
 from safety_modules.training.config import DataFile
 from safety_modules.training.rl.config import RLConfig
 from safety_modules.training.rl.data import load_samples
 from safety_modules.training.rl.evaluate import evaluate_alignment, greedy_answers
-from safety_modules.training.rl.tiny_task import answer_odds, make_rl_corpus, make_yes_no_base, tiny_task_config
 from safety_modules.training.rl.trainer import train_rl
-from safety_modules.wrapper import SafeLlava
 from tests.training.helpers import base_digest
 
 
@@ -278,7 +278,7 @@ def test_recipes_carry_the_published_settings():
 
 def test_rl_demo(tmp_path, capsys):
     from safety_modules.cli import build_parser
-    from safety_modules.training.rl.demo import run_rl_demo
+    from safety_modules.testing.rl_demo import run_rl_demo
 
     assert build_parser().parse_args(["demo", "--rl"]).rl
     assert run_rl_demo(tmp_path / "rl", steps=2) == 0  # `safevlm demo --rl` runs 12 steps

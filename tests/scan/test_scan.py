@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from safety_modules import IncompatibleBaseError, SafeLlava
-from safety_modules.backbone import load_base, load_vision_parts
 from safety_modules.modeling import base_fingerprint
+from safety_modules.modeling.llava import load_base, load_vision_parts
 from safety_modules.scan import ScanSettings, VisionScorer, read_parts, run_scan
 from safety_modules.taxonomy import Taxonomy
 
@@ -134,7 +134,7 @@ def test_original_layout_vision_parts(tiny_dir, tmp_path):
 
 
 def test_modules_for_another_base_are_refused(tmp_path, safety_dir):
-    from safety_modules.tiny import make_tiny
+    from safety_modules.testing.tiny import make_tiny
 
     other = make_tiny(tmp_path / "other", seed=1)
     with pytest.raises(IncompatibleBaseError):

@@ -7,7 +7,7 @@ import torch
 
 from safety_modules import Gate, SafeLlava, SafetyModules, SafetyPolicy
 from safety_modules.data.format import make_record, read_records, write_records
-from safety_modules.data.synth import synthesize
+from safety_modules.testing.synth import synthesize
 from safety_modules.training import TrainConfig, train
 from safety_modules.training.checkpoint import checkpoints
 from tests.training.helpers import base_digest

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ...evaluation.parsing import parse_alignment
-from ...wrapper import SafeLlava
+from ...modeling.safe_llava import SafeLlava
 from .data import RLSample
 from .policy import encode_prompts, sample
 

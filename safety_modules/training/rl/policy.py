@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...wrapper import SafeLlava
+from ...modeling.safe_llava import SafeLlava
 from .losses import entropy_from_logits
 
 

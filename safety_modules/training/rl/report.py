@@ -29,7 +29,7 @@ from ...data.unsafe_concepts import TEXT_ONLY_PROMPTS, blank_image, text_only_pr
 from ...evaluation.parsing import parse_alignment
 from ...evaluation.report import markdown_table, write_csv, write_markdown
 from ...evaluation.unsafe_concepts import alignment_metrics, modality_gap
-from ...wrapper import SafeLlava
+from ...modeling.safe_llava import SafeLlava
 from .data import RLSample
 from .diversity import diversity
 from .evaluate import greedy_texts

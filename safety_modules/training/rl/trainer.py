@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ...wrapper import SafeLlava
+from ...modeling.safe_llava import SafeLlava
 from .. import checkpoint as ckpt
 from ..trainer import ADAPTER_DIR, add_lora
 from .config import RLConfig

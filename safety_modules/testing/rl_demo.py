@@ -12,10 +12,10 @@ from pathlib import Path
 
 
 def run_rl_demo(workdir: Path, steps: int = 12, seed: int = 0) -> int:
-    from ...tiny import make_tiny
-    from .report import before_after_report
-    from .tiny_task import make_rl_corpus, make_yes_no_base, tiny_task_config
-    from .trainer import train_rl
+    from ..training.rl.report import before_after_report
+    from ..training.rl.trainer import train_rl
+    from .rl_tiny_task import make_rl_corpus, make_yes_no_base, tiny_task_config
+    from .tiny import make_tiny
 
     workdir = Path(workdir)
     start = time.time()

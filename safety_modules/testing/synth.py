@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 
-from .format import make_record, write_records
-from .templates import GENERIC_QUESTIONS, refusal
+from ..data.format import make_record, write_records
+from ..data.templates import GENERIC_QUESTIONS, refusal
 
 # kind -> ((level, type), share of the corpus)
 KINDS: dict[str, tuple[tuple[int, str], float]] = {

@@ -28,14 +28,14 @@ from pathlib import Path
 
 import torch
 
-from ...data.format import make_record, read_records, write_records
-from ...data.synth import synthesize
-from ...data.unsafe_concepts import ALIGNMENT_PROMPTS
-from ...images import decode_image
-from ...wrapper import SafeLlava
-from .config import RLConfig
-from .data import RLSample
-from .policy import ActorCritic, encode_prompts
+from ..data.format import make_record, read_records, write_records
+from ..data.unsafe_concepts import ALIGNMENT_PROMPTS
+from ..images import decode_image
+from ..modeling.safe_llava import SafeLlava
+from ..training.rl.config import RLConfig
+from ..training.rl.data import RLSample
+from ..training.rl.policy import ActorCritic, encode_prompts
+from .synth import synthesize
 
 
 def make_rl_corpus(out: Path, total: int = 90, seed: int = 0) -> tuple[Path, Path]:

@@ -14,20 +14,20 @@ from pathlib import Path
 
 
 def run_demo(workdir: Path, steps: int = 80, corpus_size: int = 200, seed: int = 0) -> int:
-    from .calibration import Target
-    from .calibration_report import run_calibration, summary_lines
-    from .data.format import question_text, read_records
-    from .data.synth import synthesize
-    from .evaluation.head import load_labelled
-    from .gate import Gate
-    from .images import decode_image
-    from .metrics import format_metrics
-    from .policy import SafetyPolicy
-    from .scan import ScanSettings, run_scan
-    from .scan.report import write_report
+    from ..calibration import Target
+    from ..calibration_report import run_calibration, summary_lines
+    from ..data.format import question_text, read_records
+    from ..evaluation.head import load_labelled
+    from ..gate import Gate
+    from ..images import decode_image
+    from ..metrics import format_metrics
+    from ..modeling.safe_llava import SafeLlava
+    from ..policy import SafetyPolicy
+    from ..scan import ScanSettings, run_scan
+    from ..scan.report import write_report
+    from ..training import TrainConfig, train
+    from .synth import synthesize
     from .tiny import make_tiny
-    from .training import TrainConfig, train
-    from .wrapper import SafeLlava
 
     workdir = Path(workdir)
     start = time.time()

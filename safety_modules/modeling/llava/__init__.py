@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..conversation import LLAVA_CHAT_TEMPLATE
 from .common import (
     DEVICE_ENV,
     ORIGINAL_ARCHITECTURES,
@@ -12,6 +11,7 @@ from .common import (
     resolve_device,
     resolve_dtype,
 )
+from .conversation import LLAVA_CHAT_TEMPLATE
 from .hf import load_base
 from .original import convert_original_key, llama_tokenizer
 from .vision import (

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .taxonomy import DEFAULT_LEVELS, DEFAULT_TYPES, SAFE_TYPE, Taxonomy
+from ..taxonomy import DEFAULT_LEVELS, DEFAULT_TYPES, SAFE_TYPE, Taxonomy
 
 
 @dataclass

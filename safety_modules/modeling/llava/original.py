@@ -14,7 +14,7 @@ So that the converted model behaves as the original code does (``llava.model.bui
 - images are padded to a square with the mean colour before resizing when the checkpoint says
   ``image_aspect_ratio: pad`` (``LlavaImageProcessor(do_pad=True)``, which is llava's ``expand2square``);
 - the processor's chat template is the ``vicuna_v1`` conversation with its system prompt
-  (`safety_modules.conversation.VICUNA_V1`).
+  (`safety_modules.modeling.llava.conversation.VICUNA_V1`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from ..conversation import IMAGE_TOKEN, VICUNA_V1
 from .common import local_folder
+from .conversation import IMAGE_TOKEN, VICUNA_V1
 
 _VOCAB_MULTIPLE = 64
 

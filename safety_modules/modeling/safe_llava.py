@@ -16,11 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import load_base, select_vision_features
-from .config import SafetyConfig
-from .conversation import chat_text, clean_text
-from .images import group_identical, group_labels, load_images
-from .modeling import SafetyModules, SafetyScores, base_fingerprint
+from ..images import group_identical, group_labels, load_images
+from .configuration import SafetyConfig
+from .fingerprint import base_fingerprint
+from .llava import load_base, select_vision_features
+from .llava.conversation import chat_text, clean_text
+from .safety_modules import SafetyModules
+from .scores import SafetyScores
 
 IGNORE_INDEX = -100
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .conversation import LLAVA_CHAT_TEMPLATE
+from ..modeling.llava.conversation import LLAVA_CHAT_TEMPLATE
 
 _CORPUS = """
 USER: What is shown in this image? ASSISTANT: The image shows a person standing in a street.

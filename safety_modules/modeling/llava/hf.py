@@ -2,7 +2,7 @@
 
 Both kinds come back as ``transformers.LlavaForConditionalGeneration`` and ``LlavaProcessor``.
 HF bases keep their own processor (llava-hf chat template, CLIP preprocessing); original
-checkpoints are converted by `safety_modules.backbone.original`.
+checkpoints are converted by `safety_modules.modeling.llava.original`.
 """
 
 from __future__ import annotations
