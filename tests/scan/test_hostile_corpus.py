@@ -284,8 +284,8 @@ def test_an_item_that_no_part_holds_makes_the_scan_incomplete_and_says_so(tiny_d
     from safety_modules.cli import main
 
     corpus = write_folder(tmp_path / "c", plain_images(7))
-    command = ["scan", str(corpus), "--base", str(tiny_dir), "--safety", str(safety_dir), "--out", str(tmp_path / "out")]
-    command += ["--workers", "0", "--part-size", "3", "--no-progress"]
+    command = ["scan", str(corpus), "--base", str(tiny_dir), "--safety", str(safety_dir)]
+    command += ["--out", str(tmp_path / "out"), "--workers", "0", "--part-size", "3", "--no-progress"]
     assert main(command) == 0
     printed = capsys.readouterr().out
     assert "account: 7 seen = 7 rows + 0 skipped" in printed and "complete: every item seen" in printed

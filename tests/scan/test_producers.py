@@ -79,6 +79,7 @@ def test_webdataset_shardwriter_plain_and_gzipped_shards_with_a_second_image_fie
     tiny_dir, safety_dir, tmp_path, reference
 ):
     import webdataset as wds
+
     images, expected = reference
     segment = jpegs(1, start=900)[0]
     shards = tmp_path / "shards"
@@ -118,6 +119,7 @@ def test_webdataset_shardwriter_plain_and_gzipped_shards_with_a_second_image_fie
 
 def test_hf_datasets_cast_column_image_save_to_disk_and_to_parquet(tiny_dir, safety_dir, tmp_path, reference):
     import datasets
+
     images, expected = reference
     files = write_folder(tmp_path / "src", {f"k{i}.jpg": data for i, data in enumerate(images)})
     ds = datasets.Dataset.from_dict(
