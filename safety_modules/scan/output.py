@@ -107,7 +107,7 @@ def batch_table(
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")  # strict JSON: no bare NaN, ever
     os.replace(tmp, path)
 
 

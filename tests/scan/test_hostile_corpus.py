@@ -269,7 +269,7 @@ def test_non_finite_scores_are_error_rows_never_clean(tiny_dir, safety_dir, tmp_
     clean = tmp_path / "clean.txt"
     write_report(out, export_clean=clean)
     assert clean.read_text() == ""
-    json.loads((out / "manifest.json").read_text())  # valid JSON
+    json.loads((out / "manifest.json").read_text(), parse_constant=lambda name: pytest.fail(f"bare {name}"))
 
     capsys.readouterr()
     image = folder / "img_000.png"
