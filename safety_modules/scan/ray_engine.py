@@ -108,20 +108,21 @@ def ray_engine(
                 errors = [tuple(e) if e else None for e in meta["errors"]]
                 ok = np.array([e is None for e in errors], dtype=bool)
                 probs = scored["probs"][0]
-                table = batch_table(
-                    schema,
-                    taxonomy,
-                    np.asarray(meta["positions"], dtype=np.int64),
-                    meta["ids"],
-                    meta["sources"],
-                    errors,
-                    ok,
-                    probs[:, :levels],
-                    probs[:, levels:],
-                    scored["flags"][0],
+                tables.append(
+                    batch_table(
+                        schema,
+                        taxonomy,
+                        np.asarray(meta["positions"], dtype=np.int64),
+                        meta["ids"],
+                        meta["sources"],
+                        errors,
+                        ok,
+                        probs[:, :levels],
+                        probs[:, levels:],
+                        scored["flags"][0],
+                    )
                 )
-                tables.append(table)
-                on_rows(table.num_rows, table.num_rows - table.column("error").null_count)  # non_finite rows too
+                on_rows(len(errors), len(errors) - tables[-1].column("error").null_count)  # non_finite rows too
                 if meta["last"]:
                     write(meta["part"], pa.concat_tables(tables))
                     tables = []
