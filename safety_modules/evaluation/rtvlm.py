@@ -238,18 +238,16 @@ def write_rtvlm_report(result: RTVLMResult, out: Path, model_name: str) -> None:
 
 
 def _plot(result: RTVLMResult, path: Path, label: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure  # not pyplot: no global backend to set, no figure registry to close
 
     names = list(SUBTASKS.values())
     series = {label: [result.subtasks[s]["mean"] for s in SUBTASKS]}
     series.update({k: v[:10] for k, v in PUBLISHED.items()})
     x = np.arange(len(names))
     width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(12, 4))
+    fig = Figure(figsize=(12, 4))
+    ax = fig.subplots()
     for i, (name, values) in enumerate(series.items()):
         ax.bar(x + i * width, [np.nan if v is None else v for v in values], width, label=name)
     ax.set_xticks(x + 0.4 - width / 2, names, rotation=30, ha="right")
@@ -259,4 +257,3 @@ def _plot(result: RTVLMResult, path: Path, label: str) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

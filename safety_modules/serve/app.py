@@ -24,8 +24,8 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..data.unsafe_concepts import blank_image  # (issue 19 moves it below; this is its one use here)
 from ..gate.limits import PromptTooLong
+from ..images import blank_image
 from ..modeling.llava.conversation import Prompt, prompt_turns
 from ..policy import SafetyDecision
 from .batching import AsyncTextStreamer, Batcher, QueueFull

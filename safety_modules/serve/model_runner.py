@@ -20,11 +20,11 @@ from PIL import Image
 
 from ..gate import Gate, GatedAnswer
 from ..gate.limits import check_prompt_tokens
+from ..gate.vision_scorer import VisionScorer
 from ..images import bound_aspect
 from ..modeling.llava.conversation import Prompt, user_text
 from ..modeling.safe_llava import SafeLlava
 from ..policy import SafetyDecision, SafetyPolicy
-from ..scan.scorer import VisionScorer
 from ..taxonomy import Taxonomy
 
 
