@@ -8,6 +8,8 @@ from pathlib import Path
 
 from ..images import DEFAULT_MAX_PIXELS
 
+DEFAULT_THUMBNAILS = 200  # scan.report.DEFAULT_THUMBNAILS, not imported: `--help` stays free of pyarrow/matplotlib
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("scan", help="score every image of a corpus with the vision tower + safety modules only")
@@ -55,10 +57,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_scan)
 
-    p = sub.add_parser("scan-report", help="write report.html for a scan folder, and clean/flagged id lists")
-    p.add_argument("out_dir", type=Path)
+    p = sub.add_parser(
+        "scan-report",
+        help="write report.html for a scan folder, and clean/flagged id lists",
+        description="Write one self-contained HTML page (opens from disk, nothing fetched): the settings and "
+        "policy, counts per type, level, error kind and source, score histograms, and every flagged and error "
+        "row in a table to sort, filter and page through.",
+    )
+    p.add_argument("out_dir", type=Path, help="the scan's output folder (parquet parts + manifest.json)")
     p.add_argument("--output", type=Path, help="where to write the page (default: OUT_DIR/report.html)")
-    p.add_argument("--top-k", type=int, default=16, help="flagged items shown as thumbnails")
+    p.add_argument(
+        "--thumbnails",
+        "--top-k",
+        dest="top_k",
+        type=int,
+        default=DEFAULT_THUMBNAILS,
+        help="how many flagged rows, the highest risk first, get an embedded thumbnail (each ~3 KB)",
+    )
     p.add_argument("--no-blur", action="store_true", help="show the thumbnails unblurred")
     p.add_argument("--export-clean", type=Path, help="write the ids that are not flagged (and not errors), one a line")
     p.add_argument("--export-flagged", type=Path, help="write the flagged ids, one a line")

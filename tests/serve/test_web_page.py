@@ -3,8 +3,6 @@ upload an image, ask, and the decision bars and the streamed answer appear; a sc
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from safety_modules.gate import Gate
@@ -13,32 +11,6 @@ from .conftest import API_KEY
 
 # Answers and scores are compared with the same model in this process.
 pytestmark = [pytest.mark.timeout(180), pytest.mark.device_sensitive]
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not (CHROMIUM and DRIVER):
-        pytest.skip("headless Chromium is not installed (apt-get install -y chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1280,900",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    yield driver
-    driver.quit()
-
 
 def test_upload_ask_and_see_the_decision_and_the_answer(browser, server, assets, direct, tmp_path):
     from selenium.webdriver.common.by import By
