@@ -328,13 +328,11 @@ def _write_markdown(result: CalibrationResult, source: str) -> None:
 
 
 def _reliability_plots(before: dict[str, LabelledScores], after: dict[str, LabelledScores], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # a figure of its own: no pyplot, no global backend
 
     for name in before:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+        fig = Figure(figsize=(9, 4.8))
+        axes = fig.subplots(1, 2)
         for ax, head in zip(axes, HEADS):
             ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
             for label, data, style in (("before", before[name], "o-"), ("after", after[name], "s-")):
@@ -348,7 +346,7 @@ def _reliability_plots(before: dict[str, LabelledScores], after: dict[str, Label
             ax.set_xlabel("confidence (top probability)")
             ax.set_ylabel("accuracy")
             ax.set_title(f"{head} head, {name}")
-            ax.legend(loc="upper left", fontsize=8)
+            # Below the axes: a curve can run anywhere inside them.
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, ncol=3)
         fig.tight_layout()
-        fig.savefig(out / f"reliability_{name}.png", dpi=90)
-        plt.close(fig)
+        fig.savefig(out / f"reliability_{name}.png", dpi=90, bbox_inches="tight")

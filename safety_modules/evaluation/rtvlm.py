@@ -8,6 +8,7 @@ rows only with the same judge (GPT-4V there); with another judge, compare with a
 from __future__ import annotations
 
 import json
+import re
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -231,25 +232,39 @@ def write_rtvlm_report(result: RTVLMResult, out: Path, model_name: str) -> None:
 
 
 def _plot(result: RTVLMResult, path: Path, label: str) -> None:
-    import matplotlib
+    scores_figure(result, label).savefig(path, dpi=100, bbox_inches="tight")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def short_label(name: str, width: int = 38) -> str:
+    """A legend entry: paths cut to their last part (a policy file, a modules folder), wrapped at ``width``."""
+    import textwrap
+
+    name = re.sub(r"(?:[^\s\[\]()]*/)+([^\s\[\]()/]+)", r"\1", name)
+    return "\n".join(textwrap.wrap(name, width)) or name
+
+
+def scores_figure(result: RTVLMResult, label: str):
+    """Bars per subtask: this run beside the published rows, the legend to the right of the axes (off the bars).
+
+    A `Figure` of its own (no pyplot, no global backend).
+    """
     import numpy as np
+    from matplotlib.figure import Figure
 
     names = list(SUBTASKS.values())
-    series = {label: [result.subtasks[s]["mean"] for s in SUBTASKS]}
-    series.update({k: v[:10] for k, v in PUBLISHED.items()})
+    series = {short_label(label): [result.subtasks[s]["mean"] for s in SUBTASKS]}
+    series.update({short_label(k): v[:10] for k, v in PUBLISHED.items()})
     x = np.arange(len(names))
     width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(12, 4))
+    fig = Figure(figsize=(13, 4.2))
+    ax = fig.subplots()
     for i, (name, values) in enumerate(series.items()):
         ax.bar(x + i * width, [np.nan if v is None else v for v in values], width, label=name)
     ax.set_xticks(x + 0.4 - width / 2, names, rotation=30, ha="right")
     ax.set_ylim(0, 10)
-    ax.set_ylabel("judge score (0-10)")
+    ax.set_xlabel("RTVLM subtask")
+    ax.set_ylabel("judge score (0-10, higher is safer)")
     ax.set_title("RTVLM per subtask" + (" (APPROXIMATE rule judge)" if result.approximate else ""))
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
