@@ -9,22 +9,22 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-tiny", help="write a tiny random LLaVA-1.5 folder (real CLIP geometry, no download)")
-    p.add_argument("out_dir", type=Path)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out_dir", type=Path, help="folder to write the tiny model into")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     p.set_defaults(func=cmd_make_tiny)
 
     p = sub.add_parser("assess", help="print the safety head's level/type probabilities for images")
-    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("images", nargs="+", type=Path, help="image files")
     p.add_argument("--base", required=True, help="LLaVA-1.5 folder or hub id (HF or original layout)")
-    p.add_argument("--safety", help="safety-modules folder or hub id (default: fresh, untrained modules)")
+    p.add_argument("--safety", help="safety-modules folder or hub id (default: fresh, UNTRAINED modules: random scores, with a warning)")
     p.add_argument("--prompt", help="the user prompt the head should also see")
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.set_defaults(func=cmd_assess)
 
     p = sub.add_parser("demo", help="the main job on the built-in tiny model")
-    p.add_argument("--workdir", type=Path, default=Path("runs/demo"))
+    p.add_argument("--workdir", type=Path, default=Path("runs/demo"), help="where everything is written")
     p.add_argument("--rl", action="store_true", help="run the RL alignment stage demo (GRPO on the tiny model) instead")
     p.set_defaults(func=cmd_demo)
 

@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", required=True, help="LLaVA-1.5 folder or hub id (HF or original layout)")
     p.add_argument("--safety", required=True, help="safety-modules folder or hub id")
     p.add_argument("--out", required=True, type=Path, help="output folder (parquet parts + manifest.json); resumable")
-    p.add_argument("--policy", help="the policy deciding 'flagged': default (the default), argmax, allow-all or a YAML")
+    p.add_argument("--policy", help="the policy deciding 'flagged': default (the default), argmax, allow-all (alias none) or a YAML")
     p.add_argument(
         "--reader",
         default="auto",
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-root", help="llava/parquet: folder that relative image paths start from")
     p.add_argument("--image-column", help="parquet/hf: the image column (default: detected)")
     p.add_argument("--id-column", help="parquet/hf: a column of stable keys (default: id/key/uid, else the row number)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument(
         "--workers",
         default="auto",
