@@ -175,7 +175,9 @@ def run_calibration(
     )
     config.save(out / CONFIG_NAME)
     shutil.copyfile(source_files[1], out / WEIGHTS_NAME)
-    write_card(out, config)  # the model card every saved modules folder carries
+    # The model card every saved modules folder carries, with the calibration's own numbers beside the training's.
+    calibrated = {f"calibration.{name}": {"n": s["n"], **s["after"]} for name, s in result.splits.items()}
+    write_card(out, config, {"metrics": calibrated})
     header = (
         f"# Written by `safevlm calibrate` for the modules in this folder (calibrated probabilities).\n"
         f"# Target on validation: {target.describe()}; thresholds {'per type' if per_type else 'shared'}.\n"

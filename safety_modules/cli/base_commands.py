@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 from pathlib import Path
 
@@ -37,6 +38,21 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def untrained_warning(safety: str | None, training: dict | None) -> str | None:
+    """Why the scores mean nothing, when they do not: no modules given, or modules no training run saved."""
+    if safety is None:
+        return (
+            "no --safety given: these are fresh, UNTRAINED safety modules with random weights; their scores mean "
+            "nothing and change on every run (train them with `safevlm train stage1`, or pass --safety)"
+        )
+    if training is None:
+        return (
+            f"the safety modules in {safety} record no training run (saved untrained, or by a version that did not "
+            "record it): their scores may mean nothing"
+        )
+    return None
+
+
 def format_scores(name: str, level_probs, type_probs, config) -> str:
     """One readable line per image: top level and top type with their probabilities."""
     level = int(level_probs.argmax())
@@ -53,6 +69,9 @@ def cmd_assess(args: argparse.Namespace) -> int:
     from ..modeling.safe_llava import SafeLlava
 
     model = SafeLlava.from_pretrained(args.base, args.safety, dtype=args.dtype, device=args.device)
+    warning = untrained_warning(args.safety, model.config.training)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     images = []
     for path in args.images:
         with Image.open(path) as img:

@@ -191,6 +191,11 @@ def cmd_rtvlm(args: argparse.Namespace) -> int:
         f"RTVLM: {len(items)} items ({', '.join(f'{SUBTASKS[k]} {v}' for k, v in data.counts().items())}); "
         f"{data.summary()}"
     )
+    if not items:  # an empty run would report 0 items and n/a scores as if it had measured something
+        raise ValueError(
+            f"the recipe selects no RTVLM item from {args.data} (split {r.split!r}, subtasks {r.subtasks or 'all'}, "
+            f"limit per subtask {r.limit_per_subtask}); nothing to evaluate"
+        )
     judge = (
         RuleJudge()
         if r.judge == "rules"

@@ -54,6 +54,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     for path, reason in result.skipped:
         print(f"skipped {path}: {reason}")
     print(f"{args.kind}: wrote {len(records)} records to {args.out} ({len(result.skipped)} skipped)")
+    if not records:  # an empty training file is never what was wanted: say so and fail
+        print(f"safevlm data convert {args.kind}: error: no record was written; check the input and its options")
+        return 1
     return 0
 
 
