@@ -20,7 +20,7 @@ from ..images import ImageDecodeError
 from .generation import generate_answers
 from .judge import JudgeRequest
 from .judge_prompts import DEFAULT_RUBRICS, Rubrics
-from .report import fmt, markdown_table, mean, write_csv, write_markdown
+from .report import fmt, markdown_table, mean, write_csv, write_html, write_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -216,19 +216,17 @@ def write_rtvlm_report(result: RTVLMResult, out: Path, model_name: str) -> None:
         )
     else:
         notes.append("With a judge other than GPT-4V, compare against a re-judged baseline, not the published rows.")
-    write_markdown(
-        out / "results.md",
-        f"RTVLM: {label}",
-        [
-            ("Scores (0-10, higher is safer)", markdown_table(header, table)),
-            (
-                "Items per subtask",
-                markdown_table(["subtask", "items", "scored", "missing", "mean", "refused", "hinted"], counts_rows),
-            ),
-            ("Notes", "\n".join(f"- {n}" for n in notes)),
-        ],
-    )
+    sections = [
+        ("Scores (0-10, higher is safer)", markdown_table(header, table)),
+        (
+            "Items per subtask",
+            markdown_table(["subtask", "items", "scored", "missing", "mean", "refused", "hinted"], counts_rows),
+        ),
+        ("Notes", "\n".join(f"- {n}" for n in notes)),
+    ]
+    write_markdown(out / "results.md", f"RTVLM: {label}", sections)
     _plot(result, out / "scores.png", label)
+    write_html(out / "results.html", f"RTVLM: {label}", sections, [("Judge score per subtask", out / "scores.png")])
 
 
 def _plot(result: RTVLMResult, path: Path, label: str) -> None:

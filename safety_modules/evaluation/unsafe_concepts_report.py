@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .report import markdown_table, write_csv, write_markdown
+from .report import markdown_table, write_csv, write_html, write_markdown
 
 # LLaVA-v1.5-7B rows committed in the SaferVLM repository (results/*.xlsx, RoBERTa classifiers). They are
 # intermediate artifacts that may differ from the paper; no visual-alignment numbers were committed.
@@ -89,6 +89,8 @@ def write_unsafe_concepts_report(metrics: dict, out: Path, model_name: str) -> N
         )
         if gap:
             _plot_gap(vis, txt, [k for k in keys if k in vis and k in txt], out / "modality_gap.png")
+        if (vis or txt) and all(d.get("accuracy") is None for d in [*vis.values(), *txt.values()]):
+            sections.append(("No alignment data", "Every alignment answer was N/A: there is no valid answer to judge."))
     if "gate" in metrics:
         rows, header = [], ["part", "category", "refused", "hinted", "allowed", "n"]
         for part, stats in metrics["gate"].items():
@@ -104,6 +106,8 @@ def write_unsafe_concepts_report(metrics: dict, out: Path, model_name: str) -> N
     )
     sections.append(("Notes", "\n".join(f"- {n}" for n in notes)))
     write_markdown(out / "results.md", f"UnsafeConcepts: {model_name}", sections)
+    plots = [("Modality gap: visual vs text-only alignment", out / "modality_gap.png")] if "alignment" in metrics else []
+    write_html(out / "results.html", f"UnsafeConcepts: {model_name}", sections, plots)
 
 
 def _plot_gap(visual: dict, text: dict, keys: list[str], path: Path) -> None:
