@@ -3,6 +3,8 @@ upload an image, ask, and the decision bars and the streamed answer appear; a sc
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from safety_modules.gate import Gate
@@ -89,7 +91,8 @@ def test_the_hint_is_shown_the_top_bar_is_coloured_by_risk_and_there_is_no_favic
         "level_probs": {n: (0.7 if i == 0 else 0.1) for i, n in enumerate(levels)},
         "type_probs": {n: (0.8 if n == model.config.taxonomy.safe_type else 0.2 / (len(types) - 1)) for n in types},
     }  # fmt: skip
-    browser.execute_script("showSafety(arguments[0])", safe)
+    # As JSON text, parsed by the page as it parses the server's replies (keys in taxonomy order).
+    browser.execute_script("showSafety(JSON.parse(arguments[0]))", json.dumps(safe))
     red = "rgb(210, 85, 63)"
     fills = browser.execute_script(
         "return [...document.querySelectorAll('.bar.top .fill')].map(f => getComputedStyle(f).backgroundColor)"
@@ -97,7 +100,7 @@ def test_the_hint_is_shown_the_top_bar_is_coloured_by_risk_and_there_is_no_favic
     assert len(fills) == 2 and red not in fills
     assert not browser.find_element(By.ID, "hint").is_displayed()
     risky = dict(safe, level=levels[-1], type=types[0], level_probs={n: 0.25 for n in levels})
-    browser.execute_script("showSafety(arguments[0])", risky)
+    browser.execute_script("showSafety(JSON.parse(arguments[0]))", json.dumps(risky))
     fills = browser.execute_script(
         "return [...document.querySelectorAll('.bar.top .fill')].map(f => getComputedStyle(f).backgroundColor)"
     )
