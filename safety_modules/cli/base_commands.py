@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import json
+import sys
 from pathlib import Path
 
 
@@ -17,7 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("assess", help="print the safety head's level/type probabilities for images")
     p.add_argument("images", nargs="+", type=Path, help="image files")
     p.add_argument("--base", required=True, help="LLaVA-1.5 folder or hub id (HF or original layout)")
-    p.add_argument("--safety", help="safety-modules folder or hub id (default: fresh, UNTRAINED modules: random scores, with a warning)")
+    p.add_argument(
+        "--safety",
+        help="safety-modules folder or hub id (default: fresh, UNTRAINED modules: random scores, with a warning)",
+    )
     p.add_argument("--prompt", help="the user prompt the head should also see")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")

@@ -32,7 +32,12 @@ def _model_args(p: argparse.ArgumentParser, generation: bool = True, recipe: boo
             action="store_true",
             help="the bare base: no safety tokens, policy allow-all (the comparison row)",
         )
-        p.add_argument("--max-new-tokens", type=int, default=None if recipe else 512, help="longest answer in tokens (default: 512)")
+        p.add_argument(
+            "--max-new-tokens",
+            type=int,
+            default=None if recipe else 512,
+            help="longest answer in tokens (default: 512)",
+        )
         p.add_argument("--name", help="model name in the report (default: from --base/--safety)")
     if recipe:
         p.add_argument(

@@ -15,8 +15,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lora", help="stage-2 LoRA adapter folder for the language model")
     p.add_argument("--image", required=True, type=Path, help="the image file")
     p.add_argument("--prompt", required=True, help="the question about the image")
-    p.add_argument("--policy", help="default (the default), argmax, allow-all (alias none: the gate never acts) or a policy YAML laid over "
-        "the default")
+    p.add_argument(
+        "--policy",
+        help="default (the default), argmax, allow-all (alias none: the gate never acts) or a policy YAML laid over "
+        "the default",
+    )
     p.add_argument(
         "--refusal",
         choices=["short_circuit", "generate"],

@@ -19,7 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", required=True, help="LLaVA-1.5 folder or hub id (HF or original layout)")
     p.add_argument("--safety", required=True, help="safety-modules folder or hub id")
     p.add_argument("--out", required=True, type=Path, help="output folder (parquet parts + manifest.json); resumable")
-    p.add_argument("--policy", help="the policy deciding 'flagged': default (the default), argmax, allow-all (alias none) or a YAML")
+    p.add_argument(
+        "--policy",
+        help="the policy deciding 'flagged': default (the default), argmax, allow-all (alias none) or a YAML",
+    )
     p.add_argument(
         "--reader",
         default="auto",

@@ -29,9 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the generated images")
     p.set_defaults(func=cmd_synth)
 
-    train = sub.add_parser(
-        "train", help="train the safety modules (stage 1), LoRA (stage 2) or RL alignment (rl)"
-    )
+    train = sub.add_parser("train", help="train the safety modules (stage 1), LoRA (stage 2) or RL alignment (rl)")
     stages = train.add_subparsers(dest="stage", required=True)
     for stage in ("stage1", "stage2"):
         p = stages.add_parser(stage, help=f"{stage} from a YAML recipe (see train/)")

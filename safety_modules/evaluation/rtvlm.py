@@ -8,8 +8,8 @@ rows only with the same judge (GPT-4V there); with another judge, compare with a
 from __future__ import annotations
 
 import json
-import re
 import logging
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field

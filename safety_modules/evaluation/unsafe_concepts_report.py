@@ -106,7 +106,9 @@ def write_unsafe_concepts_report(metrics: dict, out: Path, model_name: str) -> N
     )
     sections.append(("Notes", "\n".join(f"- {n}" for n in notes)))
     write_markdown(out / "results.md", f"UnsafeConcepts: {model_name}", sections)
-    plots = [("Modality gap: visual vs text-only alignment", out / "modality_gap.png")] if "alignment" in metrics else []
+    plots = (
+        [("Modality gap: visual vs text-only alignment", out / "modality_gap.png")] if "alignment" in metrics else []
+    )
     write_html(out / "results.html", f"UnsafeConcepts: {model_name}", sections, plots)
 
 

@@ -214,7 +214,7 @@ def histogram_figure(table, types: list[str], levels: list[str], safe_type: str)
     ax = axes.flat[len(panels)]
     level_counts = [int(pc.sum(pc.equal(table.column("level"), name)).as_py() or 0) for name in levels]
     # Only the risk levels are drawn in a warm colour; the safe level (index 0) is grey.
-    colours = ["#8a8f98"] + [f"#{0xd0:02x}{max(0x40, 0xb0 - 0x30 * i):02x}3a" for i in range(len(levels) - 1)]
+    colours = ["#8a8f98"] + [f"#{0xD0:02x}{max(0x40, 0xB0 - 0x30 * i):02x}3a" for i in range(len(levels) - 1)]
     ax.bar(range(len(levels)), level_counts, color=colours)
     ax.set_xticks(range(len(levels)), [n.replace("_", "\n") for n in levels], fontsize=7)
     ax.set_title("top level", fontsize=9)
@@ -292,7 +292,9 @@ def _mapping_table(mapping: dict[str, Any], css: str = "") -> str:
             columns = list(dict.fromkeys(c for row in value.values() for c in row))
             out.append(f"<h3>{html.escape(key)}</h3>")
             first = {"rules": "risk type"}.get(key, "name")
-            out.append(_table([first, *columns], [[name, *(row.get(c) for c in columns)] for name, row in value.items()]))
+            out.append(
+                _table([first, *columns], [[name, *(row.get(c) for c in columns)] for name, row in value.items()])
+            )
     return "".join(out)
 
 

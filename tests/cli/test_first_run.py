@@ -43,7 +43,7 @@ def test_the_card_written_by_training_and_calibration_says_what_the_run_knows(ti
     root, safety_dir = stage1
     card = (safety_dir / "README.md").read_text()
     val_count = len(read_records(root / "corpus" / "val.jsonl"))
-    assert f"small.jsonl`: 16 records, training" in card
+    assert "small.jsonl`: 16 records, training" in card
     assert f"val.jsonl`: {val_count} records, held out (evaluation)" in card
     assert "Stage 1, 2 optimizer steps." in card
     assert "| held-out.risk_auroc |" in card and "| held-out.level_ece |" in card
@@ -87,7 +87,9 @@ def test_a_conversion_that_writes_nothing_fails(tmp_path, capsys):
 def test_an_rtvlm_recipe_that_selects_nothing_is_an_error(tiny_dir, tmp_path, capsys):
     snapshot = write_rtvlm_snapshot(tmp_path / "snap")
     args = ["eval", "rtvlm", "--data", str(snapshot), "--base", str(tiny_dir), "--out", str(tmp_path / "out")]
-    assert main([*args, "--judge", "rules", "--split", "test", "--subtasks", "order_correct_wrong"]) == 2  # 1 item: train
+    assert (
+        main([*args, "--judge", "rules", "--split", "test", "--subtasks", "order_correct_wrong"]) == 2
+    )  # 1 item: train
     assert "selects no RTVLM item" in capsys.readouterr().err
 
 

@@ -95,7 +95,8 @@ def test_sort_filter_and_page_through_every_flagged_and_error_row(browser, tmp_p
     assert "0 embedded" in browser.find_element(By.ID, "thumbnail-note").text
     # Long ids wrap inside their cell: no cell is wider than the page.
     widest = browser.execute_script(
-        "return Math.max(...[...document.querySelectorAll('#row-body td.id')].map(td => td.scrollWidth - td.clientWidth))"
+        "return Math.max(...[...document.querySelectorAll('#row-body td.id')]"
+        ".map(td => td.scrollWidth - td.clientWidth))"
     )
     assert widest <= 1
     assert save_full_page(browser, str(tmp_path / "scan-report-last-page.png"))

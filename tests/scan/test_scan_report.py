@@ -50,7 +50,16 @@ def test_scan_report_html_histograms_blurred_thumbnails_and_exports(tiny_dir, tm
     assert "6 flagged, 1 errors" in capsys.readouterr().out
 
     clean, flagged = tmp_path / "clean.txt", tmp_path / "flagged.txt"
-    args = ["scan-report", str(out), "--thumbnails", "4", "--export-clean", str(clean), "--export-flagged", str(flagged)]
+    args = [
+        "scan-report",
+        str(out),
+        "--thumbnails",
+        "4",
+        "--export-clean",
+        str(clean),
+        "--export-flagged",
+        str(flagged),
+    ]
     assert main(args) == 0
     page = (out / "report.html").read_text()
     assert "http" not in page.replace("http-equiv", "")  # self-contained: nothing fetched from elsewhere
@@ -58,7 +67,9 @@ def test_scan_report_html_histograms_blurred_thumbnails_and_exports(tiny_dir, tm
     assert len(histograms) == 1 and histograms[0].size[0] > 200
     data = report_data(page)
     # Every flagged row and the error row are in the table, the error with its kind and message.
-    assert data["n"] == 7 and sorted(data["id"]) == sorted([f"corpus:img_{i:03d}.png" for i in range(6)] + ["corpus:empty.jpg"])
+    assert data["n"] == 7 and sorted(data["id"]) == sorted(
+        [f"corpus:img_{i:03d}.png" for i in range(6)] + ["corpus:empty.jpg"]
+    )
     error_row = data["id"].index("corpus:empty.jpg")
     assert data["kinds"][data["kind"][error_row]] == "empty" and "empty" in data["error"][error_row]
     assert data["risk"][error_row] == -1 and not data["flagged"][error_row]
@@ -71,7 +82,9 @@ def test_scan_report_html_histograms_blurred_thumbnails_and_exports(tiny_dir, tm
     assert "4 embedded, for the 4 highest-risk of the 6 flagged rows" in page and "--no-blur" in page
     # The policy is a table (one row per risk type), not a line of raw JSON.
     assert "<th>risk type</th><th>enabled</th><th>hint</th><th>refuse</th>" in page and '{"name"' not in page
-    assert "<td>corpus</td><td>7</td><td>6</td><td>6</td><td>1</td>" in page  # per source: rows, scored, flagged, errors
+    assert (
+        "<td>corpus</td><td>7</td><td>6</td><td>6</td><td>1</td>" in page
+    )  # per source: rows, scored, flagged, errors
     assert flagged.read_text().split() == [f"corpus:img_{i:03d}.png" for i in range(6)]
     assert clean.read_text() == ""  # every scored item is flagged; the broken one is in neither list
 

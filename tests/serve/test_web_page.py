@@ -14,6 +14,7 @@ from .conftest import API_KEY
 # Answers and scores are compared with the same model in this process.
 pytestmark = [pytest.mark.timeout(180), pytest.mark.device_sensitive]
 
+
 def test_upload_ask_and_see_the_decision_and_the_answer(browser, server, assets, direct, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
