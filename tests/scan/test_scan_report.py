@@ -124,3 +124,25 @@ def test_exports_follow_the_flagged_column(tiny_dir, safety_dir, tmp_path):
     assert flagged.read_text().split() == [r["id"] for r in rows if r["flagged"]]
     assert clean.read_text().split() == [r["id"] for r in rows if r["error"] is None and not r["flagged"]]
     assert len(clean.read_text().split()) + len(flagged.read_text().split()) == 8
+
+
+def test_per_source_counts_add_what_the_manifest_account_records(tmp_path):
+    """A scan whose manifest carries the reader's account (seen, skipped, missing rows per source) shows it beside
+    the counts from the parts; one without it shows those alone."""
+    from safety_modules.scan.report import write_report
+
+    folder = write_synthetic_scan(tmp_path / "scan", 40, sources=2, error_share=0.2)
+    page = write_report(folder).read_text()
+    assert "<th>source</th><th>rows</th><th>scored</th><th>flagged</th><th>errors</th></tr>" in page
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["account"] = {
+        "by_source": {
+            "shard-00000.tar": {"seen": 23, "rows": 20, "skipped_by_reason": {"no image": 3}},
+            "gone.tar": {"seen": 5, "rows": 0, "missing_rows": 5},
+        }
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    page = write_report(folder).read_text()
+    header = "<th>source</th><th>rows</th><th>scored</th><th>flagged</th><th>errors</th><th>seen</th>"
+    assert header in page and "<th>skipped_by_reason</th>" in page and "<th>missing_rows</th>" in page
+    assert "<td>no image: 3</td>" in page and "<td>gone.tar</td><td>0</td><td>0</td><td>0</td><td>0</td><td>5</td>" in page
