@@ -145,4 +145,6 @@ def test_per_source_counts_add_what_the_manifest_account_records(tmp_path):
     page = write_report(folder).read_text()
     header = "<th>source</th><th>rows</th><th>scored</th><th>flagged</th><th>errors</th><th>seen</th>"
     assert header in page and "<th>skipped_by_reason</th>" in page and "<th>missing_rows</th>" in page
-    assert "<td>no image: 3</td>" in page and "<td>gone.tar</td><td>0</td><td>0</td><td>0</td><td>0</td><td>5</td>" in page
+    assert (
+        "<td>no image: 3</td>" in page and "<td>gone.tar</td><td>0</td><td>0</td><td>0</td><td>0</td><td>5</td>" in page
+    )
