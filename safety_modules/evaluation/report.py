@@ -90,7 +90,7 @@ def write_html(
 _CSS = (
     "body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222;max-width:90em}"
     "table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:.2em .5em;"
-    "text-align:left}td{overflow-wrap:anywhere}th{background:#f2f3f5}img{max-width:100%}"
+    "text-align:left}td{overflow-wrap:break-word}th{background:#f2f3f5}img{max-width:100%}"
     "figcaption{font-size:.9em;color:#555}"
 )
 

@@ -42,9 +42,19 @@ def start_chromium(width: int = 1280, height: int = 900) -> Any:
 
 def save_full_page(driver: Any, path: str, max_height: int = 6000) -> bool:
     """A screenshot of the whole page (up to ``max_height`` px), not just the window's first screen."""
+    import time
+
+    deadline = time.monotonic() + 5  # embedded images decode after the load event; the height counts them
+    while time.monotonic() < deadline and not driver.execute_script(
+        "return [...document.images].every(i => i.complete)"
+    ):
+        time.sleep(0.05)
     size = driver.get_window_size()
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(size["width"], min(max_height, max(600, int(height) + 40)))
+    # The window is taller than the page's viewport by its own chrome, even headless.
+    height = driver.execute_script(
+        "return document.documentElement.scrollHeight + (window.outerHeight - window.innerHeight)"
+    )
+    driver.set_window_size(size["width"], min(max_height, max(600, int(height) + 20)))
     try:
         return bool(driver.save_screenshot(path))
     finally:
