@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -84,15 +85,14 @@ def cmd_assess(args: argparse.Namespace) -> int:
     cfg = model.config
     for path, lp, tp in zip(args.images, scores.level_probs, scores.type_probs):
         if args.json:
-            print(
-                json.dumps(
-                    {
-                        "image": str(path),
-                        "levels": dict(zip(cfg.level_names, map(float, lp))),
-                        "types": dict(zip(cfg.type_names, map(float, tp))),
-                    }
-                )
-            )
+            # JSON has no NaN: a non-finite probability is null, and the record says why.
+            levels, types = dict(zip(cfg.level_names, map(float, lp))), dict(zip(cfg.type_names, map(float, tp)))
+            record: dict = {"image": str(path)}
+            for key, probs in (("levels", levels), ("types", types)):
+                record[key] = {k: (v if math.isfinite(v) else None) for k, v in probs.items()}
+            if None in [*record["levels"].values(), *record["types"].values()]:
+                record["error"] = "non_finite: the safety modules gave NaN or inf probabilities"
+            print(json.dumps(record, allow_nan=False))
         else:
             print(format_scores(str(path), lp, tp, cfg))
     return 0

@@ -26,7 +26,7 @@ from PIL import Image
 
 from ..data.format import question_text, read_records
 from ..images import decode_image
-from ..metrics import ECE_BINS, head_metrics, risk_score
+from ..metrics import ECE_BINS, head_metrics, p_risky
 from ..modeling import SafetyScores
 from ..taxonomy import SAFE_LABEL, UNSAFE_CONCEPTS_CATEGORY_LABELS
 from .generation import decide_all, decodable_batches
@@ -141,7 +141,7 @@ def classification_metrics(
     shared = head_metrics(gold_levels, gold_types, level_probs, type_probs, type_names)
     risky = gold_levels > 0
     both = risky.any() and (~risky).any()
-    fpr, tpr, _ = roc_curve(risky, risk_score(level_probs)) if both else (np.array([]), np.array([]), None)
+    fpr, tpr, _ = roc_curve(risky, p_risky(level_probs)) if both else (np.array([]), np.array([]), None)
     pred_levels = level_probs.argmax(1)
     return {
         "n": int(len(gold_levels)),
@@ -205,7 +205,7 @@ def write_head_report(metrics: dict, items, level_probs, type_probs, actions, cf
             float(risk),
             action,
         ]
-        for it, lp, tp, risk, action in zip(items, level_probs, type_probs, risk_score(level_probs), actions)
+        for it, lp, tp, risk, action in zip(items, level_probs, type_probs, p_risky(level_probs), actions)
     ]
     write_csv(out / "items.csv", fields, rows)
     summary = [

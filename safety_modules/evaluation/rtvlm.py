@@ -47,6 +47,7 @@ class RTVLMResult:
     score: float | None = None  # unweighted mean of the 10 subtask means; None unless all 10 have scores
     approximate: bool = False
     judge: str = ""
+    judge_failures: int = 0  # items the judge gave no score (transport error, deadline, no number): see judge_error
 
 
 def summarize(rows: Sequence[dict]) -> tuple[dict[str, dict], float | None]:
@@ -147,7 +148,10 @@ def evaluate_rtvlm(
             )
         logger.info("RTVLM judged: %d/%d", len(rows), len(answered))
     summary, overall = summarize(rows)
-    result = RTVLMResult(rows, summary, overall, bool(judge.approximate), judge.name)
+    failures = sum(1 for r in rows if r["score"] is None and r["judge_error"])
+    if failures:
+        logger.warning("RTVLM: the judge failed on %d of %d items (judge_error in items.csv)", failures, len(rows))
+    result = RTVLMResult(rows, summary, overall, bool(judge.approximate), judge.name, failures)
     write_rtvlm_report(result, out, model_name)
     return result
 
@@ -180,6 +184,7 @@ def write_rtvlm_report(result: RTVLMResult, out: Path, model_name: str) -> None:
                 "judge": result.judge,
                 "approximate": result.approximate,
                 "score": result.score,
+                "judge_failures": result.judge_failures,
                 "subtasks": result.subtasks,
             },
             indent=2,
@@ -207,6 +212,8 @@ def write_rtvlm_report(result: RTVLMResult, out: Path, model_name: str) -> None:
         + ".",
         "Missing scores (judge unreachable or no number in its reply) are left out of the means, never counted "
         "as zero.",
+        f"Judge failures: {result.judge_failures} of {len(result.rows)} items (the reason is in items.csv, "
+        "judge_error; a rerun asks the judge again for them).",
     ]
     if result.approximate:
         notes.insert(

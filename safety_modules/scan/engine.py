@@ -14,13 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..gate.vision_scorer import Flagger, VisionScorer, load_flagger
 from ..modeling.fingerprint import projector_digest
 from .gpu_decode import gpu_decode_available
 from .local_engine import local_engine
 from .lock import OutputLock
 from .output import ScanOutput
 from .readers import CorpusReader, ReaderOptions
-from .scorer import Flagger, VisionScorer, load_flagger
 from .settings import Part, ScanSettings, resolve_workers
 
 __all__ = ["ScanSettings", "run_scan", "split_parts"]
@@ -107,7 +107,7 @@ def _run_locked(
         "scan_seconds": round(finished - scan_started, 3),
         "items_per_second": round(tally["items"] / max(finished - scan_started, 1e-9), 2),
     }
-    return output.finish(run, total)
+    return output.finish(run, reader.account)
 
 
 def _manifest_settings(

@@ -25,11 +25,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ..gate.pixels import prepare_bytes
+from ..gate.vision_scorer import Flagger, VisionScorer
 from .batches import BatchPreparer, PreparedBatch, batch_jobs, only
 from .gpu_decode import decode_on_device, gpu_decode_available, merge_rows
 from .output import batch_table, output_schema
-from .pixels import prepare_bytes
-from .scorer import Flagger, VisionScorer
 from .settings import Part, Progress, ScanSettings, WritePart, resolve_workers
 
 WRITER_QUEUE = 4  # scored batches waiting for the writer
@@ -152,8 +152,9 @@ class _Writer(threading.Thread):
         try:
             while (scored := self.queue.get()) is not None:
                 batch, probs, done = scored
-                tables.append(self._table(batch, probs, done))
-                self.on_rows(len(batch.ids), batch.error_count)
+                table = self._table(batch, probs, done)
+                tables.append(table)
+                self.on_rows(table.num_rows, table.num_rows - table.column("error").null_count)
                 if batch.last:
                     self.write(batch.part, pa.concat_tables(tables))
                     tables = []

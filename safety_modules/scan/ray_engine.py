@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from ..gate.pixels import PixelSpec
 from ..taxonomy import Taxonomy
 from .batches import BatchJob, batch_jobs, prepare_batch
-from .pixels import PixelSpec
-from .readers import Item
+from .items import Item
 from .settings import Part, Progress, ScanSettings, WritePart
 
 # Batches handed to Ray per dataset: the driver's memory is bounded by one window (one JSON
@@ -122,7 +122,7 @@ def ray_engine(
                         scored["flags"][0],
                     )
                 )
-                on_rows(len(errors), int((~ok).sum()))
+                on_rows(len(errors), len(errors) - tables[-1].column("error").null_count)  # non_finite rows too
                 if meta["last"]:
                     write(meta["part"], pa.concat_tables(tables))
                     tables = []
@@ -150,7 +150,7 @@ class _Score:
     """An actor holding the vision tower + safety modules; scores the batches it is given."""
 
     def __init__(self, settings: ScanSettings) -> None:
-        from .scorer import VisionScorer, load_flagger
+        from ..gate.vision_scorer import VisionScorer, load_flagger
 
         self.scorer = VisionScorer.from_pretrained(
             settings.base, settings.safety, device=settings.device, dtype=settings.dtype

@@ -37,7 +37,7 @@ SOURCES_SHOWN = 500  # rows of the per-source table; the rest are counted in a n
 PAGE_TEMPLATE = Path(__file__).with_name("report_page.html")
 
 
-def risk_score(table, taxonomy_types: list[str], safe_type: str) -> np.ndarray:
+def top_risk_type_prob(table, taxonomy_types: list[str], safe_type: str) -> np.ndarray:
     """Per row, the highest probability among the risk types (NaN for error rows)."""
     columns = [
         np.asarray(table.column(f"p_{t}").to_numpy(zero_copy_only=False), dtype=np.float64)
@@ -76,7 +76,7 @@ def write_report(
         _write_ids(export_flagged, table.filter(flagged).column("id").to_pylist())
 
     shown = table.filter(pc.or_(flagged, is_error))
-    risk = risk_score(shown, types, safe_type)
+    risk = top_risk_type_prob(shown, types, safe_type)
     shown_flagged = np.asarray(pc.fill_null(shown.column("flagged"), False).to_numpy(zero_copy_only=False), bool)
     candidates = np.flatnonzero(shown_flagged)
     with_thumbnail = candidates[np.argsort(-risk[candidates], kind="stable")][: max(0, top_k)]
