@@ -8,6 +8,8 @@ from pathlib import Path
 
 from ..images import DEFAULT_MAX_PIXELS
 
+DEFAULT_THUMBNAILS = 200  # scan.report.DEFAULT_THUMBNAILS, not imported: `--help` stays free of pyarrow/matplotlib
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("scan", help="score every image of a corpus with the vision tower + safety modules only")
@@ -19,7 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", required=True, help="LLaVA-1.5 folder or hub id (HF or original layout)")
     p.add_argument("--safety", required=True, help="safety-modules folder or hub id")
     p.add_argument("--out", required=True, type=Path, help="output folder (parquet parts + manifest.json); resumable")
-    p.add_argument("--policy", help="the policy deciding 'flagged': default (the default), argmax, allow-all or a YAML")
+    p.add_argument(
+        "--policy",
+        help="the policy deciding 'flagged': default (the default), argmax, allow-all (alias none) or a YAML",
+    )
     p.add_argument(
         "--reader",
         default="auto",
@@ -37,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--image-column", help="parquet/hf: the image column (default: detected)")
     p.add_argument("--id-column", help="parquet/hf: a column of stable keys (default: id/key/uid, else the row number)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument(
         "--workers",
         default="auto",
@@ -65,10 +70,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_scan)
 
-    p = sub.add_parser("scan-report", help="write report.html for a scan folder, and clean/flagged id lists")
-    p.add_argument("out_dir", type=Path)
+    p = sub.add_parser(
+        "scan-report",
+        help="write report.html for a scan folder, and clean/flagged id lists",
+        description="Write one self-contained HTML page (opens from disk, nothing fetched): the settings and "
+        "policy, counts per type, level, error kind and source, score histograms, and every flagged and error "
+        "row in a table to sort, filter and page through.",
+    )
+    p.add_argument("out_dir", type=Path, help="the scan's output folder (parquet parts + manifest.json)")
     p.add_argument("--output", type=Path, help="where to write the page (default: OUT_DIR/report.html)")
-    p.add_argument("--top-k", type=int, default=16, help="flagged items shown as thumbnails")
+    p.add_argument(
+        "--thumbnails",
+        "--top-k",
+        dest="top_k",
+        type=int,
+        default=DEFAULT_THUMBNAILS,
+        help="how many flagged rows, the highest risk first, get an embedded thumbnail (each ~3 KB)",
+    )
     p.add_argument("--no-blur", action="store_true", help="show the thumbnails unblurred")
     p.add_argument("--export-clean", type=Path, help="write the ids that are not flagged (and not errors), one a line")
     p.add_argument("--export-flagged", type=Path, help="write the flagged ids, one a line")

@@ -129,7 +129,7 @@ class ScanOutput:
             previous = json.loads(manifest_path.read_text())
             if previous.get("settings") != settings:
                 raise ValueError(
-                    f"{self.dir} holds a scan with other settings (input, models, policy or part size); "
+                    f"{self.dir} holds a scan with other settings: {_differences(previous.get('settings'), settings)}; "
                     "resume with the same command or use a new --out folder"
                 )
             self.manifest = previous
@@ -173,6 +173,14 @@ class ScanOutput:
         self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         write_json_atomic(self.dir / MANIFEST_NAME, self.manifest)
         return self.manifest
+
+
+def _differences(before: Any, now: Any, where: str = "") -> str:
+    """The settings that differ, by dotted name, with both values: ``policy.rules.privacy.hint 0.5 -> 0.7``."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        keys = [k for k in dict.fromkeys([*before, *now]) if before.get(k) != now.get(k)]
+        return "; ".join(_differences(before.get(k), now.get(k), f"{where}.{k}" if where else str(k)) for k in keys)
+    return f"{where or 'settings'} was {json.dumps(before)}, now {json.dumps(now)}"
 
 
 def read_parts(out_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
