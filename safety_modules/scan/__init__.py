@@ -1,7 +1,7 @@
 """Corpus risk scanning: readers, the vision-only scorer, resumable parquet output, report, Ray engine."""
 
+from ..output_lock import OutputLockedError as ScanLockedError
 from .engine import run_scan
-from .lock import ScanLockedError
 from .output import output_schema, read_parts, summarize
 from .readers import READER_KINDS, CorpusReader, Item, ReaderOptions
 from .scorer import VisionScorer
