@@ -48,9 +48,9 @@ class TrainResult:
     eval_history: list[dict[str, float]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     safety_dir: Path | None = None
+    adapter_dir: Path | None = None
     # The record ids this process trained on in this run, in order (how sharding is checked).
     sample_ids: list[str] = field(default_factory=list)
-    adapter_dir: Path | None = None
 
 
 # ---------------------------------------------------------------- model
