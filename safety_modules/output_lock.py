@@ -2,7 +2,7 @@
 
 Two scans into the same ``--out`` would write the same parts, two training runs into the same
 ``output_dir`` the same checkpoints; the second refuses at start with a message naming the first
-(pid, host, start time). The lock is ``flock`` on ``.scan.lock`` (``.train.lock`` for training): the
+(pid, host, start time). The lock is ``flock`` on ``.scan.lock`` (``.training.lock`` for training): the
 kernel releases it when its holder dies, however it dies, so a killed job resumes with the same
 command and no pid has to be judged alive or dead (a pid from another host, or reused since, cannot
 fool it). The file's text only names the holder; a file left by a job that died is taken over with
@@ -12,6 +12,7 @@ a warning naming that job. Shared by the scan (`scan.engine`) and training (`tra
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import socket
@@ -22,7 +23,8 @@ from pathlib import Path
 LOCK_NAME = ".scan.lock"  # the scan's lock file (``OutputLock``'s default job)
 
 # Lock descriptors held by this process. A forked child (a DataLoader worker) closes its copies at
-# once, so that workers outliving a killed scan do not keep its folder locked.
+# once, so that workers outliving a killed scan do not keep its folder locked. The fork hook that does
+# it is registered by the first lock taken, not at import: importing this module changes nothing.
 _HELD: set[int] = set()
 
 
@@ -32,7 +34,9 @@ def _close_held_in_child() -> None:
     _HELD.clear()
 
 
-os.register_at_fork(after_in_child=_close_held_in_child)
+@functools.cache  # once per process: a fork hook cannot be removed, so it must not be added twice
+def _register_fork_hook() -> None:
+    os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 class OutputLockedError(RuntimeError):
@@ -81,6 +85,7 @@ class OutputLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(self.owner).encode(), 0)
         self.fd = fd
+        _register_fork_hook()
         _HELD.add(fd)
         return self
 

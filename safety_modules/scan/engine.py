@@ -14,13 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..gate.vision_scorer import Flagger, VisionScorer, load_flagger
 from ..modeling.fingerprint import projector_digest
 from ..output_lock import OutputLock
 from .gpu_decode import gpu_decode_available
 from .local_engine import local_engine
 from .output import ScanOutput
 from .readers import CorpusReader, ReaderOptions
-from .scorer import Flagger, VisionScorer, load_flagger
 from .settings import Part, ScanSettings, resolve_workers
 
 __all__ = ["ScanSettings", "run_scan", "split_parts"]

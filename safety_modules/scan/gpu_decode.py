@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..gate.pixels import PixelSpec, output_size
 from ..images import MAX_ASPECT_RATIO
-from .pixels import PixelSpec, output_size
 from .readers import Item, ItemError, load_bytes
 
 

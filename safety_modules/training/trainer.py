@@ -260,6 +260,8 @@ def _train_locked(
         history, eval_history = state["history"], state["eval_history"]
         skipped = [tuple(s) for s in state["skipped"]]
         say(f"resumed from {folder} at step {global_step}/{total_steps}")
+    if accelerator.is_main_process:
+        ckpt.truncate_log(out / "log.jsonl", global_step)  # steps logged after the checkpoint are run again
 
     def save(step: int) -> None:
         state = {
@@ -270,11 +272,18 @@ def _train_locked(
             "total_steps": total_steps,
             "layout": layout.to_dict(),
         }
-        if accelerator.is_main_process:  # the folder is the main process's; the others only add their RNG state
-            (out / f"checkpoint-{step}").mkdir(parents=True, exist_ok=True)
         accelerator.wait_for_everyone()
         ckpt.save_and_prune(
-            out, step, params, optimizer, scheduler, state, cfg.save_total_limit, rank, accelerator.is_main_process
+            out,
+            step,
+            params,
+            optimizer,
+            scheduler,
+            state,
+            cfg.save_total_limit,
+            rank,
+            accelerator.is_main_process,
+            accelerator.wait_for_everyone,
         )
 
     def evaluate(step: int) -> None:
