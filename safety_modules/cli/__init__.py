@@ -10,6 +10,8 @@ import importlib
 import logging
 import sys
 
+from .help_format import Parser
+
 # Modules that each define ``register(subparsers)``; one line per feature area.
 COMMAND_MODULES = [
     "safety_modules.cli.base_commands",
@@ -24,7 +26,7 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="safevlm", description="Safety modules for a frozen LLaVA-v1.5.")
+    parser = Parser(prog="safevlm", description="Safety modules for a frozen LLaVA-v1.5.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:

@@ -41,9 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="instead of the refuse recall: refuse at most B of the safe items (hints still follow --target)",
     )
     p.add_argument("--per-type", action="store_true", help="one hint/refuse pair per risk type (default: shared)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     p.set_defaults(func=cmd_calibrate)
 
 

@@ -13,7 +13,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", required=True, help="LLaVA-1.5 folder or hub id (HF or original layout)")
     p.add_argument("--safety", required=True, help="safety-modules folder or hub id")
     p.add_argument("--lora", help="stage-2 LoRA adapter folder for the language model (not in proxy mode)")
-    p.add_argument("--policy", help="default, argmax, allow-all or a policy YAML laid over the shipped default")
+    p.add_argument(
+        "--policy",
+        help="default (the default), argmax, allow-all (alias none) or a policy YAML laid over the shipped default",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model-name", help="the model id clients see (default: the base folder's name)")
@@ -33,8 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--upstream-model", help="model name sent upstream (default: the client's)")
     p.add_argument("--upstream-api-key-file", type=Path, help="file holding the upstream's bearer token")
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
     p.set_defaults(func=cmd_serve)
 
 

@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..gate.pixels import PixelSpec, output_size
 from ..images import MAX_ASPECT_RATIO
-from .readers import Item, ItemError, load_bytes
+from .items import Item, ItemError, load_bytes
 
 
 def gpu_decode_available(setting: str, device: torch.device) -> bool:

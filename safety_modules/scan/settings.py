@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..images import DEFAULT_MAX_PIXELS
-from .readers import Item
+from .items import Item
 
 Part = tuple[int, list[tuple[int, Item]]]  # (part index, [(input position, item), ...])
 Progress = Callable[[int, int], None]  # (rows done, errors among them)
