@@ -70,12 +70,15 @@ def format_scores(name: str, level_probs, type_probs, config) -> str:
 def cmd_assess(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from ..gate.limits import check_prompt_tokens, context_length
     from ..modeling.safe_llava import SafeLlava
 
     model = SafeLlava.from_pretrained(args.base, args.safety, dtype=args.dtype, device=args.device)
     warning = untrained_warning(args.safety, model.config.training)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
+    if args.prompt:  # the head reads the prompt: refuse one longer than the model's context
+        check_prompt_tokens(model.processor.tokenizer, [args.prompt], context_length(model.base.config))
     images = []
     for path in args.images:
         with Image.open(path) as img:
