@@ -15,6 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
+
 MANIFEST_DIR = Path(__file__).parent / "bases"
 LAYOUTS = ("hf", "original")
 # The fingerprint keys that the geometry decides (see modeling/fingerprint.py); the digest is the rest.
@@ -32,7 +34,7 @@ _MANIFEST_KEYS = {
 }
 
 
-class ManifestError(ValueError):
+class ManifestError(ConfigError):
     """A known-base manifest is malformed or contradicts itself."""
 
 

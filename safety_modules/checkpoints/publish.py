@@ -13,10 +13,12 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import RemoteError
+
 logger = logging.getLogger(__name__)
 
 
-class PublishError(RuntimeError):
+class PublishError(RemoteError):
     """The hub refused or could not be reached; the local folder is unchanged."""
 
 

@@ -152,12 +152,10 @@ def _recipe(args: argparse.Namespace, cls):
 
     import yaml
 
-    from ..evaluation.recipes import read_recipe, recipe_dict
-
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
-    recipe = read_recipe(cls, args.recipe, **flags)
+    recipe = cls.from_yaml(args.recipe, **flags)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "recipe.yaml").write_text(yaml.safe_dump(recipe_dict(recipe), sort_keys=False))
+    (args.out / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     return recipe
 
 

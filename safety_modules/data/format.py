@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from ..images import ImageDecodeError, decode_image
 from ..modeling.llava.conversation import clean_text
 from ..taxonomy import Taxonomy
@@ -29,7 +30,7 @@ IMAGE_MARKER = "<image>"
 ROLES = ("human", "gpt")
 
 
-class RecordError(ValueError):
+class RecordError(InputError):
     """A record does not follow the training format."""
 
 

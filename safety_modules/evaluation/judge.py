@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from ..errors import RemoteError
 from .generation import JsonlCache, cache_key
 from .judge_prompts import (  # noqa: F401 (re-exported: the judge's prompts are imported from here too)
     DEFAULT_RUBRICS,
@@ -71,7 +72,7 @@ class Judgment:
     error: str = ""
 
 
-class JudgeError(ValueError):
+class JudgeError(RemoteError, ValueError):
     """The judge endpoint refused the requests (bad URL, model or key): retrying cannot help."""
 
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..checkpoints import CARD_NAME, CardData, name_base, upload_folder, write_card
 from ..checkpoints.card import as_card_data
+from ..errors import ModelError
 from .configuration import SafetyConfig
 from .fingerprint import describe
 from .head import SafetyHead
@@ -24,11 +25,11 @@ WEIGHTS_NAME = "model.safetensors"
 PUBLISHED_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 
 
-class IncompatibleBaseError(ValueError):
+class IncompatibleBaseError(ModelError):
     """Safety modules were trained for another base model than the one they are attached to."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ModelError):
     """A safety-modules folder is missing files or holds tensors that do not fit the config."""
 
 

@@ -18,6 +18,8 @@ import time
 import warnings
 from pathlib import Path
 
+from ..errors import SafeVLMError
+
 LOCK_NAME = ".scan.lock"
 
 # Lock descriptors held by this process. A forked child (a DataLoader worker) closes its copies at
@@ -34,7 +36,7 @@ def _close_held_in_child() -> None:
 os.register_at_fork(after_in_child=_close_held_in_child)
 
 
-class ScanLockedError(RuntimeError):
+class ScanLockedError(SafeVLMError, RuntimeError):
     """Another scan is writing into the output folder."""
 
 

@@ -25,13 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 READER_KINDS = ("folder", "llava", "wds", "parquet", "hf")
 _IMAGE_COLUMNS = ("image", "jpg", "png", "webp", "img", "image_bytes", "image_path", "path")
 _ID_COLUMNS = ("id", "key", "uid", "__key__")
 
 
-class ItemError(Exception):
+class ItemError(InputError):
     """Reading an item's bytes failed; ``kind`` is counted like an `ImageDecodeError`'s."""
 
     def __init__(self, kind: str, message: str) -> None:

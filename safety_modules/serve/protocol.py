@@ -7,13 +7,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import SafeVLMError
 from ..gate import GatedAnswer
 from ..policy import SafetyDecision
 from ..taxonomy import Taxonomy
 from .model_runner import Sampling
 
 
-class ApiError(Exception):
+class ApiError(SafeVLMError):
     """A request the server answers with an OpenAI-style error JSON and a 4xx/5xx status."""
 
     def __init__(

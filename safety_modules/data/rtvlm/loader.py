@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ...errors import InputError
 from ...images import decode_image
 from .files import ImageIndex, extract_zip, find_file
 from .subsets import ROW_RULES, SUBSETS, SUBTASKS, Subset, row_key
@@ -62,7 +63,7 @@ class RTVLMData:
         )
 
 
-class RTVLMFormatError(ValueError):
+class RTVLMFormatError(InputError):
     """The snapshot is not laid out as the published dataset."""
 
 
