@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..safe_files import read_yaml
 
 MANIFEST_DIR = Path(__file__).parent / "bases"
 LAYOUTS = ("hf", "original")
@@ -59,10 +60,8 @@ class KnownBase:
 
 def read_manifest(path: str | Path) -> KnownBase:
     """Read and check one manifest: known keys, a known layout, a fingerprint consistent with the geometry."""
-    import yaml
-
     path = Path(path)
-    data = yaml.safe_load(path.read_text())
+    data = read_yaml(path, "known-base manifest")
     if not isinstance(data, dict):
         raise ManifestError(f"{path}: a manifest is a YAML mapping")
     missing, unknown = sorted(_MANIFEST_KEYS - set(data)), sorted(set(data) - _MANIFEST_KEYS)

@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import RemoteError
+from ..errors import ConfigError, RemoteError
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def upload_folder(
     from huggingface_hub import HfApi
 
     if repo_id.count("/") != 1 or repo_id.startswith("/") or repo_id.endswith("/"):
-        raise ValueError(f"repo id must look like 'owner/name', got {repo_id!r}")
+        raise ConfigError(f"repo id must look like 'owner/name', got {repo_id!r}")
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)

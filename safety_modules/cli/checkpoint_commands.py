@@ -8,6 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..errors import ConfigError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fingerprint", help="print the fingerprint safety modules record for a base model")
@@ -66,7 +68,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     from ..modeling.safety_modules import PUBLISHED_FILES
 
     if args.dry_run != (args.local_dir is not None):
-        raise ValueError("--dry-run and --local-dir go together: the dry run leaves the staged files there")
+        raise ConfigError("--dry-run and --local-dir go together: the dry run leaves the staged files there")
     # Loading checks that the folder is complete and its tensors fit its config before anything is staged.
     modules = SafetyModules.from_pretrained(args.folder, device="cpu")
     rewrite_card = args.card_data is not None or not (args.folder / CARD_NAME).is_file()

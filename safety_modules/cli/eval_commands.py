@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..evaluation.recipes import JUDGES, RTVLM_SPLITS, UNSAFE_CONCEPTS_PARTS
 
 logger = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ def cmd_rtvlm(args: argparse.Namespace) -> int:
 
     r = _recipe(args, RTVLMRecipe)
     if r.judge == "api" and not (r.judge_url and r.judge_model):
-        raise ValueError(
+        raise ConfigError(
             "the api judge needs judge_url and judge_model (--judge-url/--judge-model or the recipe); "
             "or use --judge rules (approximate)"
         )
@@ -242,7 +243,7 @@ def cmd_unsafe_concepts(args: argparse.Namespace) -> int:
     perception_clf = alignment_clf = None
     if r.perception_classifier or r.alignment_classifier:
         if r.classifier_encoder is None:
-            raise ValueError(
+            raise ConfigError(
                 "the response classifiers need classifier_encoder (--classifier-encoder: a local roberta-base folder)"
             )
         device = args.device or "cpu"

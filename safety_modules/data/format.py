@@ -24,6 +24,7 @@ from typing import Any
 from ..errors import InputError
 from ..images import ImageDecodeError, decode_image
 from ..modeling.llava.conversation import clean_text
+from ..safe_files import parse_json
 from ..taxonomy import Taxonomy
 
 IMAGE_MARKER = "<image>"
@@ -94,10 +95,7 @@ def read_jsonl(path: str | Path) -> list[Any]:
     with open(path, encoding="utf-8") as handle:
         for n, line in enumerate(handle, 1):
             if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise RecordError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+                rows.append(parse_json(line, f"{path}:{n}", error=RecordError))
     return rows
 
 
@@ -107,11 +105,7 @@ def read_records(path: str | Path, taxonomy: Taxonomy | None = None) -> list[dic
     if path.suffix == ".jsonl":
         records = read_jsonl(path)
     else:
-        text = path.read_text(encoding="utf-8")
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise RecordError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        records = parse_json(path.read_bytes(), str(path), error=RecordError)
         if not isinstance(records, list):
             raise RecordError(f"{path}: expected a JSON list of records")
     for record in records:

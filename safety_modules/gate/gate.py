@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError, InputError
 from ..images import load_images
 from ..modeling.safe_llava import SafeLlava, SafetyScores
 from ..policy import SafetyDecision, SafetyPolicy
@@ -57,7 +58,7 @@ class Gate:
         inject_safety_tokens: bool = True,
     ) -> None:
         if refusal not in REFUSAL_MODES:
-            raise ValueError(f"refusal must be one of {list(REFUSAL_MODES)}, got {refusal!r}")
+            raise ConfigError(f"refusal must be one of {list(REFUSAL_MODES)}, got {refusal!r}")
         taxonomy = model.config.taxonomy
         policy = policy if policy is not None else SafetyPolicy.default(taxonomy)
         policy.check_taxonomy(taxonomy)
@@ -181,7 +182,7 @@ class Gate:
         image_token = self.model.processor.image_token
         for i, prompt in enumerate(prompts):
             if image_token in prompt:
-                raise ValueError(
+                raise InputError(
                     f"prompt {i} contains the image placeholder {image_token!r}; pass the image separately"
                 )
         if not isinstance(images, torch.Tensor):

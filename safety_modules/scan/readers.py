@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 READER_KINDS = ("folder", "llava", "wds", "parquet", "hf")
@@ -79,7 +79,7 @@ def detect_kind(path: Path) -> str:
             return "parquet"
         if name.endswith((".json", ".jsonl")):
             return "llava"
-        raise ValueError(f"cannot tell the format of {path}; pass --reader ({', '.join(READER_KINDS)})")
+        raise InputError(f"cannot tell the format of {path}; pass --reader ({', '.join(READER_KINDS)})")
     if not path.is_dir():
         raise FileNotFoundError(f"scan input not found: {path}")
     if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
@@ -100,7 +100,7 @@ class CorpusReader:
         self.options = options or ReaderOptions()
         self.kind = detect_kind(self.path) if self.options.kind == "auto" else self.options.kind
         if self.kind not in READER_KINDS:
-            raise ValueError(f"unknown reader {self.kind!r}; use one of {READER_KINDS} or 'auto'")
+            raise ConfigError(f"unknown reader {self.kind!r}; use one of {READER_KINDS} or 'auto'")
         if not self.path.exists():
             raise FileNotFoundError(f"scan input not found: {self.path}")
 
@@ -312,7 +312,7 @@ def _pick(names: list[str], candidates: tuple[str, ...], what: str) -> str:
     for name in candidates:
         if name in names:
             return name
-    raise ValueError(f"no {what}: columns are {names}; name it with --image-column")
+    raise InputError(f"no {what}: columns are {names}; name it with --image-column")
 
 
 def _parquet_rows(file: Path) -> int:
@@ -334,7 +334,7 @@ def _llava_entries(file: Path) -> Iterator[tuple[int, Any]]:
         # LLaVA instruction files are one JSON array of annotations (text only; images stay on disk).
         entries = json.loads(file.read_text(encoding="utf-8"))
         if not isinstance(entries, list):
-            raise ValueError(f"{file}: expected a JSON list of LLaVA entries")
+            raise InputError(f"{file}: expected a JSON list of LLaVA entries")
         yield from enumerate(entries)
 
 

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from ..data.unsafe_concepts import blank_image
+from ..errors import ConfigError
 from .batching import AsyncTextStreamer, Batcher
 from .inputs import InputLimits, decode, fetch_image_bytes, read_json
 from .metrics import ServerMetrics
@@ -66,7 +67,7 @@ class Server:
 
     def __init__(self, runner: ModelRunner, config: ServeConfig) -> None:
         if config.upstream is None and not runner.can_generate:
-            raise ValueError("this runner cannot generate: give an upstream server (proxy mode)")
+            raise ConfigError("this runner cannot generate: give an upstream server (proxy mode)")
         self.runner, self.config, self.limits = runner, config, config.limits
         self.metrics = ServerMetrics()
         self.batcher = Batcher(runner, config.max_batch, config.max_wait_ms / 1000.0, self.metrics)

@@ -27,6 +27,7 @@ from transformers.generation.stopping_criteria import (
 )
 from transformers.generation.streamers import BaseStreamer
 
+from ..errors import ConfigError
 from .metrics import ServerMetrics
 from .model_runner import ModelRunner, Sampling
 
@@ -141,7 +142,7 @@ class Batcher:
 
     def __init__(self, runner: ModelRunner, max_batch: int, max_wait_s: float, metrics: ServerMetrics) -> None:
         if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+            raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
         self.runner = runner
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ...errors import InputError
+from ...errors import ConfigError, InputError
 from ...images import decode_image
 from .files import ImageIndex, extract_zip, find_file
 from .subsets import ROW_RULES, SUBSETS, SUBTASKS, Subset, row_key
@@ -91,7 +91,7 @@ def load_rtvlm(
     wanted = list(subtasks) if subtasks is not None else list(SUBTASKS)
     unknown = sorted(set(wanted) - set(SUBTASKS))
     if unknown:
-        raise ValueError(f"unknown RTVLM subtasks {unknown}; known: {list(SUBTASKS)}")
+        raise ConfigError(f"unknown RTVLM subtasks {unknown}; known: {list(SUBTASKS)}")
     data = RTVLMData()
     found_any = False
     for subset in SUBSETS:
@@ -178,9 +178,9 @@ def split_items(
     if split == "all":
         return list(items)
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'all', 'train' or 'test', got {split!r}")
+        raise ConfigError(f"split must be 'all', 'train' or 'test', got {split!r}")
     if not 0.0 < train_fraction < 1.0:
-        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+        raise ConfigError(f"train_fraction must be in (0, 1), got {train_fraction}")
     keep: list[RTVLMItem] = []
     for subtask in SUBTASKS:
         group_items = [it for it in items if it.subtask == subtask]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ...errors import ConfigError, ModelError
+from ...safe_files import read_json
 
 DEVICE_ENV = "SAFEVLM_DEVICE"
 ORIGINAL_ARCHITECTURES = {"LlavaLlamaForCausalLM"}
@@ -38,7 +40,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         "float32": torch.float32,
     }
     if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
+        raise ConfigError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
     return names[dtype]
 
 
@@ -59,7 +61,7 @@ def read_config(folder: Path) -> dict[str, Any]:
     file = folder / "config.json"
     if not file.is_file():
         raise FileNotFoundError(f"{folder} has no config.json: not a model folder")
-    return json.loads(file.read_text())
+    return read_json(file, "model config", error=ModelError)
 
 
 def is_original_format(config: dict[str, Any]) -> bool:
@@ -70,4 +72,4 @@ def is_original_format(config: dict[str, Any]) -> bool:
 def check_llava(config: dict[str, Any], name: str | Path) -> None:
     """Refuse an HF-layout folder that is not a LLaVA model."""
     if config.get("model_type") != "llava":
-        raise ValueError(f"{name} is a {config.get('model_type')!r} model, not a LLaVA (model_type 'llava')")
+        raise ModelError(f"{name} is a {config.get('model_type')!r} model, not a LLaVA (model_type 'llava')")

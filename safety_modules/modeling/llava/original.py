@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ...errors import ModelError
 from .common import local_folder
 from .conversation import IMAGE_TOKEN, VICUNA_V1
 
@@ -44,7 +45,7 @@ def convert_original_key(key: str) -> str:
         return key
     if key.startswith("model."):
         return "model.language_model." + key[len("model.") :]
-    raise KeyError(f"unexpected key in original LLaVA checkpoint: {key}")
+    raise ModelError(f"unexpected key in original LLaVA checkpoint: {key}")
 
 
 def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
@@ -135,7 +136,7 @@ def original_llava_config(folder: Path, config: dict[str, Any]):
 
     projector_type = config.get("mm_projector_type", "linear")
     if projector_type != "mlp2x_gelu":
-        raise ValueError(
+        raise ModelError(
             f"only LLaVA-1.5 checkpoints (mm_projector_type 'mlp2x_gelu') are supported, got {projector_type!r}"
         )
     vt_folder = resolve_vision_tower(folder, config["mm_vision_tower"])
@@ -173,7 +174,7 @@ def original_image_processor(vt_folder: Path, config: dict[str, Any]):
     if aspect == "square":  # llava's process_images: the image processor as it is
         return clip
     if aspect != "pad":
-        raise ValueError(
+        raise ModelError(
             f"image_aspect_ratio {aspect!r} is not LLaVA-1.5's ('pad' or unset); "
             "LLaVA-NeXT 'anyres' checkpoints are not supported"
         )
@@ -218,7 +219,7 @@ def load_original(folder: Path, config: dict[str, Any], dtype: torch.dtype):
     )
     if info.get("missing_keys") or info.get("mismatched_keys"):
         # Missing weights would be silently random-initialised: refuse instead.
-        raise ValueError(
+        raise ModelError(
             f"original LLaVA checkpoint {folder} does not convert cleanly: "
             f"missing {sorted(info.get('missing_keys') or [])[:10]}, "
             f"mismatched {list(info.get('mismatched_keys') or [])[:10]}"

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ...errors import ConfigError
 from ...modeling.safe_llava import SafeLlava
 from .. import checkpoint as ckpt
 from ..trainer import ADAPTER_DIR, add_lora
@@ -92,7 +93,7 @@ def train_rl(cfg: RLConfig, stop_after: int | None = None, log: Callable[[str], 
     out = Path(cfg.output_dir)
     rank, world = accelerator.process_index, accelerator.num_processes
     if cfg.prompts_per_step % world or cfg.step_batch_size % world:
-        raise ValueError(f"{world} processes must divide the prompts per step and step_batch_size")
+        raise ConfigError(f"{world} processes must divide the prompts per step and step_batch_size")
     samples = load_samples(cfg.train_data)
     judge = make_judge(cfg.reward, cfg.reward_classifier, accelerator.device, cfg.reward_classifier_weights)
     ac = build_policy(cfg, accelerator.device)
