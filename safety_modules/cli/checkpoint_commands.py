@@ -74,10 +74,11 @@ def cmd_push(args: argparse.Namespace) -> int:
     rewrite_card = args.card_data is not None or not (args.folder / CARD_NAME).is_file()
     files = [name for name in PUBLISHED_FILES if name != CARD_NAME or not rewrite_card]
 
+    card = CardData.from_yaml(args.card_data) if args.card_data else CardData()  # checked before staging
+
     def stage(dest: Path) -> list[Path]:
         staged = stage_files(args.folder, dest, files)
         if rewrite_card:
-            card = CardData.from_yaml(args.card_data) if args.card_data else CardData()
             card.repo_id = card.repo_id or args.repo_id
             staged.append(write_card(dest, modules.config, card))
         return sorted(staged)
