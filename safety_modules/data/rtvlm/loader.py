@@ -18,6 +18,7 @@ from PIL import Image
 
 from ...errors import ConfigError, InputError
 from ...images import decode_image
+from ...safe_files import parse_json
 from .files import ImageIndex, extract_zip, find_file
 from .subsets import ROW_RULES, SUBSETS, SUBTASKS, Subset, row_key
 
@@ -133,7 +134,7 @@ def _read_subset(subset: Subset, jsonl: Path, index: ImageIndex, data: RTVLMData
                 continue
             where = f"{subset.name} {jsonl.name}:{line_no}"
             try:
-                row = json.loads(line)
+                row = parse_json(line, where, error=InputError)  # deep nesting too: a skipped row
                 expanded = rule(row)
             except (json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
                 data.skipped_rows.append(f"{where}: unusable row ({type(exc).__name__}: {exc}); skipped")
