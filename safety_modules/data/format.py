@@ -92,7 +92,7 @@ def question_text(record: dict[str, Any]) -> str:
 def read_jsonl(path: str | Path) -> list[Any]:
     """Every non-blank line of a JSONL file, parsed; a bad line is a `RecordError` naming file and line."""
     rows = []
-    with open(path, encoding="utf-8") as handle:
+    with open(path, "rb") as handle:  # bytes: a line that is not UTF-8 is a RecordError naming it
         for n, line in enumerate(handle, 1):
             if line.strip():
                 rows.append(parse_json(line, f"{path}:{n}", error=RecordError))

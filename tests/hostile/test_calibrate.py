@@ -85,3 +85,17 @@ def test_bad_arguments_are_one_line(option, value, fragment, tiny_dir, modules_d
     data = labelled(tmp_path / "data", photos, [(0, TAX.safe_type), (2, TAX.risk_types[0])])
     rc, err = calibrate(capsys, tiny_dir, modules_dir, data, tmp_path / "out", option, value)
     one_line_error(rc, err, fragment)
+
+
+@pytest.mark.parametrize(
+    "line, fragment",
+    [
+        (b"[" * 5000 + b"]" * 5000, "val.jsonl:2: nested deeper than"),
+        (b'{"id": "caf\xe9"}', "val.jsonl:2: not UTF-8 text"),
+    ],
+)
+def test_hostile_lines_in_the_validation_records(line, fragment, tiny_dir, modules_dir, photos, tmp_path, capsys):
+    data = labelled(tmp_path / "data", photos, [(0, TAX.safe_type)])
+    data.write_bytes(data.read_bytes().splitlines()[0] + b"\n" + line + b"\n")
+    rc, err = calibrate(capsys, tiny_dir, modules_dir, data, tmp_path / "out")
+    one_line_error(rc, err, fragment)
