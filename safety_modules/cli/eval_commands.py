@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..evaluation.recipes import JUDGES, RTVLM_SPLITS, UNSAFE_CONCEPTS_PARTS
+from .recipe_overrides import add_settings_help
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("eval", help="benchmarks: RTVLM, UnsafeConcepts, safety-head metrics")
     eval_sub = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
 
-    p = eval_sub.add_parser("rtvlm", help="RTVLM: generate, judge 0-10, report per subtask beside published rows")
+    p = eval_sub.add_parser(
+        "rtvlm", help="RTVLM: generate, judge 0-10, report per subtask beside published rows", add_help=False
+    )
+    add_settings_help(p, "safety_modules.evaluation.recipes:RTVLMRecipe")
     p.add_argument("--data", type=Path, required=True, help="local snapshot of MMInstruction/RedTeamingVLM")
     _model_args(p, recipe=True)
     p.add_argument(
@@ -76,7 +80,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-cache", type=Path, help="where the zips are extracted (default: <data>/.extracted)")
     p.set_defaults(func=cmd_rtvlm)
 
-    p = eval_sub.add_parser("unsafe-concepts", help="UnsafeConcepts: perception, alignment, text-only, modality gap")
+    p = eval_sub.add_parser(
+        "unsafe-concepts", help="UnsafeConcepts: perception, alignment, text-only, modality gap", add_help=False
+    )
+    add_settings_help(p, "safety_modules.evaluation.recipes:UnsafeConceptsRecipe")
     p.add_argument("--data", type=Path, required=True, help="SaferVLM layout or HF parquet export folder")
     p.add_argument("--perception-metadata", help="perception_metadata.jsonl (default: beside the data)")
     _model_args(p, recipe=True)

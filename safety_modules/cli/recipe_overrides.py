@@ -26,13 +26,19 @@ class _HelpWithDefaults(argparse.Action):
         parser.exit()
 
 
+def add_settings_help(p: argparse.ArgumentParser, settings: str) -> None:
+    """``-h``/``--help`` that also lists every setting of ``settings`` (``module:Class``) with its default;
+    ``p`` is made with ``add_help=False``."""
+    p.add_argument(
+        "-h", "--help", action=_HelpWithDefaults, settings=settings, help="show this help and every setting's default"
+    )
+
+
 def add_recipe_arguments(p: argparse.ArgumentParser, steps: str, example: str, settings: str) -> None:
     """The recipe path and the override flags that `recipe_overrides` reads (``steps`` names what max_steps counts,
     ``example`` is a ``--set`` example, ``settings`` the ``module:Class`` whose defaults ``--help`` lists).
     ``p`` is made with ``add_help=False``: this ``-h`` replaces argparse's."""
-    p.add_argument(
-        "-h", "--help", action=_HelpWithDefaults, settings=settings, help="show this help and every setting's default"
-    )
+    add_settings_help(p, settings)
     p.add_argument("config", type=Path)
     p.add_argument("--output-dir", help="override output_dir")
     p.add_argument("--resume-from", help="a checkpoint folder or 'latest'")

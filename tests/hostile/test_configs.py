@@ -140,13 +140,22 @@ def test_card_data_with_a_list_where_a_string_belongs(modules_dir, tmp_path, cap
     assert CardData.from_dict({"training_data": "one set"}).training_data == ["one set"]
 
 
-def test_training_help_shows_every_default(capsys):
+@pytest.mark.parametrize(
+    "command, shown",
+    [
+        (["train", "stage1"], ["training settings (recipe keys; defaults):", "learning_rate: 1e-05", '"r": 256']),
+        (["train", "rl"], ["RL settings (recipe keys; defaults):", 'algorithm: "ppo"', "kl_coef: 0.1"]),
+        (["eval", "rtvlm"], ["rtvlm recipe settings (recipe keys; defaults):", "judge_concurrency: 4"]),
+        (["eval", "unsafe-concepts"], ['parts: ["perception", "alignment", "text_only"]']),
+    ],
+)
+def test_help_shows_every_default(command, shown, capsys):
     with pytest.raises(SystemExit) as exit_:
-        build_parser().parse_args(["train", "stage1", "--help"])
+        build_parser().parse_args([*command, "--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    assert "training settings (recipe keys; defaults):" in out
-    assert "learning_rate: 1e-05" in out and 'mixed_precision: "auto"' in out and '"r": 256' in out
+    for text in shown:
+        assert text in out
 
 
 def test_the_loader_caps(tmp_path):
