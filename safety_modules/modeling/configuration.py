@@ -121,8 +121,9 @@ class SafetyConfig:
     @classmethod
     def load(cls, path: str | Path) -> SafetyConfig:
         data = read_json(path, "safety-modules config", error=ModelError)
-        if not isinstance(data, dict) or data.get("model_type") != "safety_modules":
-            raise ModelError(f"{path} is not a safety-modules config (model_type={data.get('model_type')!r})")
+        model_type = data.get("model_type") if isinstance(data, dict) else None
+        if model_type != "safety_modules":
+            raise ModelError(f"{path} is not a safety-modules config (model_type={model_type!r})")
         return cls.from_dict(data)
 
 

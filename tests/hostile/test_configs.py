@@ -78,6 +78,7 @@ def test_a_200_mb_policy_is_refused_before_it_is_read(tiny_dir, photo_file, tmp_
     [
         ("padding", "at most 16777216 bytes"),  # 20 MB: over the cap
         ("deep", "nested deeper than"),
+        ("list", "a model config is a JSON object, got list"),
     ],
 )
 def test_a_hostile_base_config_json_is_refused(config, fragment, tiny_dir, photo_file, tmp_path, capsys):
@@ -89,8 +90,10 @@ def test_a_hostile_base_config_json_is_refused(config, fragment, tiny_dir, photo
     data = json.loads((tiny_dir / "config.json").read_text())
     if config == "padding":
         (base / "config.json").write_text(json.dumps({**data, "padding": "x" * 20_000_000}))
-    else:
+    elif config == "deep":
         (base / "config.json").write_text(json.dumps(data)[:-1] + ', "deep": ' + DEEP_JSON + "}")
+    else:
+        (base / "config.json").write_text(json.dumps([data]))
     rc, err = cli(capsys, "assess", photo_file, "--base", base)
     one_line_error(rc, err, "config.json", fragment)
 
@@ -180,3 +183,18 @@ def test_the_loader_caps(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         read_yaml(tmp_path / "missing.yaml")
     assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [(DEEP_JSON, "nested deeper than"), ("[1, 2]", "is not a safety-modules config"), ("{", "not valid JSON")],
+)
+def test_a_hostile_modules_config_is_refused(content, fragment, tiny_dir, modules_dir, photo_file, tmp_path, capsys):
+    modules = tmp_path / "mods"
+    modules.mkdir()
+    for file in modules_dir.iterdir():
+        (modules / file.name).symlink_to(file)
+    (modules / "config.json").unlink()
+    (modules / "config.json").write_text(content)
+    rc, err = cli(capsys, "assess", photo_file, "--base", tiny_dir, "--safety", modules)
+    one_line_error(rc, err, "config.json", fragment)

@@ -61,7 +61,10 @@ def read_config(folder: Path) -> dict[str, Any]:
     file = folder / "config.json"
     if not file.is_file():
         raise FileNotFoundError(f"{folder} has no config.json: not a model folder")
-    return read_json(file, "model config", error=ModelError)
+    config = read_json(file, "model config", error=ModelError)
+    if not isinstance(config, dict):
+        raise ModelError(f"{file}: a model config is a JSON object, got {type(config).__name__}")
+    return config
 
 
 def is_original_format(config: dict[str, Any]) -> bool:
