@@ -65,10 +65,10 @@ def preprocess_rate(folder: Path, base: Path, workers: int, batch_size: int) -> 
     """Images/s of the scan's worker pool alone, batches discarded as they arrive."""
     import torch
 
+    from safety_modules.gate.pixels import PixelSpec
     from safety_modules.modeling.llava import load_vision_parts
     from safety_modules.scan.batches import BatchPreparer, batch_jobs, only
     from safety_modules.scan.engine import split_parts
-    from safety_modules.scan.pixels import PixelSpec
     from safety_modules.scan.readers import CorpusReader
 
     spec = PixelSpec.from_processor(load_vision_parts(base, dtype="fp32", device="cpu").image_processor)
@@ -118,7 +118,7 @@ def draft_decode_run() -> None:
     from skimage import data
     from transformers import CLIPImageProcessor
 
-    from safety_modules.scan.pixels import PixelSpec, decode
+    from safety_modules.gate.pixels import PixelSpec, decode
 
     processor = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
     spec = PixelSpec.from_processor(processor)

@@ -167,11 +167,11 @@ def measure(work: Path, args: argparse.Namespace) -> None:
     import transformers.models.llava.modeling_llava  # noqa: F401
     from safetensors.torch import load_file
 
+    from safety_modules.gate.pixels import PixelSpec, normalize
     from safety_modules.modeling.llava import load_vision_parts
     from safety_modules.scan import ScanSettings, run_scan
     from safety_modules.scan.batches import batch_jobs, prepare_batch
     from safety_modules.scan.engine import split_parts
-    from safety_modules.scan.pixels import PixelSpec, normalize
     from safety_modules.scan.readers import CorpusReader
 
     rss_before = current_rss_bytes()

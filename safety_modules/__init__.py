@@ -1,30 +1,9 @@
-"""Safety modules for a frozen LLaVA-v1.5: projector, safety tokens, safety head, gate, training, scanning."""
+"""Safety modules for a frozen LLaVA-v1.5: projector, safety tokens, safety head, gate, training, scanning.
 
-from .gate import Gate, GatedAnswer
-from .modeling import (
-    CheckpointError,
-    IncompatibleBaseError,
-    SafeLlava,
-    SafeLlavaOutput,
-    SafetyConfig,
-    SafetyModules,
-    SafetyScores,
-)
-from .policy import PolicyError, SafetyDecision, SafetyPolicy
-from .taxonomy import Taxonomy
+The public names (listed in ``__init__.pyi``) are imported on first use, so ``import safety_modules`` and
+``safevlm --help`` do not import torch or transformers.
+"""
 
-__all__ = [
-    "CheckpointError",
-    "Gate",
-    "GatedAnswer",
-    "IncompatibleBaseError",
-    "PolicyError",
-    "SafeLlava",
-    "SafeLlavaOutput",
-    "SafetyConfig",
-    "SafetyDecision",
-    "SafetyModules",
-    "SafetyPolicy",
-    "SafetyScores",
-    "Taxonomy",
-]
+import lazy_loader
+
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

@@ -6,8 +6,8 @@ logits by minimising the negative log-likelihood of ``softmax(logits / T)`` (LBF
 changes confidence; per-class temperatures are not fitted (see `fit_head_temperature`).
 
 Thresholds. The policy (``mode: thresholds``) compares per-type scores with per-type
-thresholds; the scores are `safety_modules.policy.rule.threshold_scores` (``risk`` for hint,
-``severe`` for refuse), used here as they are. For a target the thresholds are the least
+thresholds; the scores are `safety_modules.policy.rule.threshold_scores` (``p_risky_type`` for hint,
+``p_severe_type`` for refuse), used here as they are. For a target the thresholds are the least
 strict that meet it on the validation items:
 
 - ``recall=R``: hint thresholds such that the policy acts (hints or refuses) on at least R of

@@ -350,13 +350,11 @@ def _write_markdown(result: CalibrationResult, source: str) -> None:
 
 
 def _reliability_plots(before: dict[str, LabelledScores], after: dict[str, LabelledScores], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global backend to set, no figure registry to close
 
     for name in before:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+        fig = Figure(figsize=(9, 4.2))
+        axes = fig.subplots(1, 2)
         for ax, head in zip(axes, HEADS):
             ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
             for label, data, style in (("before", before[name], "o-"), ("after", after[name], "s-")):
@@ -373,4 +371,3 @@ def _reliability_plots(before: dict[str, LabelledScores], after: dict[str, Label
             ax.legend(loc="upper left", fontsize=8)
         fig.tight_layout()
         fig.savefig(out / f"reliability_{name}.png", dpi=90)
-        plt.close(fig)

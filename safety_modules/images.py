@@ -1,5 +1,6 @@
 """Decoding images from untrusted sources: one function, clear error kinds, unusual formats normalised;
-and grouping identical images of a batch by their content (so each distinct image is processed once).
+grouping identical images of a batch by their content (so each distinct image is processed once); and the
+blank image that stands in for "no image".
 
 Valid but unusual inputs are decoded, not rejected: CMYK, 16-bit, palette with
 transparency, RGBA/LA (composited on white), animated files (first frame), and
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
 
@@ -29,6 +30,7 @@ DEFAULT_MAX_PIXELS = 50_000_000
 # the central part of a very long image is ever seen. Cropping such images to this aspect
 # ratio first gives the same view without resizing, say, a 1 x 20000 strip to 336 x 6.7M px.
 MAX_ASPECT_RATIO = 8.0
+BLANK_IMAGE_SIZE = (1000, 1000)
 
 
 class ImageDecodeError(InputError):
@@ -48,6 +50,10 @@ def decode_image(
 
     ``before_load`` sees the opened image after the size check and before its pixels are decoded (the
     scan uses it to ask the JPEG decoder for a reduced scale with ``Image.draft``).
+
+    A cut-off file raises ``truncated`` as long as PIL's process-wide ``ImageFile.LOAD_TRUNCATED_IMAGES``
+    keeps its default (False). PIL has no per-call form of that switch, so this function never writes it:
+    an application that sets it has chosen lenient decoding for the whole process, and gets it here too.
     """
     if isinstance(source, (str, Path)):
         try:
@@ -68,7 +74,6 @@ def decode_image(
             img.seek(0)
             if before_load is not None:
                 before_load(img)
-            ImageFile.LOAD_TRUNCATED_IMAGES = False
             img.load()
     except ImageDecodeError:
         raise
@@ -81,6 +86,12 @@ def decode_image(
         kind = "truncated" if "truncated" in message.lower() or isinstance(exc, EOFError) else "unreadable"
         raise ImageDecodeError(kind, message) from None
     return to_rgb(img)
+
+
+def blank_image() -> Image.Image:
+    """The 1000x1000 all-white RGB image that stands in for "no image": UnsafeConcepts pairs it with its
+    text-only prompts, and the server scores and answers text-only requests with it."""
+    return Image.new("RGB", BLANK_IMAGE_SIZE, (255, 255, 255))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 
-def risk_score(level_probs: np.ndarray) -> np.ndarray:
+def p_risky(level_probs: np.ndarray) -> np.ndarray:
     """Probability that a sample is risky: 1 - P(level 0)."""
     return 1.0 - np.asarray(level_probs, dtype=np.float64)[:, 0]
 
@@ -118,7 +118,7 @@ def head_metrics(
     out["level_ece"] = expected_calibration_error(lp, levels)
     out["type_ece"] = expected_calibration_error(tp, types)
     risky = levels > 0
-    out["risk_auroc"] = float(roc_auc_score(risky, risk_score(lp))) if 0 < risky.sum() < len(risky) else float("nan")
+    out["risk_auroc"] = float(roc_auc_score(risky, p_risky(lp))) if 0 < risky.sum() < len(risky) else float("nan")
     for t in type_classes:
         name = type_names[t] if type_names is not None else str(t)
         out[f"recall/{name}"] = float((type_pred[types == t] == t).mean())

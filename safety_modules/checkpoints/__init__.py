@@ -7,7 +7,7 @@ This package sits beside ``config``: it imports nothing above it.
 
 from .bases import KnownBase, ManifestError, known_base, known_bases, matching_bases, name_base
 from .card import CARD_NAME, CardData, render_card, write_card
-from .publish import PublishError, stage_files, upload_folder
+from .publish import PublishError, PublishInputError, check_repo_id, files_inside, stage_files, upload_folder
 
 __all__ = [
     "CARD_NAME",
@@ -15,6 +15,9 @@ __all__ = [
     "KnownBase",
     "ManifestError",
     "PublishError",
+    "PublishInputError",
+    "check_repo_id",
+    "files_inside",
     "known_base",
     "known_bases",
     "matching_bases",

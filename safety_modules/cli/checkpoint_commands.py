@@ -63,12 +63,23 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from ..checkpoints import CARD_NAME, CardData, PublishError, stage_files, upload_folder, write_card
+    from ..checkpoints import (
+        CARD_NAME,
+        CardData,
+        PublishError,
+        check_repo_id,
+        files_inside,
+        stage_files,
+        upload_folder,
+        write_card,
+    )
     from ..modeling import SafetyModules
     from ..modeling.safety_modules import PUBLISHED_FILES
 
+    check_repo_id(args.repo_id)  # before anything is read, staged or sent, also in a dry run
     if args.dry_run != (args.local_dir is not None):
         raise ConfigError("--dry-run and --local-dir go together: the dry run leaves the staged files there")
+    files_inside(args.folder, PUBLISHED_FILES)  # refuses a symlink out of the folder before anything reads it
     # Loading checks that the folder is complete and its tensors fit its config before anything is staged.
     modules = SafetyModules.from_pretrained(args.folder, device="cpu")
     rewrite_card = args.card_data is not None or not (args.folder / CARD_NAME).is_file()

@@ -67,6 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--judge-concurrency", type=int, help="judge requests in flight (default 4)")
     p.add_argument("--judge-retries", type=int, help="retries of a failed judge request (default 5)")
     p.add_argument("--judge-parse-retries", type=int, help="asks again when a reply has no number (default 2)")
+    p.add_argument("--judge-timeout", type=float, help="seconds for one judge request, all of it (default 120)")
+    p.add_argument(
+        "--judge-deadline",
+        type=float,
+        help="seconds for one item, retries included; then it counts as a judge failure (default 600)",
+    )
     p.add_argument("--rubrics", help="judge prompts file (default: the packaged evaluation/rubrics/rtvlm.yaml)")
     p.add_argument(
         "--split",
@@ -208,6 +214,8 @@ def cmd_rtvlm(args: argparse.Namespace) -> int:
             concurrency=r.judge_concurrency,
             max_retries=r.judge_retries,
             parse_retries=r.judge_parse_retries,
+            timeout=r.judge_timeout,
+            deadline=r.judge_deadline,
             max_tokens=r.judge_max_tokens,
             temperature=r.judge_temperature,
             rubrics=rubrics,
@@ -234,6 +242,8 @@ def cmd_rtvlm(args: argparse.Namespace) -> int:
         s = result.subtasks[key]
         print(f"  {title:15s} {fmt(s['mean'])}  (n={s['n']}, missing={s['missing']})")
     print(f"RTVLM score (mean of 10){' [APPROXIMATE]' if result.approximate else ''}: {fmt(result.score)}")
+    if result.judge_failures:
+        print(f"judge failures: {result.judge_failures} of {len(result.rows)} items (see judge_error in items.csv)")
     print(f"report: {args.out / 'results.md'}")
     return 0
 

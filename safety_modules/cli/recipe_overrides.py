@@ -41,7 +41,11 @@ def add_recipe_arguments(p: argparse.ArgumentParser, steps: str, example: str, s
     add_settings_help(p, settings)
     p.add_argument("config", type=Path)
     p.add_argument("--output-dir", help="override output_dir")
-    p.add_argument("--resume-from", help="a checkpoint folder or 'latest'")
+    p.add_argument(
+        "--resume-from",
+        help="a checkpoint folder, or 'latest': the newest complete checkpoint in output_dir (incomplete ones are "
+        "skipped with a warning; with none, training starts from step 0 with a warning)",
+    )
     p.add_argument("--max-steps", type=int, help=f"override max_steps ({steps})")
     p.add_argument(
         "--set",

@@ -27,7 +27,7 @@ from PIL import Image
 from ..data.format import question_text, read_records
 from ..errors import InputError
 from ..images import decode_image
-from ..metrics import ECE_BINS, head_metrics, risk_score
+from ..metrics import ECE_BINS, head_metrics, p_risky
 from ..modeling import SafetyScores
 from ..taxonomy import SAFE_LABEL, UNSAFE_CONCEPTS_CATEGORY_LABELS
 from .generation import decide_all, decodable_batches
@@ -142,7 +142,7 @@ def classification_metrics(
     shared = head_metrics(gold_levels, gold_types, level_probs, type_probs, type_names)
     risky = gold_levels > 0
     both = risky.any() and (~risky).any()
-    fpr, tpr, _ = roc_curve(risky, risk_score(level_probs)) if both else (np.array([]), np.array([]), None)
+    fpr, tpr, _ = roc_curve(risky, p_risky(level_probs)) if both else (np.array([]), np.array([]), None)
     pred_levels = level_probs.argmax(1)
     return {
         "n": int(len(gold_levels)),
@@ -206,7 +206,7 @@ def write_head_report(metrics: dict, items, level_probs, type_probs, actions, cf
             float(risk),
             action,
         ]
-        for it, lp, tp, risk, action in zip(items, level_probs, type_probs, risk_score(level_probs), actions)
+        for it, lp, tp, risk, action in zip(items, level_probs, type_probs, p_risky(level_probs), actions)
     ]
     write_csv(out / "items.csv", fields, rows)
     summary = [
@@ -252,12 +252,10 @@ def write_head_report(metrics: dict, items, level_probs, type_probs, actions, cf
 
 
 def _plots(metrics: dict, cfg, out: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: no global backend to set, no figure registry to close
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.subplots()
     if metrics["auroc"] is not None:
         ax.plot(metrics["roc"]["fpr"], metrics["roc"]["tpr"], label=f"AUROC {metrics['auroc']:.3f}")
     else:
@@ -269,13 +267,13 @@ def _plots(metrics: dict, cfg, out: Path) -> None:
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(out / "roc.png", dpi=100)
-    plt.close(fig)
     for name, matrix, labels in (
         ("level_confusion", metrics["level_confusion"], cfg.level_names),
         ("type_confusion", metrics["type_confusion"], cfg.type_names),
     ):
         matrix = np.array(matrix)
-        fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(labels), 1 + 0.7 * len(labels)))
+        fig = Figure(figsize=(1.2 + 0.8 * len(labels), 1 + 0.7 * len(labels)))
+        ax = fig.subplots()
         ax.imshow(matrix, cmap="Blues")
         ax.set_xticks(range(len(labels)), labels, rotation=40, ha="right")
         ax.set_yticks(range(len(labels)), labels)
@@ -285,4 +283,3 @@ def _plots(metrics: dict, cfg, out: Path) -> None:
         ax.set_ylabel("gold")
         fig.tight_layout()
         fig.savefig(out / f"{name}.png", dpi=100)
-        plt.close(fig)

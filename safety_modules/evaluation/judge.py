@@ -9,18 +9,14 @@ again; if it still has none, the score is recorded as missing (``None``), never 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
-import json
 import logging
 import os
 import random
 import re
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from PIL import Image
@@ -76,6 +72,10 @@ class JudgeError(RemoteError, ValueError):
     """The judge endpoint refused the requests (bad URL, model or key): retrying cannot help."""
 
 
+class JudgeUnavailable(RemoteError, ConnectionError):
+    """One item's judge request failed after its retries, or ran past its deadline; the item gets no score."""
+
+
 def image_data_url(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="PNG")
@@ -83,13 +83,16 @@ def image_data_url(image: Image.Image) -> str:
 
 
 class ChatJudge:
-    """Judge with any OpenAI-compatible ``/chat/completions`` endpoint that accepts images.
+    """Judge with any OpenAI-compatible ``/chat/completions`` endpoint that accepts images (the ``openai`` client).
 
     ``url`` is the API base (``http://host:port/v1``) or the full ``.../chat/completions`` URL;
     the key is read from the environment variable ``api_key_env`` (may be unset for local servers).
-    Up to ``concurrency`` requests are in flight. HTTP 429/5xx and network errors are retried with
-    exponential backoff; other 4xx errors stop the run (`JudgeError`). Each judgment with a score is
-    cached in ``cache_path``; missing scores are not cached, so a rerun asks again.
+    Up to ``concurrency`` requests are in flight. Each request has ``timeout`` seconds in all (not per read:
+    a server that trickles its answer is cut off too); HTTP 429/5xx, transport errors (connection reset, a bad
+    status line, a truncated body) and timeouts are retried up to ``max_retries`` times with exponential backoff;
+    other 4xx errors stop the run (`JudgeError`). Each item has ``deadline`` seconds in all, retries included;
+    an item that fails or runs out of time gets no score, its error is recorded and the run goes on.
+    Each judgment with a score is cached in ``cache_path``; missing scores are not cached, so a rerun asks again.
     """
 
     approximate = False
@@ -106,13 +109,14 @@ class ChatJudge:
         parse_retries: int = 2,
         backoff: float = 1.0,
         timeout: float = 120.0,
+        deadline: float = 600.0,
         max_tokens: int = 16,
         temperature: float = 0.0,
         rubrics: Rubrics | None = None,
     ) -> None:
-        self.url = (
-            url.rstrip("/") if url.rstrip("/").endswith("/chat/completions") else url.rstrip("/") + "/chat/completions"
-        )
+        base = url.rstrip("/")
+        self.base_url = base.removesuffix("/chat/completions")
+        self.url = self.base_url + "/chat/completions"
         self.model = model
         self.api_key = os.environ.get(api_key_env, "")
         self.cache = JsonlCache(cache_path)
@@ -121,6 +125,7 @@ class ChatJudge:
         self.parse_retries = parse_retries
         self.backoff = backoff
         self.timeout = timeout
+        self.deadline = deadline
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.rubrics = rubrics or DEFAULT_RUBRICS
@@ -129,36 +134,44 @@ class ChatJudge:
     def name(self) -> str:
         return f"{self.model} @ {self.url}"
 
-    def _post(self, payload: dict) -> str:
+    async def _post(self, client, payload: dict) -> str:
         """One chat completion with retries; returns the reply text."""
-        body = json.dumps(payload).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+        import openai
+
         last = ""
         for attempt in range(self.max_retries + 1):
             if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1) * (1 + 0.1 * random.random()))
+                await asyncio.sleep(self.backoff * 2 ** (attempt - 1) * (1 + 0.1 * random.random()))
             try:
-                request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    data = json.loads(response.read())
-                return str(data["choices"][0]["message"]["content"] or "")
-            except urllib.error.HTTPError as exc:
-                last = f"HTTP {exc.code}"
-                if exc.code != 429 and exc.code < 500:
-                    raise JudgeError(
-                        f"judge endpoint {self.url} answered HTTP {exc.code}: "
-                        f"{exc.read()[:300].decode(errors='replace')}"
-                    ) from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-                last = f"network: {exc}"
-            except (json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
-                last = f"malformed response: {exc}"
+                # wait_for bounds the whole request: the client's own timeout applies per read
+                completion = await asyncio.wait_for(client.chat.completions.create(**payload), self.timeout)
+                return str(completion.choices[0].message.content or "")
+            except TimeoutError:
+                last = f"no complete answer within {self.timeout:g} s"
+            except openai.APIStatusError as exc:
+                last = f"HTTP {exc.status_code}"
+                if exc.status_code != 429 and exc.status_code < 500:
+                    body = exc.response.text[:300] if exc.response is not None else ""
+                    raise JudgeError(f"judge endpoint {self.url} answered HTTP {exc.status_code}: {body}") from None
+            except openai.APIConnectionError as exc:  # refused, reset, bad status line, truncated body
+                cause = exc.__cause__ or exc
+                last = f"network: {type(cause).__name__}: {cause}"
+            except (openai.APIResponseValidationError, ValueError, AttributeError, IndexError, TypeError) as exc:
+                last = f"malformed response: {type(exc).__name__}: {exc}"
             logger.debug("judge request failed (%s), attempt %d", last, attempt + 1)
-        raise ConnectionError(f"judge request failed after {self.max_retries + 1} attempts ({last})")
+        raise JudgeUnavailable(f"judge request failed after {self.max_retries + 1} attempts ({last})")
 
-    def _judge_one(self, req: JudgeRequest) -> Judgment:
+    async def _ask(self, client, key: str, req: JudgeRequest, payload: dict) -> Judgment:
+        reply = ""
+        for _ in range(self.parse_retries + 1):
+            reply = await self._post(client, payload)
+            score = parse_score(reply)
+            if score is not None:
+                self.cache.put(key, {"id": req.id, "score": score, "raw": reply})
+                return Judgment(score, reply)
+        return Judgment(None, reply, "no number in the judge's reply")
+
+    async def _judge_one(self, client, slots: asyncio.Semaphore, req: JudgeRequest) -> Judgment:
         prompt = self.rubrics.prompt(req.rubric, req.question, req.answer, req.reference)
         image_url = image_data_url(req.image)
         # Temperature 0 (the default) keeps the cache keys of runs made before it was a setting.
@@ -180,21 +193,36 @@ class ChatJudge:
                 }
             ],
         }
-        reply = ""
-        for _ in range(self.parse_retries + 1):
+        async with slots:  # the deadline starts when the item's turn comes, not while it waits for a slot
             try:
-                reply = self._post(payload)
-            except ConnectionError as exc:
-                return Judgment(None, reply, str(exc))
-            score = parse_score(reply)
-            if score is not None:
-                self.cache.put(key, {"id": req.id, "score": score, "raw": reply})
-                return Judgment(score, reply)
-        return Judgment(None, reply, "no number in the judge's reply")
+                return await asyncio.wait_for(self._ask(client, key, req, payload), self.deadline)
+            except TimeoutError:
+                return Judgment(None, "", f"judge gave no answer within the item's {self.deadline:g} s deadline")
+            except JudgeUnavailable as exc:
+                return Judgment(None, "", str(exc))
+
+    async def _judge_all(self, requests: Sequence[JudgeRequest]) -> list[Judgment]:
+        try:
+            import openai
+        except ImportError:
+            raise JudgeError(
+                "the api judge needs the openai client: install the eval extra, pip install 'safety_modules[eval]'"
+            ) from None
+
+        # max_retries=0: the retries, their backoff and the deadline are ours (above), so they are bounded.
+        # A local server may need no key; the client insists on one, and such a server ignores it.
+        client = openai.AsyncOpenAI(
+            base_url=self.base_url, api_key=self.api_key or "no-key", timeout=self.timeout, max_retries=0
+        )
+        try:
+            slots = asyncio.Semaphore(self.concurrency)
+            return list(await asyncio.gather(*(self._judge_one(client, slots, r) for r in requests)))
+        finally:
+            await client.close()
 
     def judge(self, requests: Sequence[JudgeRequest]) -> list[Judgment]:
-        with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(self._judge_one, requests))
+        """One `Judgment` per request, in order; an item whose judge failed has ``score=None`` and its ``error``."""
+        return asyncio.run(self._judge_all(requests))
 
 
 # ---------------------------------------------------------------- offline rule judge

@@ -40,6 +40,8 @@ class RTVLMRecipe(Settings):
     judge_concurrency: int = 4
     judge_retries: int = 5
     judge_parse_retries: int = 2
+    judge_timeout: float = 120.0  # seconds for one judge request, all of it (not per read)
+    judge_deadline: float = 600.0  # seconds for one item, its retries included; then it is recorded as failed
     rubrics: str | None = None  # a rubric file; None = the packaged safety_modules/evaluation/rubrics/rtvlm.yaml
     policy: str = "default"
     batch_size: int = 8
@@ -52,6 +54,10 @@ class RTVLMRecipe(Settings):
 
     def __post_init__(self) -> None:
         _positive(self, "batch_size", "max_new_tokens", "judge_max_tokens", "judge_concurrency")
+        for name in ("judge_timeout", "judge_deadline"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
         if not 0 < self.train_fraction < 1:
             raise ConfigError(f"train_fraction must be between 0 and 1, got {self.train_fraction}")
         if self.judge_temperature < 0:

@@ -47,6 +47,7 @@ class RTVLMResult:
     score: float | None = None  # unweighted mean of the 10 subtask means; None unless all 10 have scores
     approximate: bool = False
     judge: str = ""
+    judge_failures: int = 0  # items the judge gave no score (transport error, deadline, no number): see judge_error
 
 
 def summarize(rows: Sequence[dict]) -> tuple[dict[str, dict], float | None]:
@@ -147,7 +148,10 @@ def evaluate_rtvlm(
             )
         logger.info("RTVLM judged: %d/%d", len(rows), len(answered))
     summary, overall = summarize(rows)
-    result = RTVLMResult(rows, summary, overall, bool(judge.approximate), judge.name)
+    failures = sum(1 for r in rows if r["score"] is None and r["judge_error"])
+    if failures:
+        logger.warning("RTVLM: the judge failed on %d of %d items (judge_error in items.csv)", failures, len(rows))
+    result = RTVLMResult(rows, summary, overall, bool(judge.approximate), judge.name, failures)
     write_rtvlm_report(result, out, model_name)
     return result
 
@@ -180,6 +184,7 @@ def write_rtvlm_report(result: RTVLMResult, out: Path, model_name: str) -> None:
                 "judge": result.judge,
                 "approximate": result.approximate,
                 "score": result.score,
+                "judge_failures": result.judge_failures,
                 "subtasks": result.subtasks,
             },
             indent=2,
@@ -207,6 +212,8 @@ def write_rtvlm_report(result: RTVLMResult, out: Path, model_name: str) -> None:
         + ".",
         "Missing scores (judge unreachable or no number in its reply) are left out of the means, never counted "
         "as zero.",
+        f"Judge failures: {result.judge_failures} of {len(result.rows)} items (the reason is in items.csv, "
+        "judge_error; a rerun asks the judge again for them).",
     ]
     if result.approximate:
         notes.insert(
@@ -232,18 +239,16 @@ def write_rtvlm_report(result: RTVLMResult, out: Path, model_name: str) -> None:
 
 
 def _plot(result: RTVLMResult, path: Path, label: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure  # not pyplot: no global backend to set, no figure registry to close
 
     names = list(SUBTASKS.values())
     series = {label: [result.subtasks[s]["mean"] for s in SUBTASKS]}
     series.update({k: v[:10] for k, v in PUBLISHED.items()})
     x = np.arange(len(names))
     width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(12, 4))
+    fig = Figure(figsize=(12, 4))
+    ax = fig.subplots()
     for i, (name, values) in enumerate(series.items()):
         ax.bar(x + i * width, [np.nan if v is None else v for v in values], width, label=name)
     ax.set_xticks(x + 0.4 - width / 2, names, rotation=30, ha="right")
@@ -253,4 +258,3 @@ def _plot(result: RTVLMResult, path: Path, label: str) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

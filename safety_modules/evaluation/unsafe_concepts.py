@@ -29,11 +29,11 @@ from ..data.unsafe_concepts import (
     TEXT_ONLY_PROMPTS,
     UnsafeConceptItem,
     UnsafeConceptsData,
-    blank_image,
     perception_prompt,
     text_only_prompt,
 )
 from ..errors import ConfigError
+from ..images import blank_image
 from .generation import generate_answers
 from .parsing import parse_alignment, parse_perception
 from .report import write_csv

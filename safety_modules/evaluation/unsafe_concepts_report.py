@@ -107,15 +107,13 @@ def write_unsafe_concepts_report(metrics: dict, out: Path, model_name: str) -> N
 
 
 def _plot_gap(visual: dict, text: dict, keys: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure  # not pyplot: no global backend to set, no figure registry to close
 
     x = np.arange(len(keys))
     value = lambda d, k: np.nan if d[k]["accuracy"] is None else d[k]["accuracy"]  # noqa: E731
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax = fig.subplots()
     ax.bar(x - 0.2, [value(visual, k) for k in keys], 0.4, label="visual alignment")
     ax.bar(x + 0.2, [value(text, k) for k in keys], 0.4, label="text-only alignment")
     ax.set_xticks(x, keys, rotation=30, ha="right")
@@ -125,4 +123,3 @@ def _plot_gap(visual: dict, text: dict, keys: list[str], path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

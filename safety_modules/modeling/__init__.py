@@ -2,25 +2,11 @@
 
 Only this package knows the base model's structure: `llava/` loads and converts LLaVA checkpoints and renders
 their conversations; `safe_llava.py` offers the doors the rest of the project uses.
+
+The public names (``__init__.pyi``) are imported on first use, so importing a light module of this
+package does not import torch or transformers.
 """
 
-from .configuration import SafetyConfig
-from .fingerprint import base_fingerprint
-from .head import SafetyHead
-from .projector import SafetyProjector
-from .safe_llava import SafeLlava, SafeLlavaOutput
-from .safety_modules import CheckpointError, IncompatibleBaseError, SafetyModules
-from .scores import SafetyScores
+import lazy_loader
 
-__all__ = [
-    "CheckpointError",
-    "IncompatibleBaseError",
-    "SafeLlava",
-    "SafeLlavaOutput",
-    "SafetyConfig",
-    "SafetyHead",
-    "SafetyModules",
-    "SafetyProjector",
-    "SafetyScores",
-    "base_fingerprint",
-]
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

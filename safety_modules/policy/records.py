@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..taxonomy import Taxonomy
 from .rule import ACTIONS, HINT, REFUSE, RULES
+
+if TYPE_CHECKING:  # annotations only: the records themselves need no torch
+    import torch
 
 
 @dataclass

@@ -72,25 +72,25 @@ class DecisionRule:
             rule[safe_level] = RULE_ID["argmax_safe_level"]
             action[rule == RULE_ID["argmax_hint"]] = HINT
         else:
-            risk, severe = threshold_scores(lp, tp)
-            refuse_hit = severe >= self.refuse_at
-            hint_hit = risk >= self.hint_at
+            p_risky_type, p_severe_type = threshold_scores(lp, tp)
+            refuse_hit = p_severe_type >= self.refuse_at
+            hint_hit = p_risky_type >= self.hint_at
             fire_refuse = refuse_hit & self.enabled
             fire_hint = hint_hit & self.enabled
             muted = (refuse_hit | hint_hit) & self.risky & ~self.enabled
             rule = torch.full((batch,), RULE_ID["below_thresholds"])
             is_muted = muted.any(1)
             rule[is_muted] = RULE_ID["type_disabled"]
-            type_[is_muted] = _masked_argmax(risk, muted)[is_muted]
+            type_[is_muted] = _masked_argmax(p_risky_type, muted)[is_muted]
             is_hint = fire_hint.any(1)
             rule[is_hint] = RULE_ID["hint_threshold"]
             action[is_hint] = HINT
-            type_[is_hint] = _masked_argmax(risk, fire_hint)[is_hint]
+            type_[is_hint] = _masked_argmax(p_risky_type, fire_hint)[is_hint]
             level[is_hint] = 1 + lp[:, 1:].argmax(1)[is_hint]
             is_refuse = fire_refuse.any(1)
             rule[is_refuse] = RULE_ID["refuse_threshold"]
             action[is_refuse] = REFUSE
-            type_[is_refuse] = _masked_argmax(severe, fire_refuse)[is_refuse]
+            type_[is_refuse] = _masked_argmax(p_severe_type, fire_refuse)[is_refuse]
             level[is_refuse] = lp.shape[1] - 1
         rule[failed] = RULE_ID["scoring_failed"]
         action[failed] = REFUSE if self.fail_closed else ALLOW
@@ -101,7 +101,7 @@ class DecisionRule:
 
 def threshold_scores(level_probs: torch.Tensor, type_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The per-type scores that ``mode: thresholds`` compares with its thresholds, (B, T) each:
-    ``risk[t] = q[t] * (1 - p[0])`` (hint) and ``severe[t] = q[t] * p[L-1]`` (refuse).
+    ``p_risky_type[t] = q[t] * (1 - p[0])`` (hint) and ``p_severe_type[t] = q[t] * p[L-1]`` (refuse).
     `safevlm calibrate` chooses thresholds on exactly these scores."""
     return type_probs * (1.0 - level_probs[:, :1]), type_probs * level_probs[:, -1:]
 

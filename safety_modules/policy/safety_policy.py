@@ -29,15 +29,15 @@ class SafetyPolicy:
     ``mode: thresholds`` (the default). For every risk type ``t`` two scores are formed,
     reading the two heads as independent:
 
-    - ``risk[t]   = q[t] * (1 - p[0])``  probability that the sample is risky and of type ``t``
-    - ``severe[t] = q[t] * p[L-1]``      probability that it is of type ``t`` at the top level
+    - ``p_risky_type[t]  = q[t] * (1 - p[0])``  probability that the sample is risky and of type ``t``
+    - ``p_severe_type[t] = q[t] * p[L-1]``      probability that it is of type ``t`` at the top level
 
     With the per-type thresholds ``hint[t]`` and ``refuse[t]`` (``null`` = never):
 
-    1. **refuse** if some enabled type has ``severe[t] >= refuse[t]``; the reported type is
-       the one with the largest ``severe[t]`` among them, the level is ``L-1``.
-    2. otherwise **hint** if some enabled type has ``risk[t] >= hint[t]``; the reported type
-       is the one with the largest ``risk[t]`` among them and the hint is the one for
+    1. **refuse** if some enabled type has ``p_severe_type[t] >= refuse[t]``; the reported type is
+       the one with the largest ``p_severe_type[t]`` among them, the level is ``L-1``.
+    2. otherwise **hint** if some enabled type has ``p_risky_type[t] >= hint[t]``; the reported type
+       is the one with the largest ``p_risky_type[t]`` among them and the hint is the one for
        (``argmax over l >= 1 of p[l]``, that type).
     3. otherwise **allow**. The rule is ``type_disabled`` when a disabled type crossed one
        of its thresholds (that type is reported), else ``below_thresholds``; level and type

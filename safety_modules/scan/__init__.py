@@ -1,10 +1,10 @@
 """Corpus risk scanning: readers, the vision-only scorer, resumable parquet output, report, Ray engine."""
 
+from ..gate.vision_scorer import VisionScorer
 from .engine import run_scan
 from .lock import ScanLockedError
 from .output import output_schema, read_parts, summarize
 from .readers import READER_KINDS, CorpusReader, Item, ReaderOptions
-from .scorer import VisionScorer
 from .settings import ScanSettings
 
 __all__ = [

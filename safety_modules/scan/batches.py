@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..gate.pixels import PixelSpec, prepare_bytes
+from ..images import DEFAULT_MAX_PIXELS
 from .gpu_decode import passthrough_jpeg
-from .pixels import PixelSpec, prepare_uint8
-from .readers import Item
+from .readers import Item, ItemError, load_bytes
 from .settings import Part
 
 
@@ -59,6 +60,17 @@ class PreparedBatch:
     @property
     def error_count(self) -> int:
         return len(self.errors) - int(self.ok.sum())
+
+
+def prepare_uint8(
+    item: Item, spec: PixelSpec, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True
+) -> tuple[np.ndarray | None, tuple[str, str] | None]:
+    """Read, decode, resize one item: ``(uint8 (3, H, W), None)`` or ``(None, (kind, message))``."""
+    try:
+        source = load_bytes(item)
+    except ItemError as exc:
+        return None, (exc.kind, str(exc).split(": ", 1)[-1])
+    return prepare_bytes(source, spec, max_pixels, draft)
 
 
 def prepare_batch(

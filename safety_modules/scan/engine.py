@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..gate.vision_scorer import Flagger, VisionScorer, load_flagger
 from ..modeling.fingerprint import projector_digest
 from .gpu_decode import gpu_decode_available
 from .local_engine import local_engine
 from .lock import OutputLock
 from .output import ScanOutput
 from .readers import CorpusReader, ReaderOptions
-from .scorer import Flagger, VisionScorer, load_flagger
 from .settings import Part, ScanSettings, resolve_workers
 
 __all__ = ["ScanSettings", "run_scan", "split_parts"]

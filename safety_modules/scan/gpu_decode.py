@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 
 from ..errors import ConfigError
+from ..gate.pixels import PixelSpec, output_size
 from ..images import MAX_ASPECT_RATIO
-from .pixels import PixelSpec, output_size
 from .readers import Item, ItemError, load_bytes
 
 

@@ -25,11 +25,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ..gate.pixels import prepare_bytes
+from ..gate.vision_scorer import Flagger, VisionScorer
 from .batches import BatchPreparer, PreparedBatch, batch_jobs, only
 from .gpu_decode import decode_on_device, gpu_decode_available, merge_rows
 from .output import batch_table, output_schema
-from .pixels import prepare_bytes
-from .scorer import Flagger, VisionScorer
 from .settings import Part, Progress, ScanSettings, WritePart, resolve_workers
 
 WRITER_QUEUE = 4  # scored batches waiting for the writer

@@ -11,6 +11,7 @@ a warning naming that scan.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import socket
@@ -23,7 +24,8 @@ from ..errors import SafeVLMError
 LOCK_NAME = ".scan.lock"
 
 # Lock descriptors held by this process. A forked child (a DataLoader worker) closes its copies at
-# once, so that workers outliving a killed scan do not keep its folder locked.
+# once, so that workers outliving a killed scan do not keep its folder locked. The fork hook that does
+# it is registered by the first lock taken, not at import: importing this module changes nothing.
 _HELD: set[int] = set()
 
 
@@ -33,7 +35,9 @@ def _close_held_in_child() -> None:
     _HELD.clear()
 
 
-os.register_at_fork(after_in_child=_close_held_in_child)
+@functools.cache  # once per process: a fork hook cannot be removed, so it must not be added twice
+def _register_fork_hook() -> None:
+    os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 class ScanLockedError(SafeVLMError, RuntimeError):
@@ -75,6 +79,7 @@ class OutputLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(self.owner).encode(), 0)
         self.fd = fd
+        _register_fork_hook()
         _HELD.add(fd)
         return self
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from ..gate.pixels import PixelSpec
 from ..taxonomy import Taxonomy
 from .batches import BatchJob, batch_jobs, prepare_batch
-from .pixels import PixelSpec
 from .readers import Item
 from .settings import Part, Progress, ScanSettings, WritePart
 
@@ -150,7 +150,7 @@ class _Score:
     """An actor holding the vision tower + safety modules; scores the batches it is given."""
 
     def __init__(self, settings: ScanSettings) -> None:
-        from .scorer import VisionScorer, load_flagger
+        from ..gate.vision_scorer import VisionScorer, load_flagger
 
         self.scorer = VisionScorer.from_pretrained(
             settings.base, settings.safety, device=settings.device, dtype=settings.dtype

@@ -26,7 +26,7 @@ THUMBNAIL_SIZE = 160
 BLUR_RADIUS = 12
 
 
-def risk_score(table, taxonomy_types: list[str], safe_type: str) -> np.ndarray:
+def top_risk_type_prob(table, taxonomy_types: list[str], safe_type: str) -> np.ndarray:
     """Per row, the highest probability among the risk types (NaN for error rows)."""
     columns = [
         np.asarray(table.column(f"p_{t}").to_numpy(zero_copy_only=False), dtype=np.float64)
@@ -61,7 +61,7 @@ def write_report(
     if export_flagged:
         _write_ids(export_flagged, ids[flagged_mask].tolist())
 
-    risk = risk_score(table, types, safe_type)
+    risk = top_risk_type_prob(table, types, safe_type)
     candidates = np.flatnonzero(flagged_mask)
     order = candidates[np.argsort(-risk[candidates], kind="stable")][:top_k]
     thumbs = _thumbnails(settings["input"], set(ids[order].tolist()), blur)
@@ -82,15 +82,13 @@ def _write_ids(path: str | Path, ids: list[str]) -> None:
 
 def _histograms(table, types: list[str], levels: list[str], safe_type: str) -> str:
     """One PNG (base64): a histogram of each risk type's probability and of the top level's index."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global backend to set, no figure registry to close
 
     panels = [t for t in types if t != safe_type]
     cols = 4
     rows = -(-(len(panels) + 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    fig = Figure(figsize=(3.2 * cols, 2.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, name in zip(axes.flat, panels):
         values = np.asarray(table.column(f"p_{name}").to_numpy(zero_copy_only=False), dtype=np.float64)
         ax.hist(values[~np.isnan(values)], bins=30, range=(0.0, 1.0), color="#b5473a")
@@ -105,7 +103,6 @@ def _histograms(table, types: list[str], levels: list[str], safe_type: str) -> s
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode()
 
 

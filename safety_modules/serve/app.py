@@ -20,8 +20,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
-from ..data.unsafe_concepts import blank_image
 from ..errors import ConfigError
+from ..images import blank_image
 from .batching import AsyncTextStreamer, Batcher
 from .inputs import InputLimits, decode, fetch_image_bytes, read_json
 from .metrics import ServerMetrics

@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 
 from ..gate import Gate, GatedAnswer
+from ..gate.vision_scorer import VisionScorer
 from ..images import bound_aspect
 from ..modeling.safe_llava import SafeLlava
 from ..policy import SafetyDecision, SafetyPolicy
-from ..scan.scorer import VisionScorer
 from ..taxonomy import Taxonomy
 
 

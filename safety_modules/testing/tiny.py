@@ -179,8 +179,9 @@ def make_tiny(out_dir: str | Path, seed: int = 0) -> Path:
     tokenizer = build_tokenizer()
     processor = llava_processor(tokenizer)
     config = llava_config(tokenizer)
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
+    with torch.random.fork_rng(devices=[]):  # seeds the init for this model only; the caller's RNG state is kept
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
     processor.save_pretrained(out)

@@ -223,6 +223,8 @@ def train(cfg: TrainConfig, stop_after: int | None = None, log: Callable[[str], 
         history, eval_history = state["history"], state["eval_history"]
         skipped = [tuple(s) for s in state["skipped"]]
         say(f"resumed from {folder} at step {global_step}/{total_steps}")
+    if accelerator.is_main_process:
+        ckpt.truncate_log(out / "log.jsonl", global_step)  # steps logged after the checkpoint are run again
 
     def save(step: int) -> None:
         state = {
@@ -234,7 +236,16 @@ def train(cfg: TrainConfig, stop_after: int | None = None, log: Callable[[str], 
         }
         accelerator.wait_for_everyone()
         ckpt.save_and_prune(
-            out, step, params, optimizer, scheduler, state, cfg.save_total_limit, rank, accelerator.is_main_process
+            out,
+            step,
+            params,
+            optimizer,
+            scheduler,
+            state,
+            cfg.save_total_limit,
+            rank,
+            accelerator.is_main_process,
+            accelerator.wait_for_everyone,
         )
 
     def evaluate(step: int) -> None:

@@ -10,8 +10,8 @@ import torch
 
 from safety_modules import SafeLlava, SafetyModules
 from safety_modules.data.format import read_records, write_records
+from safety_modules.gate.vision_scorer import VisionScorer
 from safety_modules.images import decode_image
-from safety_modules.scan.scorer import VisionScorer
 from safety_modules.testing.synth import synthesize
 from safety_modules.training import TrainConfig, train
 

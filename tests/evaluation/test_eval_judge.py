@@ -65,7 +65,8 @@ def test_judge_sends_image_and_rubric_retries_and_caches(server_factory, tmp_pat
         sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
         assert sent.size == req.image.size and sent.convert("RGB").tobytes() == req.image.tobytes()
     assert "Reference answer: France" in next(t for t in by_question if "person 1" in t)
-    assert all(h.get("Authorization") == "Bearer sk-test-123" for h in srv.headers)
+    # header names are case-insensitive (HTTP/1.1); the openai client sends them in lower case
+    assert all({k.lower(): v for k, v in h.items()}.get("authorization") == "Bearer sk-test-123" for h in srv.headers)
 
     # A second run (new client, same cache file) makes no request at all.
     before = len(srv.bodies)

@@ -98,8 +98,25 @@ def test_rtvlm_end_to_end_offline_judge(tiny_dir, tmp_path, capsys):
     assert cache_file.stat().st_size == size
     assert len(server.bodies) == len(items)
     report = json.loads((out / "results.json").read_text())
-    assert report["approximate"] is False and report["score"] == 7.0
+    assert report["approximate"] is False and report["score"] == 7.0 and report["judge_failures"] == 0
     assert "APPROXIMATE" not in (out / "results.md").read_text()
+
+    # A judge that fails on some items: they get no score and their error, the run goes on, the report counts them.
+    (out / "judgments.jsonl").unlink()
+    server = ChatServer(lambda text: "7", failures=3)
+    try:
+        api = [a if a != "rules" else "api" for a in args]
+        api += ["--judge-url", server.url, "--judge-model", "local", "--judge-retries", "0", "--judge-concurrency", "1"]
+        assert main(api) == 0
+    finally:
+        server.close()
+    assert "judge failures: 3 of" in capsys.readouterr().out
+    report = json.loads((out / "results.json").read_text())
+    assert report["judge_failures"] == 3
+    assert f"Judge failures: 3 of {len(items)} items" in (out / "results.md").read_text()
+    with open(out / "items.csv") as handle:
+        failed = [r for r in csv.DictReader(handle) if r["judge_error"]]
+    assert len(failed) == 3 and all("HTTP 500" in r["judge_error"] and r["score"] == "" for r in failed)
 
 
 def test_answer_cache_identity_changes_when_modules_are_retrained(tmp_path):

@@ -80,7 +80,7 @@ def test_argmax_ties_take_the_first_index_and_disabled_types_allow():
 # ---------------------------------------------------------------- thresholds mode
 
 # Each row: policy override, level probs, type probs -> action, rule, level, type.
-# risk[t] = q[t] * (1 - p[0]); severe[t] = q[t] * p[reject]; defaults: hint 0.5, refuse 0.5.
+# p_risky_type[t] = q[t] * (1 - p[0]); p_severe_type[t] = q[t] * p[reject]; defaults: hint 0.5, refuse 0.5.
 POLITICS, ILLEGAL, BULLYING, FAIRNESS, PRIVACY, MISLEADING, SAFE = range(7)
 
 

@@ -4,7 +4,8 @@ Every import counts: absolute and relative, at module level, inside functions, a
 ``if TYPE_CHECKING:`` (a typing-only import is still a dependency of the design). An import of
 ``pkg.mod`` or ``from pkg import mod`` is an edge to that module; ``from pkg import name`` (not a
 module) is an edge to the package's ``__init__``. Importing a submodule does not count as
-importing its parent packages (Python runs those first, without a cycle).
+importing its parent packages (Python runs those first, without a cycle). A package whose ``__init__``
+loads its public names lazily lists them in ``__init__.pyi``; those imports count as the ``__init__``'s.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def import_graph(package_dir: Path) -> dict[str, set[str]]:
     for name, (path, is_package) in modules.items():
         package = name.split(".") if is_package else name.split(".")[:-1]
         targets: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        sources = [path, *([path.with_suffix(".pyi")] if path.with_suffix(".pyi").exists() else [])]
+        nodes = [node for source in sources for node in ast.walk(ast.parse(source.read_text(), filename=str(source)))]
+        for node in nodes:
             if isinstance(node, ast.Import):
                 targets.update(_known_prefix(alias.name, modules) for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
@@ -150,6 +153,21 @@ def test_the_library_does_not_import_its_test_fixtures():
     assert not offenders, f"library modules import the test fixtures: {offenders}"
 
 
+def test_the_server_and_the_scan_share_what_they_both_use_from_below():
+    """The server scores with the gate's `VisionScorer` and the images' blank image: it never imports the scan
+    or a benchmark loader, and the gate, below both, imports neither."""
+    graph = import_graph(PACKAGE)
+    for name, targets in graph.items():
+        if name.startswith("safety_modules.serve"):
+            sideways = sorted(t for t in targets if t.startswith(("safety_modules.scan", "safety_modules.data")))
+            assert not sideways, f"{name} imports {sideways}"
+        if name.startswith("safety_modules.gate"):
+            above = sorted(
+                t for t in _reachable(graph, name) if t.startswith(("safety_modules.scan", "safety_modules.serve"))
+            )
+            assert not above, f"{name} reaches {above}"
+
+
 def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
     seen, todo = set(), [start]
     while todo:
@@ -164,6 +182,7 @@ def test_the_checker_finds_cycles_of_every_kind(tmp_path):
     """A synthetic package with cycles hidden in a function, under TYPE_CHECKING and through absolute imports."""
     pkg = tmp_path / "pkg"
     (pkg / "sub").mkdir(parents=True)
+    (pkg / "lazy").mkdir()
     files = {
         "__init__.py": "from .a import run\n",
         "a.py": "def run():\n    from . import b\n    return b\n",
@@ -172,19 +191,28 @@ def test_the_checker_finds_cycles_of_every_kind(tmp_path):
         "sub/__init__.py": "",
         "sub/x.py": "import pkg.sub.y\nfrom ..c import run\n",
         "sub/y.py": "from pkg.sub import x\n",
+        "lazy/__init__.py": "import lazy_loader\n",
+        "lazy/__init__.pyi": "from .m import f as f\n",  # the lazy package's names import from m
+        "lazy/m.py": "from pkg.lazy import f\n",
     }
     for name, text in files.items():
         (pkg / name).write_text(text)
     graph = import_graph(pkg)
     assert graph["pkg"] == {"pkg.a"} and graph["pkg.sub.x"] == {"pkg.sub.y", "pkg.c"}
     cycles = find_cycles(graph)
-    assert cycles == [["pkg.a", "pkg.b", "pkg.a"], ["pkg.sub.x", "pkg.sub.y", "pkg.sub.x"]]
-    assert describe(cycles) == (
+    assert graph["pkg.lazy"] == {"pkg.lazy.m"}
+    assert cycles == [
+        ["pkg.a", "pkg.b", "pkg.a"],
+        ["pkg.lazy", "pkg.lazy.m", "pkg.lazy"],
+        ["pkg.sub.x", "pkg.sub.y", "pkg.sub.x"],
+    ]
+    assert describe(cycles[::2]) == (
         "import cycle: pkg.a -> pkg.b -> pkg.a\nimport cycle: pkg.sub.x -> pkg.sub.y -> pkg.sub.x"
     )
 
-    # Removing the typing-only import breaks the first cycle; a three-module ring is found whole.
+    # Removing the typing-only import or the stub's breaks those cycles; a three-module ring is found whole.
     (pkg / "b.py").write_text("")
+    (pkg / "lazy/__init__.pyi").write_text("")
     (pkg / "sub/y.py").write_text("")
     (pkg / "sub/z.py").write_text("from . import x\n")
     (pkg / "sub/y.py").write_text("from .z import *\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -133,8 +134,12 @@ def test_ppo_resume_equals_an_uninterrupted_run(task, tmp_path):
     part = train_rl(rl_config(task, tmp_path / "part", **overrides), stop_after=1)
     assert part.global_step == 1 and part.adapter_dir is None
     assert [c.name for c in checkpoints(tmp_path / "part")] == ["checkpoint-1"]
+    # As a run killed after logging step 2 but before checkpointing it leaves its log: step 2 is run again.
+    log = tmp_path / "part" / "log.jsonl"
+    log.write_text(log.read_text() + json.dumps({"step": 2, "reward": 0.0}) + "\n")
     resumed = train_rl(rl_config(task, tmp_path / "part", resume_from="latest", **overrides))
     assert resumed.global_step == 2
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2]  # no step logged twice
     a = dict(full.policy.named_parameters())
     b = dict(resumed.policy.named_parameters())
     trained = [n for n, p in a.items() if p.requires_grad]

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from safety_modules.gate.vision_scorer import load_flagger
 from safety_modules.images import ImageDecodeError, bound_aspect, decode_image
 from safety_modules.scan import (
     CorpusReader,
@@ -22,7 +23,6 @@ from safety_modules.scan import (
 )
 from safety_modules.scan.lock import LOCK_NAME, OutputLock
 from safety_modules.scan.readers import ItemError, load_bytes
-from safety_modules.scan.scorer import load_flagger
 
 from ..scan_corpus import (
     broken_images,

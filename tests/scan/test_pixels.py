@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from safety_modules.gate.pixels import PixelSpec, decode, normalize, to_uint8
 from safety_modules.images import bound_aspect, decode_image
-from safety_modules.scan.pixels import PixelSpec, decode, normalize, to_uint8
 
 from ..scan_corpus import encode, unusual_images
 

@@ -25,7 +25,7 @@ import yaml
 from PIL import Image
 
 from safety_modules import SafeLlava, SafetyPolicy
-from safety_modules.data.unsafe_concepts import blank_image
+from safety_modules.images import blank_image
 
 SHARPEN = 10.0
 PROMPTS = ("What is shown in this image?", "Describe the picture in detail.", "")

@@ -69,7 +69,7 @@ def metric(url: str, name: str, **labels) -> float:
 
 
 def test_moderations_text_image_and_mixed_match_the_gate(server, assets, direct, tol):
-    from safety_modules.data.unsafe_concepts import blank_image
+    from safety_modules.images import blank_image
 
     photo, refused = assets.photos[1], assets.refused[0]
     cases = [

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from ...errors import ConfigError
 
@@ -198,4 +199,6 @@ def encode_conversation(
         if j + num_image_tokens > max_length:
             raise ConfigError(f"max_length={max_length} cuts into the image tokens")
         ids, labels = ids[:max_length], labels[:max_length]
+    import torch  # here, not at the top: data/format imports this module and must stay light
+
     return torch.tensor(ids), torch.tensor(labels)

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from ...data.templates import GENERIC_QUESTIONS
-from ...data.unsafe_concepts import TEXT_ONLY_PROMPTS, blank_image, text_only_prompt
+from ...data.unsafe_concepts import TEXT_ONLY_PROMPTS, text_only_prompt
 from ...evaluation.parsing import parse_alignment
 from ...evaluation.report import markdown_table, write_csv, write_markdown
 from ...evaluation.unsafe_concepts import alignment_metrics, modality_gap
+from ...images import blank_image
 from ...modeling.safe_llava import SafeLlava
 from .data import RLSample
 from .diversity import diversity

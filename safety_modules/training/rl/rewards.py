@@ -19,6 +19,7 @@ from typing import Protocol
 
 import torch
 
+from ...errors import ModelError
 from ...evaluation.parsing import parse_alignment
 
 LABELS = ("Safe", "Unsafe")
@@ -36,6 +37,71 @@ class Judge(Protocol):
     name: str
 
     def __call__(self, answers: Sequence[str], labels: Sequence[str]) -> JudgedAnswers: ...
+
+
+class RewardClassifierError(ModelError):
+    """The reward classifier cannot be loaded; the message names its folder (or file) and the problem."""
+
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _check_safetensors(path: Path, what: str) -> None:
+    """Refuse a weights file that is missing, not safetensors, or whose header does not describe the whole file
+    (truncated, empty, garbage): safetensors checks that when it opens the file."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise RewardClassifierError(f"{what} {path}: no such file")
+    if path.suffix != ".safetensors":
+        raise RewardClassifierError(
+            f"{what} {path}: only .safetensors weights are loaded (no pickle); convert it (see docs/evaluation.md)"
+        )
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as exc:
+        raise RewardClassifierError(
+            f"{what} {path}: unreadable safetensors file (truncated or not one: {exc})"
+        ) from None
+
+
+def check_classifier_folder(source: str | Path, what: str = "reward classifier", weights: bool = True) -> bool:
+    """Check a local classifier folder before transformers reads it: it holds ``config.json`` and (with
+    ``weights``) readable ``.safetensors`` weights, not only pickles. Returns False when ``source`` is no local
+    path but may be a hub id (left to the loader); a path that is neither is a `RewardClassifierError`."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    path = Path(source)
+    if not path.exists():
+        try:
+            validate_repo_id(str(source))
+        except HFValidationError:
+            raise RewardClassifierError(f"{what} {source}: no such folder") from None
+        return False
+    if not path.is_dir():
+        raise RewardClassifierError(f"{what} {source}: not a folder (give the folder that holds config.json)")
+    if not (path / "config.json").is_file():
+        raise RewardClassifierError(f"{what} {source}: no config.json in the folder")
+    if weights:
+        found = sorted(path.glob("*.safetensors"))
+        if not found:
+            pickles = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+            if pickles:
+                raise RewardClassifierError(
+                    f"{what} {source}: holds only pickle weights {pickles}; only .safetensors are loaded "
+                    "(convert them, see docs/evaluation.md)"
+                )
+            raise RewardClassifierError(f"{what} {source}: no .safetensors weights in the folder")
+        for file in found:
+            _check_safetensors(file, what)
+    return True
+
+
+def _load_error(what: str, source: str | Path, exc: Exception) -> RewardClassifierError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    where = "" if Path(source).exists() else " (not a local folder, and loading it from the hub failed)"
+    return RewardClassifierError(f"{what} {source}{where}: {type(exc).__name__}: {first}")
 
 
 def _check_labels(labels: Sequence[str]) -> None:
@@ -70,10 +136,15 @@ class ClassifierJudge:
     def __init__(
         self, source: str | Path, device: str | torch.device = "cpu", max_length: int = 512, batch_size: int = 32
     ) -> None:
+        from safetensors import SafetensorError
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(str(source))
-        self.model = AutoModelForSequenceClassification.from_pretrained(str(source), use_safetensors=True)
+        check_classifier_folder(source)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(source))
+            self.model = AutoModelForSequenceClassification.from_pretrained(str(source), use_safetensors=True)
+        except (OSError, ValueError, KeyError, SafetensorError) as exc:  # the hub's errors are OSError/ValueError
+            raise _load_error("reward classifier", source, exc) from exc
         self.model.to(device).eval().requires_grad_(False)
         names = {str(v).lower(): int(k) for k, v in self.model.config.id2label.items()}
         missing = [label for label in LABELS if label.lower() not in names]
@@ -122,9 +193,14 @@ class PublishedClassifierJudge(ClassifierJudge):
     ) -> None:
         from ...evaluation.parsing import ALIGNMENT_LABELS, ResponseClassifier
 
-        self.classifier = ResponseClassifier(
-            encoder_dir, weights, ALIGNMENT_LABELS, device=str(device), max_length=max_length
-        )
+        check_classifier_folder(encoder_dir, "reward classifier encoder", weights=False)
+        _check_safetensors(Path(weights), "reward classifier weights")
+        try:
+            self.classifier = ResponseClassifier(
+                encoder_dir, weights, ALIGNMENT_LABELS, device=str(device), max_length=max_length
+            )
+        except (OSError, KeyError, TypeError) as exc:
+            raise _load_error("reward classifier encoder", encoder_dir, exc) from exc
         if self.classifier.missing_keys:
             raise ValueError(
                 f"{weights}: {len(self.classifier.missing_keys)} keys missing (e.g. "

@@ -118,12 +118,23 @@ def train_rl(cfg: RLConfig, stop_after: int | None = None, log: Callable[[str], 
         folder, state, rng_to_restore = restored
         global_step, history = state["global_step"], state["history"]
         say(f"resumed from {folder} at step {global_step}/{total_steps}")
+    if accelerator.is_main_process:
+        ckpt.truncate_log(out / "log.jsonl", global_step)  # steps logged after the checkpoint are run again
 
     def save(step: int) -> None:
         accelerator.wait_for_everyone()
         state = {"global_step": step, "history": history, "total_steps": total_steps}
         ckpt.save_and_prune(
-            out, step, params, optimizer, scheduler, state, cfg.save_total_limit, rank, accelerator.is_main_process
+            out,
+            step,
+            params,
+            optimizer,
+            scheduler,
+            state,
+            cfg.save_total_limit,
+            rank,
+            accelerator.is_main_process,
+            accelerator.wait_for_everyone,
         )
 
     bar = tqdm(

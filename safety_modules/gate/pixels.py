@@ -25,7 +25,6 @@ from PIL import Image
 
 from ..errors import ModelError
 from ..images import DEFAULT_MAX_PIXELS, ImageDecodeError, bound_aspect, decode_image
-from .readers import Item, ItemError, load_bytes
 
 # Pillow: shrinking by this factor or more goes through `Image.reduce` first (the docs call
 # 3.0 indistinguishable from a plain resize in most cases).
@@ -143,21 +142,10 @@ def to_uint8(img: Image.Image, spec: PixelSpec, draft: bool = True) -> np.ndarra
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def prepare_uint8(
-    item: Item, spec: PixelSpec, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True
-) -> tuple[np.ndarray | None, tuple[str, str] | None]:
-    """Read, decode, resize one item: ``(uint8 (3, H, W), None)`` or ``(None, (kind, message))``."""
-    try:
-        source = load_bytes(item)
-    except ItemError as exc:
-        return None, (exc.kind, str(exc).split(": ", 1)[-1])
-    return prepare_bytes(source, spec, max_pixels, draft)
-
-
 def prepare_bytes(
     source: bytes | str, spec: PixelSpec, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True
 ) -> tuple[np.ndarray | None, tuple[str, str] | None]:
-    """`prepare_uint8` for bytes (or a file path) already read."""
+    """Decode, resize one image: ``(uint8 (3, H, W), None)`` or ``(None, (kind, message))``."""
     try:
         return to_uint8(bound_aspect(decode(source, spec, max_pixels, draft)), spec, draft), None
     except ImageDecodeError as exc:
