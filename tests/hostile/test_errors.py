@@ -13,16 +13,18 @@ from .conftest import cli, one_line_error
 
 def test_every_user_facing_error_is_a_safevlm_error():
     from safety_modules.checkpoints.bases import ManifestError
-    from safety_modules.checkpoints.publish import PublishError
+    from safety_modules.checkpoints.publish import PublishError, PublishInputError
     from safety_modules.data.format import RecordError
     from safety_modules.data.rtvlm.loader import RTVLMFormatError
-    from safety_modules.evaluation.judge import JudgeError
+    from safety_modules.evaluation.judge import JudgeError, JudgeUnavailable
     from safety_modules.images import ImageDecodeError
     from safety_modules.modeling.safety_modules import CheckpointError, IncompatibleBaseError
     from safety_modules.policy.spec import PolicyError
     from safety_modules.scan.lock import ScanLockedError
     from safety_modules.scan.readers import ItemError
     from safety_modules.serve.protocol import ApiError
+    from safety_modules.training.checkpoint import CheckpointError as TrainingCheckpointError
+    from safety_modules.training.rl.rewards import RewardClassifierError
 
     family = {
         ManifestError: ConfigError,
@@ -33,8 +35,12 @@ def test_every_user_facing_error_is_a_safevlm_error():
         ItemError: InputError,
         CheckpointError: ModelError,
         IncompatibleBaseError: ModelError,
+        TrainingCheckpointError: ModelError,
+        RewardClassifierError: ModelError,
         PublishError: RemoteError,
+        PublishInputError: ConfigError,
         JudgeError: RemoteError,
+        JudgeUnavailable: RemoteError,
         ScanLockedError: SafeVLMError,
         ApiError: SafeVLMError,
     }
