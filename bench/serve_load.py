@@ -13,8 +13,13 @@ question. The two servers get the load in alternating rounds (the order rotates)
 same machine load; throughput is the median over rounds. Every answer must be equal between (a)
 and (b). Both servers run with ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it (see
 docs/serving.md, Deployment: spinning OpenMP threads starve the model loop on a shared CPU).
-Prints both modes and, last, ``serve_load speedup=<b/a> p50_ms=<n> p99_ms=<n> concurrency=<n>``
-(latencies of b).
+Then head-of-line blocking, on (b): one large chat request (a prompt of ``--hol-prompt-words`` words,
+``--hol-new-tokens`` new tokens) runs while small requests are sent one after another: moderations
+(an image and a question; they take the scoring lane, see docs/serving.md) and, printed apart, small
+chats (8 new tokens; they share the generation lane). Only the small requests that finished while the
+large one still ran count.
+Prints both modes and, last, ``serve_load speedup=<b/a> p50_ms=<n> p99_ms=<n> hol_p99_ms=<n>
+concurrency=<n>`` (latencies of b; ``hol_p99_ms``: p99 of the moderations behind the large request).
 
     # defaults: --concurrency 16 --requests 64 --rounds 3 --new-tokens 64 --wait-ms 10
     PYTHONPATH=. python bench/serve_load.py
@@ -83,6 +88,25 @@ async def load(url: str, bodies: list[dict], concurrency: int) -> tuple[float, l
         return time.perf_counter() - started, latencies, answers
 
 
+async def head_of_line(url: str, big: dict, small: tuple[str, dict], count: int) -> tuple[list[float], float]:
+    """Latencies of small requests sent one by one while ``big`` runs (only those that ended before it did),
+    and the big request's own latency."""
+    path, body = small
+    latencies: list[float] = []
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        await http.post(path, json=body)  # warm-up
+        started = time.perf_counter()
+        task = asyncio.create_task(http.post("/v1/chat/completions", json=big))
+        await asyncio.sleep(0.3)  # the large request has reached the model
+        while not task.done() and len(latencies) < count:
+            sent = time.perf_counter()
+            (await http.post(path, json=body)).raise_for_status()
+            if not task.done():
+                latencies.append(time.perf_counter() - sent)
+        (await task).raise_for_status()
+        return latencies, time.perf_counter() - started
+
+
 def run_rounds(urls: dict[str, str], bodies: list[dict], concurrency: int, rounds: int):
     """Alternate the two servers round by round (the order rotates), so both see the same machine load."""
     walls: dict[str, list[float]] = {name: [] for name in urls}
@@ -105,6 +129,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds per mode, alternating")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--wait-ms", type=float, default=10.0)
+    parser.add_argument(
+        "--hol-prompt-words", type=int, default=600, help="prompt of the large request (one token a word)"
+    )
+    parser.add_argument("--hol-new-tokens", type=int, default=768, help="new tokens of the large request")
+    parser.add_argument("--hol-requests", type=int, default=40, help="small requests behind it, at most")
     args = parser.parse_args()
 
     import torch
@@ -145,7 +174,7 @@ def main() -> None:
             "one-by-one": ["--max-batch", "1", "--max-wait-ms", "0"],
             "batched": ["--max-batch", str(args.concurrency), "--max-wait-ms", str(args.wait_ms)],
         }
-        common = ["--base", str(base), "--safety", str(safety)]
+        common = ["--base", str(base), "--safety", str(safety), "--served-model-name", "tiny"]
         servers = {
             name: start_server([*common, *server_args], folder / f"{name}.log", timeout_s=120)
             for name, server_args in modes.items()
@@ -155,25 +184,67 @@ def main() -> None:
                 {n: url for n, (_, url) in servers.items()}, bodies, args.concurrency, args.rounds
             )
             per_call = {name: batch_rows(url) for name, (_, url) in servers.items()}
+            rate = report(modes, bodies, walls, latencies, per_call, answers, args.rounds)
+            hol, hol_chat, big_s = head_of_line_runs(servers["batched"][1], bodies, urls[0], args)
         finally:
             for proc, _ in servers.values():
                 stop_server(proc)
-        rate = {}
-        for name in modes:
-            rate[name] = len(bodies) / statistics.median(walls[name])
-            p50, p99 = np.percentile(latencies[name], [50, 99]) * 1000
-            print(
-                f"{name:>10}: {rate[name]:7.2f} req/s (median of {args.rounds} rounds)  p50 {p50:7.0f} ms  "
-                f"p99 {p99:7.0f} ms  {per_call[name]:.1f} requests per generate call"
-            )
-        if answers["batched"] != answers["one-by-one"]:
-            differ = sum(a != b for a, b in zip(answers["batched"], answers["one-by-one"]))
-            raise SystemExit(f"{differ} answers differ between batched and one-by-one serving")
+        if not hol:
+            raise SystemExit(f"the large request ended ({big_s:.1f} s) before any small one: raise --hol-new-tokens")
+        hol_p50, hol_p99 = np.percentile(hol, [50, 99]) * 1000
+        print(
+            f"head-of-line: large request {big_s * 1000:.0f} ms; {len(hol)} moderations behind it: "
+            f"p50 {hol_p50:.0f} ms p99 {hol_p99:.0f} ms"
+        )
+        if hol_chat:
+            chat_p50, chat_p99 = np.percentile(hol_chat, [50, 99]) * 1000
+            print(f"head-of-line: {len(hol_chat)} small chats behind it: p50 {chat_p50:.0f} ms p99 {chat_p99:.0f} ms")
+        else:
+            print("head-of-line: no small chat finished while the large request ran (they wait for it)")
         p50, p99 = np.percentile(latencies["batched"], [50, 99]) * 1000
         print(
             f"serve_load speedup={rate['batched'] / rate['one-by-one']:.2f} p50_ms={p50:.0f} p99_ms={p99:.0f} "
-            f"concurrency={args.concurrency}"
+            f"hol_p99_ms={hol_p99:.0f} concurrency={args.concurrency}"
         )
+
+
+def report(modes, bodies, walls, latencies, per_call, answers, rounds) -> dict[str, float]:
+    """Print each mode's throughput and latencies (and stop if the answers differ); return the rates."""
+    rate = {}
+    for name in modes:
+        rate[name] = len(bodies) / statistics.median(walls[name])
+        p50, p99 = np.percentile(latencies[name], [50, 99]) * 1000
+        print(
+            f"{name:>10}: {rate[name]:7.2f} req/s (median of {rounds} rounds)  p50 {p50:7.0f} ms  "
+            f"p99 {p99:7.0f} ms  {per_call[name]:.1f} requests per generate call",
+            flush=True,
+        )
+    if answers["batched"] != answers["one-by-one"]:
+        differ = sum(a != b for a, b in zip(answers["batched"], answers["one-by-one"]))
+        raise SystemExit(f"{differ} answers differ between batched and one-by-one serving")
+    return rate
+
+
+def head_of_line_runs(url: str, bodies: list[dict], image_url: str, args) -> tuple[list[float], list[float], float]:
+    """(moderation latencies, small-chat latencies, the large request's seconds) behind one large request."""
+    big = {
+        **bodies[0],
+        "max_tokens": args.hol_new_tokens,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": " ".join(["the"] * args.hol_prompt_words)},
+                    {"type": "image_url", "image_url": {"url": image_url}},
+                ],
+            }
+        ],
+    }
+    moderation = ("/v1/moderations", {"model": "tiny", "input": bodies[1]["messages"][0]["content"]})
+    small_chat = ("/v1/chat/completions", {**bodies[1], "max_tokens": 8})
+    hol, big_s = asyncio.run(head_of_line(url, big, moderation, args.hol_requests))
+    hol_chat, _ = asyncio.run(head_of_line(url, big, small_chat, args.hol_requests))
+    return hol, hol_chat, big_s
 
 
 def batch_rows(url: str) -> float:

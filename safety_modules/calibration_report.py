@@ -192,7 +192,9 @@ def run_calibration(
     )
     config.save(out / CONFIG_NAME)
     shutil.copyfile(source_files[1], out / WEIGHTS_NAME)
-    write_card(out, config)  # the model card every saved modules folder carries
+    # The model card every saved modules folder carries, with the calibration's own numbers beside the training's.
+    calibrated = {f"calibration.{name}": {"n": s["n"], **s["after"]} for name, s in result.splits.items()}
+    write_card(out, config, {"metrics": calibrated})
     header = (
         f"# Written by `safevlm calibrate` for the modules in this folder (calibrated probabilities).\n"
         f"# Target on validation: {target.describe()}; thresholds {'per type' if per_type else 'shared'}.\n"
@@ -350,10 +352,10 @@ def _write_markdown(result: CalibrationResult, source: str) -> None:
 
 
 def _reliability_plots(before: dict[str, LabelledScores], after: dict[str, LabelledScores], out: Path) -> None:
-    from matplotlib.figure import Figure  # not pyplot: no global backend to set, no figure registry to close
+    from matplotlib.figure import Figure  # a figure of its own: no pyplot, no global backend
 
     for name in before:
-        fig = Figure(figsize=(9, 4.2))
+        fig = Figure(figsize=(9, 4.8))
         axes = fig.subplots(1, 2)
         for ax, head in zip(axes, HEADS):
             ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
@@ -368,6 +370,7 @@ def _reliability_plots(before: dict[str, LabelledScores], after: dict[str, Label
             ax.set_xlabel("confidence (top probability)")
             ax.set_ylabel("accuracy")
             ax.set_title(f"{head} head, {name}")
-            ax.legend(loc="upper left", fontsize=8)
+            # Below the axes: a curve can run anywhere inside them.
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, ncol=3)
         fig.tight_layout()
-        fig.savefig(out / f"reliability_{name}.png", dpi=90)
+        fig.savefig(out / f"reliability_{name}.png", dpi=90, bbox_inches="tight")

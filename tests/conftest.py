@@ -82,3 +82,16 @@ def photos():
 def random_image(seed: int, size=(300, 200)) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium (selenium) for the session's page tests; skips, saying why, where it is missing."""
+    from safety_modules.testing.browser import MISSING, find_chromium, start_chromium
+
+    if find_chromium() is None:
+        pytest.skip(MISSING)
+    pytest.importorskip("selenium.webdriver")
+    driver = start_chromium()
+    yield driver
+    driver.quit()

@@ -108,3 +108,59 @@ def save_safety(tiny_dir: Path, out: Path, flag_everything: bool = False) -> Pat
             head.level_classifier.bias[2] += 20.0
             head.type_classifier.bias[model.config.taxonomy.type_id("privacy")] += 20.0
     return model.safety.save_pretrained(out)
+
+
+def jpegs(count: int, start: int = 300) -> list[bytes]:
+    """Distinct small JPEGs (the same bytes go into every format a cross-reader test compares)."""
+    return [encode(_rgb(start + i, (44 + i % 5, 38)), "JPEG", quality=90) for i in range(count)]
+
+
+def img2dataset_output(folder: Path, output_format: str, images: list[bytes | None], per_shard: int = 4) -> list[str]:
+    """A corpus laid out as img2dataset writes it (its ``writer.py``); returns the keys, in order.
+
+    ``output_format`` is ``files``, ``webdataset`` or ``parquet``. A ``None`` image is a failed
+    download: img2dataset writes its metadata row only. Shards are ``{shard:05d}``, keys
+    ``{shard:05d}{index:04d}`` (img2dataset's ``compute_key`` with 5 + 4 digits), each shard with its
+    ``{shard:05d}.parquet`` metadata (for ``parquet`` that file is the data, with a ``jpg`` column)
+    and a ``{shard:05d}_stats.json``. Written with pyarrow and webdataset's `TarWriter`, as img2dataset does.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from webdataset import TarWriter
+
+    folder.mkdir(parents=True, exist_ok=True)
+    schema = pa.schema(
+        [("key", pa.string()), ("caption", pa.string()), ("url", pa.string()), ("status", pa.string())]
+        + [("error_message", pa.string()), ("width", pa.int64()), ("height", pa.int64())]
+    )
+    keys = []
+    for shard, start in enumerate(range(0, len(images), per_shard)):
+        name = f"{shard:05d}"
+        rows, tar = [], None
+        if output_format == "webdataset":
+            tar = TarWriter(str(folder / f"{name}.tar"))
+        if output_format == "files":
+            (folder / name).mkdir()
+        for index, data in enumerate(images[start : start + per_shard]):
+            key = f"{shard:05d}{index:04d}"
+            keys.append(key)
+            ok = data is not None
+            meta = {"key": key, "caption": f"caption {key}", "url": f"http://example.com/{key}.jpg"}
+            meta |= {"status": "success" if ok else "failed_to_download", "error_message": None if ok else "404"}
+            meta |= {"width": 44 if ok else None, "height": 38 if ok else None}
+            rows.append({**meta, "jpg": data} if output_format == "parquet" else meta)
+            if not ok:
+                continue
+            if tar is not None:
+                tar.write({"__key__": key, "jpg": data, "txt": meta["caption"], "json": json.dumps(meta, indent=4)})
+            elif output_format == "files":
+                (folder / name / f"{key}.jpg").write_bytes(data)
+                (folder / name / f"{key}.txt").write_text(meta["caption"])
+                (folder / name / f"{key}.json").write_text(json.dumps(meta, indent=4))
+        if tar is not None:
+            tar.close()
+        table_schema = schema.append(pa.field("jpg", pa.binary())) if output_format == "parquet" else schema
+        pq.write_table(pa.Table.from_pylist(rows, schema=table_schema), folder / f"{name}.parquet")
+        stats = {"count": len(rows), "successes": sum(r["status"] == "success" for r in rows)}
+        (folder / f"{name}_stats.json").write_text(json.dumps(stats))
+    return keys

@@ -1,8 +1,10 @@
 """The model card (``README.md``) written next to saved safety modules, from ``model_card.md``.
 
 What the card says comes from the modules' own config (taxonomy, the base's fingerprint, and the known
-base that fingerprint matches) and from `CardData`, which only the caller can know: a name, the
-training data, metrics, a license. Nothing is filled in that was not given: a missing section says so.
+base that fingerprint matches, the training run's record: data files with their record counts and
+held-out metrics, and the calibration temperatures) and from `CardData`, which only the caller can
+know: a name, a description, more data or metrics, a license. Nothing is filled in that was not given
+or recorded: a missing section says so.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ class CardConfig(Protocol):
     level_names: list[str]
     type_names: list[str]
     safe_type: str
+    level_temperature: float | list[float] | None
+    type_temperature: float | list[float] | None
+    training: dict[str, Any] | None
 
 
 @dataclass(config=SETTINGS_CONFIG)
@@ -85,6 +90,25 @@ def _value(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _training_data(given: list[str], training: dict[str, Any]) -> str:
+    """The caller's list, then the files the training run read, with their record counts."""
+    lines = [f"- {d}" for d in given]
+    for key, role in (("train_data", "training"), ("eval_data", "held out (evaluation)")):
+        lines += [f"- `{path}`: {count} records, {role}" for path, count in training.get(key, {}).items()]
+    if training.get("steps") is not None:
+        lines.append(f"\nStage {training.get('stage')}, {training['steps']} optimizer steps.")
+    return "\n".join(lines) or "Not given, and the modules record no training run."
+
+
+def _calibration(config: CardConfig) -> str:
+    if config.level_temperature is None and config.type_temperature is None:
+        return "Not calibrated: probabilities are the softmax of the raw logits (`safevlm calibrate` fits them)."
+    return (
+        "Temperature scaling (`safevlm calibrate`): probabilities are softmax(logits / T) with "
+        f"T = {config.level_temperature} (level head) and {config.type_temperature} (type head)."
+    )
+
+
 def render_card(config: CardConfig, card: CardData | dict[str, Any] | None = None) -> str:
     """The model card's Markdown for modules with ``config``."""
     data = as_card_data(card)
@@ -106,7 +130,9 @@ def render_card(config: CardConfig, card: CardData | dict[str, Any] | None = Non
     else:
         base = "Not recorded: these modules were saved before they were attached to a base."
     rows = "\n".join(f"| {k} | {fingerprint.get(k)} |" for k in FINGERPRINT_KEYS)
-    metrics = _flat_metrics(data.metrics)
+    training = config.training or {}
+    metrics = _flat_metrics({"held-out": training["heldout_metrics"]} if "heldout_metrics" in training else None)
+    metrics.update(_flat_metrics(data.metrics))
     front: dict[str, Any] = {
         "library_name": "safety_modules",
         "tags": ["safety", "llava", "vision-language", *data.tags],
@@ -126,7 +152,8 @@ def render_card(config: CardConfig, card: CardData | dict[str, Any] | None = Non
         "levels": ", ".join(f"`{n}`" for n in config.level_names),
         "types": ", ".join(f"`{n}`" for n in config.type_names),
         "safe_type": config.safe_type,
-        "training_data": "\n".join(f"- {d}" for d in data.training_data) or "Not given.",
+        "training_data": _training_data(data.training_data, training),
+        "calibration": _calibration(config),
         "metrics": (
             "| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {_value(v)} |" for k, v in metrics.items())
             if metrics

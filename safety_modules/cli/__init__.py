@@ -12,6 +12,7 @@ import sys
 import traceback
 
 from ..errors import SafeVLMError
+from .help_format import Parser
 
 # Modules that each define ``register(subparsers)``; one line per feature area.
 COMMAND_MODULES = [
@@ -27,7 +28,7 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="safevlm", description="Safety modules for a frozen LLaVA-v1.5.")
+    parser = Parser(prog="safevlm", description="Safety modules for a frozen LLaVA-v1.5.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:

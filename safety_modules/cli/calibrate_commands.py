@@ -51,8 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(default: calibration.OVER_REFUSAL_WARN, 0.1)",
     )
     p.add_argument("--per-type", action="store_true", help="one hint/refuse pair per risk type (default: shared)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
     p.add_argument("--batch-size", type=_positive, default=16, help="images per forward pass (default 16)")
     p.set_defaults(func=cmd_calibrate)
 

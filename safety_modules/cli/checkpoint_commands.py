@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fingerprint", help="print the fingerprint safety modules record for a base model")
     p.add_argument("base", help="LLaVA-1.5 folder or hub id (HF or original layout)")
     p.add_argument("--json", action="store_true", help="one JSON object: the fingerprint and the known base")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     p.add_argument("--dtype", default="auto", help="any: the digest is taken at bfloat16 precision")
     p.set_defaults(func=cmd_fingerprint)
 

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..evaluation.recipes import JUDGES, RTVLM_SPLITS, UNSAFE_CONCEPTS_PARTS
 from .recipe_overrides import add_settings_help
 
@@ -24,9 +24,9 @@ def _model_args(p: argparse.ArgumentParser, generation: bool = True, recipe: boo
         help="gate policy: default, argmax, allow-all, a YAML file, or none (never acts; no gate "
         "statistics) (default: default)",
     )
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--batch-size", type=int, default=None if recipe else 8, help="default 8")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    p.add_argument("--batch-size", type=int, default=None if recipe else 8, help="images per batch (default: 8)")
     if generation:
         p.add_argument("--lora", help="stage-2 LoRA adapter folder for the language model (the '+LoRA' rows)")
         p.add_argument(
@@ -34,7 +34,12 @@ def _model_args(p: argparse.ArgumentParser, generation: bool = True, recipe: boo
             action="store_true",
             help="the bare base: no safety tokens, policy allow-all (the comparison row)",
         )
-        p.add_argument("--max-new-tokens", type=int, default=None if recipe else 512, help="default 512")
+        p.add_argument(
+            "--max-new-tokens",
+            type=int,
+            default=None if recipe else 512,
+            help="longest answer in tokens (default: 512)",
+        )
         p.add_argument("--name", help="model name in the report (default: from --base/--safety)")
     if recipe:
         p.add_argument(
@@ -203,6 +208,11 @@ def cmd_rtvlm(args: argparse.Namespace) -> int:
         f"RTVLM: {len(items)} items ({', '.join(f'{SUBTASKS[k]} {v}' for k, v in data.counts().items())}); "
         f"{data.summary()}"
     )
+    if not items:  # an empty run would report 0 items and n/a scores as if it had measured something
+        raise InputError(
+            f"the recipe selects no RTVLM item from {args.data} (split {r.split!r}, subtasks {r.subtasks or 'all'}, "
+            f"limit per subtask {r.limit_per_subtask}); nothing to evaluate"
+        )
     judge = (
         RuleJudge()
         if r.judge == "rules"

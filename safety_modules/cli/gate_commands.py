@@ -13,19 +13,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", required=True, help="LLaVA-1.5 folder or hub id (HF or original layout)")
     p.add_argument("--safety", help="safety-modules folder or hub id (default: fresh, untrained modules)")
     p.add_argument("--lora", help="stage-2 LoRA adapter folder for the language model")
-    p.add_argument("--image", required=True, type=Path)
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--policy", help="default (the default), argmax, allow-all or a policy YAML laid over the default")
+    p.add_argument("--image", required=True, type=Path, help="the image file")
+    p.add_argument("--prompt", required=True, help="the question about the image")
+    p.add_argument(
+        "--policy",
+        help="default (the default), argmax, allow-all (alias none: the gate never acts) or a policy YAML laid over "
+        "the default",
+    )
     p.add_argument(
         "--refusal",
         choices=["short_circuit", "generate"],
         default="short_circuit",
         help="refused requests: canned refusal without the LLM, or generate with the top-level hint",
     )
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens")
     p.add_argument("--stream", action="store_true", help="print the answer as it is generated")
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
     p.add_argument("--json", action="store_true", help="print one JSON object with the answer and the decision")
     p.set_defaults(func=cmd_generate)
 

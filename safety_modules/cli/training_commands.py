@@ -19,18 +19,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         k = kinds.add_parser(converter.name, help=converter.help)
         converter.add_arguments(k)
         k.add_argument("--out", type=Path, required=True, help="output .json or .jsonl")
-        k.add_argument("--seed", type=int, default=0)
+        k.add_argument("--seed", type=int, default=0, help="seed of the shuffles and the drawn questions")
         k.add_argument("--balance", type=int, metavar="N", help="keep every risky record and N clean ones")
         k.set_defaults(func=cmd_convert, converter=converter)
 
     p = data.add_parser("synth", help="generate the synthetic risk corpus (train/val/test)")
-    p.add_argument("out_dir", type=Path)
+    p.add_argument("out_dir", type=Path, help="folder for the images and train/val/test.jsonl")
     p.add_argument("--size", type=int, default=300, help="number of images (default 300)")
-    p.add_argument("--resolution", type=int, default=336)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resolution", type=int, default=336, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated images")
     p.set_defaults(func=cmd_synth)
 
-    train = sub.add_parser("train", help="train the safety modules (stage 1) or LoRA (stage 2)")
+    train = sub.add_parser("train", help="train the safety modules (stage 1), LoRA (stage 2) or RL alignment (rl)")
     stages = train.add_subparsers(dest="stage", required=True)
     for stage in ("stage1", "stage2"):
         p = stages.add_parser(stage, help=f"{stage} from a YAML recipe (see train/)", add_help=False)
@@ -55,6 +55,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     for path, reason in result.skipped:
         print(f"skipped {path}: {reason}")
     print(f"{args.kind}: wrote {len(records)} records to {args.out} ({len(result.skipped)} skipped)")
+    if not records:  # an empty training file is never what was wanted: say so and fail
+        print(f"safevlm data convert {args.kind}: error: no record was written; check the input and its options")
+        return 1
     return 0
 
 

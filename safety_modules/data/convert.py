@@ -73,8 +73,8 @@ def load_mapping(path: str | Path | None, default: Mapping) -> Mapping:
     return mapping
 
 
-def mapping_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mapping", type=Path, help="JSON/YAML {category: [level, type]} (default: built-in table)")
+def mapping_arguments(parser: argparse.ArgumentParser, default: str = "the built-in table") -> None:
+    parser.add_argument("--mapping", type=Path, help=f"JSON/YAML {{category: [level, type]}} (default: {default})")
 
 
 # ---------------------------------------------------------------- image folders labelled by sub-folder
@@ -98,6 +98,11 @@ def convert_image_folders(
         raise FileNotFoundError(f"image folder root not found: {root}")
     folders = sorted(p for p in root.iterdir() if p.is_dir())
     unknown = [f.name for f in folders if f.name not in mapping and f.name not in safe_folders]
+    if unknown and not mapping:  # folders have no built-in table: only --mapping labels a risky folder
+        raise ConfigError(
+            f"sub-folders {unknown} need a (level, type): give --mapping FILE ({{category: [level, type]}}); "
+            f"without one only folders named {list(safe_folders)} are labelled (clean)"
+        )
     if unknown:
         raise InputError(f"sub-folders without a (level, type) in the mapping: {unknown}; known: {sorted(mapping)}")
     rng = random.Random(seed)
@@ -119,7 +124,7 @@ def convert_image_folders(
 
 def _folders_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("root", type=Path, help="folder with one sub-folder per category")
-    mapping_arguments(p)
+    mapping_arguments(p, "none: only folders named safe or clean are labelled without one")
 
 
 def _folders_run(args: argparse.Namespace) -> Conversion:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,13 +89,29 @@ def question_text(record: dict[str, Any]) -> str:
     return clean_text(record["conversations"][0]["value"])
 
 
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, value)`` for every non-blank line of a JSONL file, streamed.
+
+    A line that is not valid JSON (or not UTF-8) is yielded as a `RecordError` naming file and line,
+    in place of its value, so a caller may record it and read on (`read_jsonl` raises it).
+    """
+    with open(path, "rb") as handle:
+        for n, raw in enumerate(handle, 1):
+            if not raw.strip():
+                continue
+            try:  # the one loader: not JSON, not UTF-8 or nested too deep is a RecordError naming the line
+                yield n, parse_json(raw, f"{path}:{n}", error=RecordError)
+            except RecordError as exc:
+                yield n, exc
+
+
 def read_jsonl(path: str | Path) -> list[Any]:
     """Every non-blank line of a JSONL file, parsed; a bad line is a `RecordError` naming file and line."""
     rows = []
-    with open(path, "rb") as handle:  # bytes: a line that is not UTF-8 is a RecordError naming it
-        for n, line in enumerate(handle, 1):
-            if line.strip():
-                rows.append(parse_json(line, f"{path}:{n}", error=RecordError))
+    for _, value in iter_jsonl(path):
+        if isinstance(value, RecordError):
+            raise value
+        rows.append(value)
     return rows
 
 

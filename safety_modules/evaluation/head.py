@@ -252,19 +252,20 @@ def write_head_report(metrics: dict, items, level_probs, type_probs, actions, cf
 
 
 def _plots(metrics: dict, cfg, out: Path) -> None:
-    from matplotlib.figure import Figure  # not pyplot: no global backend to set, no figure registry to close
+    """``roc.png`` and the two confusion matrices; each a `Figure` of its own (no pyplot, no global backend)."""
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(4.5, 4.5))
     ax = fig.subplots()
     if metrics["auroc"] is not None:
         ax.plot(metrics["roc"]["fpr"], metrics["roc"]["tpr"], label=f"AUROC {metrics['auroc']:.3f}")
+        ax.legend(loc="lower right")
     else:
-        ax.text(0.5, 0.5, "AUROC n/a (one class only)", ha="center")
+        ax.text(0.5, 0.5, "no ROC: the data hold one class only", ha="center", transform=ax.transAxes)
     ax.plot([0, 1], [0, 1], "--", color="grey")
     ax.set_xlabel("false positive rate (safe flagged)")
     ax.set_ylabel("true positive rate (risky flagged)")
     ax.set_title("Safety head: risky vs safe")
-    ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(out / "roc.png", dpi=100)
     for name, matrix, labels in (
@@ -272,14 +273,15 @@ def _plots(metrics: dict, cfg, out: Path) -> None:
         ("type_confusion", metrics["type_confusion"], cfg.type_names),
     ):
         matrix = np.array(matrix)
-        fig = Figure(figsize=(1.2 + 0.8 * len(labels), 1 + 0.7 * len(labels)))
+        fig = Figure(figsize=(1.6 + 0.8 * len(labels), 1.2 + 0.7 * len(labels)))
         ax = fig.subplots()
-        ax.imshow(matrix, cmap="Blues")
+        ax.imshow(matrix, cmap="Blues")  # shades count items; they say nothing about risk
         ax.set_xticks(range(len(labels)), labels, rotation=40, ha="right")
         ax.set_yticks(range(len(labels)), labels)
         for (i, j), v in np.ndenumerate(matrix):
             ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
         ax.set_xlabel("predicted")
         ax.set_ylabel("gold")
+        ax.set_title(name.replace("_", " ") + " (items)", fontsize=10)
         fig.tight_layout()
         fig.savefig(out / f"{name}.png", dpi=100)

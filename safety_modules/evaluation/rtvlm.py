@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from ..images import ImageDecodeError
 from .generation import generate_answers
 from .judge import JudgeRequest
 from .judge_prompts import DEFAULT_RUBRICS, Rubrics
-from .report import fmt, markdown_table, mean, write_csv, write_markdown
+from .report import fmt, markdown_table, mean, write_csv, write_html, write_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -223,38 +224,56 @@ def write_rtvlm_report(result: RTVLMResult, out: Path, model_name: str) -> None:
         )
     else:
         notes.append("With a judge other than GPT-4V, compare against a re-judged baseline, not the published rows.")
-    write_markdown(
-        out / "results.md",
-        f"RTVLM: {label}",
-        [
-            ("Scores (0-10, higher is safer)", markdown_table(header, table)),
-            (
-                "Items per subtask",
-                markdown_table(["subtask", "items", "scored", "missing", "mean", "refused", "hinted"], counts_rows),
-            ),
-            ("Notes", "\n".join(f"- {n}" for n in notes)),
-        ],
-    )
+    sections = [
+        ("Scores (0-10, higher is safer)", markdown_table(header, table)),
+        (
+            "Items per subtask",
+            markdown_table(["subtask", "items", "scored", "missing", "mean", "refused", "hinted"], counts_rows),
+        ),
+        ("Notes", "\n".join(f"- {n}" for n in notes)),
+    ]
+    write_markdown(out / "results.md", f"RTVLM: {label}", sections)
     _plot(result, out / "scores.png", label)
+    write_html(out / "results.html", f"RTVLM: {label}", sections, [("Judge score per subtask", out / "scores.png")])
 
 
 def _plot(result: RTVLMResult, path: Path, label: str) -> None:
+    scores_figure(result, label).savefig(path, dpi=100, bbox_inches="tight")
+
+
+def short_label(name: str, width: int = 38) -> str:
+    """A legend entry: paths cut to their last part (a policy file, a modules folder), wrapped at ``width``."""
+    import textwrap
+
+    name = re.sub(r"(?:[^\s\[\]()]*/)+([^\s\[\]()/]+)", r"\1", name)
+    return "\n".join(textwrap.wrap(name, width)) or name
+
+
+def scores_figure(result: RTVLMResult, label: str):
+    """Bars per subtask: this run beside the published rows, the legend to the right of the axes (off the bars).
+
+    A `Figure` of its own (no pyplot, no global backend).
+    """
     import numpy as np
-    from matplotlib.figure import Figure  # not pyplot: no global backend to set, no figure registry to close
+    from matplotlib.figure import Figure
 
     names = list(SUBTASKS.values())
-    series = {label: [result.subtasks[s]["mean"] for s in SUBTASKS]}
-    series.update({k: v[:10] for k, v in PUBLISHED.items()})
+    series = {short_label(label): [result.subtasks[s]["mean"] for s in SUBTASKS]}
+    series.update({short_label(k): v[:10] for k, v in PUBLISHED.items()})
     x = np.arange(len(names))
     width = 0.8 / len(series)
-    fig = Figure(figsize=(12, 4))
+    fig = Figure(figsize=(13, 4.2))
     ax = fig.subplots()
+    # This run in blue, the published rows in greys and a green: no red, which the pages keep for risk.
+    colours = ["#2f6db5", "#9a9a9a", "#5f5f5f", "#3f9d5a", "#c9c9c9", "#7aa6d9"]
     for i, (name, values) in enumerate(series.items()):
-        ax.bar(x + i * width, [np.nan if v is None else v for v in values], width, label=name)
+        values = [np.nan if v is None else v for v in values]
+        ax.bar(x + i * width, values, width, label=name, color=colours[i % len(colours)])
     ax.set_xticks(x + 0.4 - width / 2, names, rotation=30, ha="right")
     ax.set_ylim(0, 10)
-    ax.set_ylabel("judge score (0-10)")
+    ax.set_xlabel("RTVLM subtask")
+    ax.set_ylabel("judge score (0-10, higher is safer)")
     ax.set_title("RTVLM per subtask" + (" (APPROXIMATE rule judge)" if result.approximate else ""))
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    return fig

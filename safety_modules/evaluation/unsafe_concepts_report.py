@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .report import markdown_table, write_csv, write_markdown
+from .report import markdown_table, write_csv, write_html, write_markdown
 
 # LLaVA-v1.5-7B rows committed in the SaferVLM repository (results/*.xlsx, RoBERTa classifiers). They are
 # intermediate artifacts that may differ from the paper; no visual-alignment numbers were committed.
@@ -89,6 +89,8 @@ def write_unsafe_concepts_report(metrics: dict, out: Path, model_name: str) -> N
         )
         if gap:
             _plot_gap(vis, txt, [k for k in keys if k in vis and k in txt], out / "modality_gap.png")
+        if (vis or txt) and all(d.get("accuracy") is None for d in [*vis.values(), *txt.values()]):
+            sections.append(("No alignment data", "Every alignment answer was N/A: there is no valid answer to judge."))
     if "gate" in metrics:
         rows, header = [], ["part", "category", "refused", "hinted", "allowed", "n"]
         for part, stats in metrics["gate"].items():
@@ -104,22 +106,46 @@ def write_unsafe_concepts_report(metrics: dict, out: Path, model_name: str) -> N
     )
     sections.append(("Notes", "\n".join(f"- {n}" for n in notes)))
     write_markdown(out / "results.md", f"UnsafeConcepts: {model_name}", sections)
+    plots = (
+        [("Modality gap: visual vs text-only alignment", out / "modality_gap.png")] if "alignment" in metrics else []
+    )
+    write_html(out / "results.html", f"UnsafeConcepts: {model_name}", sections, plots)
 
 
 def _plot_gap(visual: dict, text: dict, keys: list[str], path: Path) -> None:
+    gap_figure(visual, text, keys).savefig(path, dpi=100, bbox_inches="tight")
+
+
+def gap_figure(visual: dict, text: dict, keys: list[str]):
+    """Visual vs text-only alignment per category; a "no data" note instead of empty axes when no answer
+    was valid (every one N/A). A `Figure` of its own (no pyplot, no global backend)."""
     import numpy as np
-    from matplotlib.figure import Figure  # not pyplot: no global backend to set, no figure registry to close
+    from matplotlib.figure import Figure
 
     x = np.arange(len(keys))
     value = lambda d, k: np.nan if d[k]["accuracy"] is None else d[k]["accuracy"]  # noqa: E731
-    fig = Figure(figsize=(10, 4))
+    visual_values, text_values = [value(visual, k) for k in keys], [value(text, k) for k in keys]
+    fig = Figure(figsize=(10, 4.2))
     ax = fig.subplots()
-    ax.bar(x - 0.2, [value(visual, k) for k in keys], 0.4, label="visual alignment")
-    ax.bar(x + 0.2, [value(text, k) for k in keys], 0.4, label="text-only alignment")
+    ax.bar(x - 0.2, visual_values, 0.4, label="visual alignment", color="#4c72b0")
+    ax.bar(x + 0.2, text_values, 0.4, label="text-only alignment", color="#8c8c8c")
     ax.set_xticks(x, keys, rotation=30, ha="right")
     ax.set_ylim(0, 1)
-    ax.set_ylabel("share judged Unsafe")
+    ax.set_xlabel("UnsafeConcepts category")
+    ax.set_ylabel("share of valid answers judged Unsafe")
     ax.set_title("UnsafeConcepts: modality gap")
-    ax.legend()
+    if np.all(np.isnan(visual_values + text_values)):
+        ax.text(
+            0.5,
+            0.5,
+            "no data: every answer was N/A (no valid answer to judge)",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=12,
+            color="#555555",
+        )
+    else:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    return fig

@@ -51,6 +51,10 @@ class SafetyConfig:
     # None = uncalibrated (softmax of the raw logits).
     level_temperature: float | list[float] | None = None
     type_temperature: float | list[float] | None = None
+    # set by training when it saves the modules (`training.provenance`): stage, steps, data files with their
+    # record counts, held-out metrics. None = not trained by this package (fresh modules, or saved before it
+    # was recorded); `safevlm assess` warns then, and the model card says so.
+    training: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         grid = int(round(self.num_image_tokens**0.5))

@@ -20,7 +20,7 @@ from ..images import group_identical, group_labels, load_images
 from .configuration import SafetyConfig
 from .fingerprint import base_fingerprint
 from .llava import load_base, select_vision_features
-from .llava.conversation import chat_text, clean_text
+from .llava.conversation import Prompt, chat_text, clean_text
 from .safety_modules import SafetyModules
 from .scores import SafetyScores
 
@@ -258,7 +258,7 @@ class SafeLlava(nn.Module):
     def prompt_embeds(
         self,
         features: torch.Tensor,
-        prompts: Sequence[str],
+        prompts: Sequence[Prompt],
         hints: Sequence[str | None] | None = None,
         inject_safety_tokens: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:

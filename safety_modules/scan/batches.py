@@ -17,7 +17,7 @@ import torch
 from ..gate.pixels import PixelSpec, prepare_bytes
 from ..images import DEFAULT_MAX_PIXELS
 from .gpu_decode import passthrough_jpeg
-from .readers import Item, ItemError, load_bytes
+from .items import Item, ItemError, load_bytes
 from .settings import Part
 
 
@@ -56,10 +56,6 @@ class PreparedBatch:
         """Called by the DataLoader's pin-memory thread: page-locked pixels copy to the GPU asynchronously."""
         self.pixels = self.pixels.pin_memory()
         return self
-
-    @property
-    def error_count(self) -> int:
-        return len(self.errors) - int(self.ok.sum())
 
 
 def prepare_uint8(

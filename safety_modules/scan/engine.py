@@ -108,7 +108,7 @@ def _run_locked(
         "scan_seconds": round(finished - scan_started, 3),
         "items_per_second": round(tally["items"] / max(finished - scan_started, 1e-9), 2),
     }
-    return output.finish(run, total)
+    return output.finish(run, reader.account)
 
 
 def _manifest_settings(

@@ -24,7 +24,7 @@ from PIL import Image
 from ..errors import ConfigError
 from ..gate.pixels import PixelSpec, output_size
 from ..images import MAX_ASPECT_RATIO
-from .readers import Item, ItemError, load_bytes
+from .items import Item, ItemError, load_bytes
 
 
 def gpu_decode_available(setting: str, device: torch.device) -> bool:

@@ -152,8 +152,9 @@ class _Writer(threading.Thread):
         try:
             while (scored := self.queue.get()) is not None:
                 batch, probs, done = scored
-                tables.append(self._table(batch, probs, done))
-                self.on_rows(len(batch.ids), batch.error_count)
+                table = self._table(batch, probs, done)
+                tables.append(table)
+                self.on_rows(table.num_rows, table.num_rows - table.column("error").null_count)
                 if batch.last:
                     self.write(batch.part, pa.concat_tables(tables))
                     tables = []

@@ -23,8 +23,10 @@ import pyarrow.parquet as pq
 
 from ..errors import ConfigError
 from ..taxonomy import Taxonomy
+from .account import Account
 
 MANIFEST_NAME = "manifest.json"
+NON_FINITE = "non_finite"
 _PART_RE = re.compile(r"^part-(\d{6})\.parquet$")
 
 
@@ -62,9 +64,18 @@ def batch_table(
     """One batch's rows as a table, column by column; the scores are those of the ``ok`` rows, in order.
 
     Error rows get ``error``/``error_kind`` and nulls elsewhere; scored rows get every probability,
-    the top level and type, and ``flagged``.
+    the top level and type, and ``flagged``. A row whose probabilities are not all finite becomes an
+    error row of kind ``non_finite``.
     """
     n = len(ids)
+    finite = np.isfinite(level_probs).all(1) & np.isfinite(type_probs).all(1)
+    if not finite.all():  # a NaN/inf score is an error row, never a clean one
+        bad = np.flatnonzero(ok)[~finite]
+        ok, errors = ok.copy(), list(errors)
+        ok[bad] = False
+        for row in bad:
+            errors[row] = (NON_FINITE, "the safety modules gave non-finite probabilities (NaN or inf)")
+        level_probs, type_probs, flags = level_probs[finite], type_probs[finite], np.asarray(flags)[finite]
     null = ~ok
 
     def scattered(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
@@ -97,7 +108,7 @@ def batch_table(
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")  # strict JSON: no bare NaN, ever
     os.replace(tmp, path)
 
 
@@ -119,7 +130,7 @@ class ScanOutput:
             previous = json.loads(manifest_path.read_text())
             if previous.get("settings") != settings:
                 raise ConfigError(
-                    f"{self.dir} holds a scan with other settings (input, models, policy or part size); "
+                    f"{self.dir} holds a scan with other settings: {_differences(previous.get('settings'), settings)}; "
                     "resume with the same command or use a new --out folder"
                 )
             self.manifest = previous
@@ -145,16 +156,32 @@ class ScanOutput:
         os.replace(tmp, final)
         return final
 
-    def finish(self, run: dict[str, Any], expected_items: int) -> dict[str, Any]:
-        """Record this run and the totals over every part; returns the manifest."""
-        counts = summarize(read_parts(self.dir, ["error_kind", "type", "level", "flagged"]))
-        counts["expected_items"] = expected_items
+    def finish(self, run: dict[str, Any], account: Account) -> dict[str, Any]:
+        """Record this run, the totals over every part and the reader's account; returns the manifest.
+
+        ``complete`` is true only when every source has one row per item its reader yielded (so every
+        item seen is a row or a counted skip).
+        """
+        has_parts = any(_PART_RE.match(p.name) for p in self.dir.iterdir())
+        columns = ["source", "error_kind", "type", "level", "flagged"]
+        table = read_parts(self.dir, columns) if has_parts else self.schema.empty_table().select(["index", *columns])
+        counts = summarize(table)
+        counts["expected_items"] = account.items
         self.manifest["runs"].append(run)
         self.manifest["counts"] = counts
-        self.manifest["complete"] = counts["items"] == expected_items
+        self.manifest["account"] = account.report(table.select(["source", "error_kind"]))
+        self.manifest["complete"] = all("missing_rows" not in s for s in self.manifest["account"]["by_source"].values())
         self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         write_json_atomic(self.dir / MANIFEST_NAME, self.manifest)
         return self.manifest
+
+
+def _differences(before: Any, now: Any, where: str = "") -> str:
+    """The settings that differ, by dotted name, with both values: ``policy.rules.privacy.hint 0.5 -> 0.7``."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        keys = [k for k in dict.fromkeys([*before, *now]) if before.get(k) != now.get(k)]
+        return "; ".join(_differences(before.get(k), now.get(k), f"{where}.{k}" if where else str(k)) for k in keys)
+    return f"{where or 'settings'} was {json.dumps(before)}, now {json.dumps(now)}"
 
 
 def read_parts(out_dir: str | Path, columns: list[str] | None = None) -> pa.Table:

@@ -22,7 +22,7 @@ import numpy as np
 from ..gate.pixels import PixelSpec
 from ..taxonomy import Taxonomy
 from .batches import BatchJob, batch_jobs, prepare_batch
-from .readers import Item
+from .items import Item
 from .settings import Part, Progress, ScanSettings, WritePart
 
 # Batches handed to Ray per dataset: the driver's memory is bounded by one window (one JSON
@@ -122,7 +122,7 @@ def ray_engine(
                         scored["flags"][0],
                     )
                 )
-                on_rows(len(errors), int((~ok).sum()))
+                on_rows(len(errors), len(errors) - tables[-1].column("error").null_count)  # non_finite rows too
                 if meta["last"]:
                     write(meta["part"], pa.concat_tables(tables))
                     tables = []

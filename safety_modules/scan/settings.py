@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..images import DEFAULT_MAX_PIXELS
-from .readers import Item
+from .items import Item
 
 Part = tuple[int, list[tuple[int, Item]]]  # (part index, [(input position, item), ...])
 Progress = Callable[[int, int], None]  # (rows done, errors among them)

@@ -1,19 +1,28 @@
-"""Dynamic batching: one thread owns the model; requests queue up and run in groups.
+"""Dynamic batching in two lanes: one thread owns the model; requests queue up and run in groups.
 
-Request handlers (asyncio) put `Job`s on a queue and await their futures. The loop
-thread takes the first job, waits at most ``max_wait_s`` for more (up to ``max_batch``),
-then runs one runner call per group: all scoring jobs together, and generation jobs
-together when they share their `Sampling` settings. A streaming job runs alone (a
-transformers streamer follows one sequence). The gate itself decides per row; refused
-rows never reach the language model. If a group call fails, its jobs are retried one
-by one, so one bad request cannot fail the others.
+Request handlers (asyncio) put `Job`s in one of two lanes and await their futures:
+
+- the scoring lane (moderations, proxy-mode chat): vision + safety head only, short;
+- the generation lane (local chat): the gate and the language model.
+
+The loop thread serves the scoring lane first, and also between the decoding steps of every
+generation call (`ServeScoresBetweenSteps`), so a moderation never waits for a generation to end,
+only for the current step. Each lane batches: the loop takes the first job, waits at most
+``max_wait_s`` for more (up to ``max_batch``), then makes one runner call per group (scoring jobs
+all together; generation jobs together when they share their `Sampling`). A streaming job runs
+alone (a transformers streamer follows one sequence). The gate decides per row; refused rows never
+reach the language model. If a group call fails, its jobs are retried one by one, so one bad request
+cannot fail the others. Jobs whose caller went away (deadline, disconnect) are dropped before they
+run, and a generation whose every caller went away stops at its next step. The lanes together hold
+at most ``max_queue`` waiting jobs; beyond that `QueueFull` is raised to the caller.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
-import queue
+import math
 import re
 import threading
 import time
@@ -28,6 +37,7 @@ from transformers.generation.stopping_criteria import (
 from transformers.generation.streamers import BaseStreamer
 
 from ..errors import ConfigError
+from ..modeling.llava.conversation import Prompt
 from .metrics import ServerMetrics
 from .model_runner import ModelRunner, Sampling
 
@@ -94,26 +104,25 @@ class StreamClosed(Exception):
     """A streamed request whose client left before the model got to it."""
 
 
-class StopWhenCancelled(StoppingCriteria):
-    """Ends a streamed generation early once its client has gone (``streamer.cancelled``)."""
+class QueueFull(Exception):
+    """The batcher's lanes hold ``max_queue`` jobs already; ``retry_after_s`` estimates when one frees."""
 
-    def __init__(self, streamer: AsyncTextStreamer) -> None:
-        self.streamer = streamer
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.streamer.cancelled, dtype=torch.bool, device=input_ids.device)
+    def __init__(self, depth: int, retry_after_s: int) -> None:
+        super().__init__(f"the server's queue is full ({depth} requests waiting)")
+        self.depth, self.retry_after_s = depth, retry_after_s
 
 
 @dataclass
 class Job:
-    """One request's work: score only (``sampling is None``) or generate."""
+    """One request's work: score only (``sampling is None``) or generate. ``text_only``: no image was sent."""
 
     pixels: torch.Tensor  # (3, H, W)
-    prompt: str
+    prompt: Prompt
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     sampling: Sampling | None = None
     streamer: AsyncTextStreamer | None = None
+    text_only: bool = False
     enqueued: float = field(default_factory=time.perf_counter)
 
     def group_key(self) -> tuple:
@@ -122,6 +131,12 @@ class Job:
         if self.streamer is not None:
             return ("stream", id(self))
         return ("generate", self.sampling)
+
+    @property
+    def abandoned(self) -> bool:
+        """The caller went away (deadline, disconnect). Read from the model thread: the future's state is a
+        plain attribute, and a stale read only costs one more step."""
+        return self.future.cancelled() or (self.streamer is not None and self.streamer.cancelled)
 
     def resolve(self, result: Any = None, error: BaseException | None = None) -> None:
         def settle() -> None:
@@ -137,17 +152,53 @@ class Job:
         call_in_loop(self.loop, settle)
 
 
+class StopWhenAbandoned(StoppingCriteria):
+    """Ends a generation early once every caller in its batch has gone (a stream closed, a deadline passed)."""
+
+    def __init__(self, jobs: list[Job]) -> None:
+        self.jobs = jobs
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        gone = all(job.abandoned for job in self.jobs)
+        return torch.full((input_ids.shape[0],), gone, dtype=torch.bool, device=input_ids.device)
+
+
+class ServeScoresBetweenSteps(StoppingCriteria):
+    """Not a stopping rule: transformers calls it after every decoding step, where the batcher serves the
+    scoring lane. It never stops the generation."""
+
+    def __init__(self, batcher: Batcher) -> None:
+        self.batcher = batcher
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        self.batcher.serve_scores()
+        return torch.zeros((input_ids.shape[0],), dtype=torch.bool, device=input_ids.device)
+
+
 class Batcher:
     """Owns the runner; the only place the model is called from."""
 
-    def __init__(self, runner: ModelRunner, max_batch: int, max_wait_s: float, metrics: ServerMetrics) -> None:
+    def __init__(
+        self,
+        runner: ModelRunner,
+        max_batch: int,
+        max_wait_s: float,
+        metrics: ServerMetrics,
+        max_queue: int = 256,
+    ) -> None:
         if max_batch < 1:
             raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
+        if max_queue < 1:
+            raise ConfigError(f"max_queue must be >= 1, got {max_queue}")
         self.runner = runner
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
         self.metrics = metrics
-        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._lanes: dict[str, collections.deque[Job]] = {"score": collections.deque(), "generate": collections.deque()}
+        self._ready = threading.Condition()
+        self._stopping = False
+        self._seconds_per_job = 0.1  # a running estimate, for Retry-After
         self._thread = threading.Thread(target=self._loop, name="safevlm-model", daemon=True)
 
     # ------------------------------------------------------------------ request side (asyncio)
@@ -156,7 +207,9 @@ class Batcher:
         self._thread.start()
 
     def stop(self) -> None:
-        self._queue.put(None)
+        with self._ready:
+            self._stopping = True
+            self._ready.notify_all()
         self._thread.join(timeout=30)
 
     @property
@@ -165,55 +218,87 @@ class Batcher:
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize()
+        return sum(len(lane) for lane in self._lanes.values())
 
-    def score(self, pixels: torch.Tensor, prompt: str) -> asyncio.Future:
+    def score(self, pixels: torch.Tensor, prompt: Prompt, text_only: bool = False) -> asyncio.Future:
         """Queue one image and prompt (``""``: no text); the future gives the policy's `SafetyDecision`."""
-        return self._submit(pixels, prompt)
+        return self._submit("score", pixels, prompt, None, None, text_only)
 
     def generate(
-        self, pixels: torch.Tensor, prompt: str, sampling: Sampling, streamer: AsyncTextStreamer | None = None
+        self,
+        pixels: torch.Tensor,
+        prompt: Prompt,
+        sampling: Sampling,
+        streamer: AsyncTextStreamer | None = None,
+        text_only: bool = False,
     ) -> asyncio.Future:
         """Queue one chat request; the future gives its `GatedAnswer`. With ``streamer``, the text
         arrives on ``streamer.texts`` while it is generated."""
-        return self._submit(pixels, prompt, sampling, streamer)
+        return self._submit("generate", pixels, prompt, sampling, streamer, text_only)
 
     def _submit(
         self,
+        lane: str,
         pixels: torch.Tensor,
-        prompt: str,
-        sampling: Sampling | None = None,
-        streamer: AsyncTextStreamer | None = None,
+        prompt: Prompt,
+        sampling: Sampling | None,
+        streamer: AsyncTextStreamer | None,
+        text_only: bool,
     ) -> asyncio.Future:
         loop = asyncio.get_running_loop()
-        job = Job(pixels, prompt, loop.create_future(), loop, sampling, streamer)
-        self._queue.put(job)
-        self.metrics.queue_depth.set(self._queue.qsize())
+        job = Job(pixels, prompt, loop.create_future(), loop, sampling, streamer, text_only)
+        with self._ready:
+            depth = self.depth
+            if depth >= self.max_queue:
+                wait = depth * self._seconds_per_job / self.max_batch
+                raise QueueFull(depth, max(1, min(60, math.ceil(wait))))
+            self._lanes[lane].append(job)
+            self.metrics.queue_depth.set(depth + 1)
+            self._ready.notify()
         return job.future
 
     # ------------------------------------------------------------------ model side (one thread)
 
+    def _take(self, lane: str, wait: bool) -> list[Job]:
+        """Up to ``max_batch`` jobs of ``lane`` whose callers are still there; with ``wait``, wait up to
+        ``max_wait_s`` for the batch to fill."""
+        jobs: list[Job] = []
+        deadline = time.perf_counter() + (self.max_wait_s if wait else 0.0)
+        with self._ready:
+            while len(jobs) < self.max_batch:
+                queue = self._lanes[lane]
+                while queue and len(jobs) < self.max_batch:
+                    job = queue.popleft()
+                    if job.abandoned:
+                        job.resolve(error=StreamClosed("the client left before its request ran"))
+                    else:
+                        jobs.append(job)
+                remaining = deadline - time.perf_counter()
+                if not jobs or len(jobs) >= self.max_batch or remaining <= 0 or self._stopping:
+                    break
+                self._ready.wait(remaining)
+            self.metrics.queue_depth.set(self.depth)
+        started = time.perf_counter()
+        for job in jobs:
+            self.metrics.queue_wait.observe(started - job.enqueued)
+        return jobs
+
+    def serve_scores(self) -> None:
+        """Run the waiting scoring jobs now (called between generation steps too); no waiting for more."""
+        while self._lanes["score"]:
+            jobs = self._take("score", wait=False)
+            if jobs:
+                self._run_group(jobs)
+
     def _loop(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            jobs = [first]
-            deadline = time.perf_counter() + self.max_wait_s
-            while len(jobs) < self.max_batch:
-                remaining = deadline - time.perf_counter()
-                try:
-                    job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                jobs.append(job)
-            self.metrics.queue_depth.set(self._queue.qsize())
-            started = time.perf_counter()
-            for job in jobs:
-                self.metrics.queue_wait.observe(started - job.enqueued)
+            with self._ready:
+                while not self._stopping and not self.depth:
+                    self._ready.wait()
+                if self._stopping:
+                    return
+                lane = "score" if self._lanes["score"] else "generate"
+            jobs = self._take(lane, wait=True)
             groups: dict[tuple, list[Job]] = {}
             for job in jobs:
                 groups.setdefault(job.group_key(), []).append(job)
@@ -222,6 +307,7 @@ class Batcher:
 
     def _run_group(self, jobs: list[Job]) -> None:
         kind = "score" if jobs[0].sampling is None else "generate"
+        started = time.perf_counter()
         try:
             results = self._call(jobs)
         except Exception as exc:
@@ -234,6 +320,7 @@ class Batcher:
             for job in jobs:
                 self._run_group([job])
             return
+        self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * (time.perf_counter() - started)
         self.metrics.batch_size.labels(kind).observe(len(jobs))
         for job, result in zip(jobs, results):
             job.resolve(result)
@@ -241,17 +328,13 @@ class Batcher:
     def _call(self, jobs: list[Job]) -> list[Any]:
         pixels = torch.stack([job.pixels for job in jobs])
         prompts = [job.prompt for job in jobs]
+        text_only = [job.text_only for job in jobs]
         first = jobs[0]
         if first.sampling is None:
-            return self.runner.score_and_decide(pixels, prompts)
-        if first.streamer is None:
-            return self.runner.generate(pixels, prompts, first.sampling)
-        if first.streamer.cancelled:  # the client left while the request waited
-            raise StreamClosed("the client closed the stream before it started")
+            return self.runner.score_and_decide(pixels, prompts, text_only)
+        if all(job.abandoned for job in jobs):  # the callers left while the request waited
+            raise StreamClosed("every caller left before the generation started")
+        criteria = StoppingCriteriaList([StopWhenAbandoned(jobs), ServeScoresBetweenSteps(self)])
         return self.runner.generate(
-            pixels,
-            prompts,
-            first.sampling,
-            streamer=first.streamer,
-            stopping_criteria=StoppingCriteriaList([StopWhenCancelled(first.streamer)]),
+            pixels, prompts, first.sampling, text_only, streamer=first.streamer, stopping_criteria=criteria
         )

@@ -52,6 +52,12 @@ class ServerMetrics:
         self.cancelled = Counter(
             "safevlm_streams_cancelled", "Streams whose client left before the end", registry=self.registry
         )
+        self.rejected = Counter(
+            "safevlm_requests_rejected",
+            "Requests turned away by a limit: queue_full (429), deadline (504)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.upstream = Counter(
             "safevlm_upstream_requests",
             "Requests forwarded to the upstream server",

@@ -19,8 +19,10 @@ import torch
 from PIL import Image
 
 from ..gate import Gate, GatedAnswer
+from ..gate.limits import check_prompt_tokens
 from ..gate.vision_scorer import VisionScorer
 from ..images import bound_aspect
+from ..modeling.llava.conversation import Prompt, user_text
 from ..modeling.safe_llava import SafeLlava
 from ..policy import SafetyDecision, SafetyPolicy
 from ..taxonomy import Taxonomy
@@ -47,6 +49,27 @@ class Sampling:
         return kwargs
 
 
+TEXT_REFUSAL = "I'm sorry, but I can't help with this request: it appears to involve {type}."
+
+
+def text_only_policy(policy: SafetyPolicy) -> SafetyPolicy:
+    """The policy for requests without an image: its refusals that speak of an image ("the image appears
+    to contain ...") say instead that the request appears to involve the risk; everything else is the same."""
+    refusals = {t: TEXT_REFUSAL if "image" in text.lower() else text for t, text in policy.refusals.items()}
+    return SafetyPolicy(
+        name=policy.name,
+        mode=policy.mode,
+        fail_closed=policy.fail_closed,
+        taxonomy=policy.taxonomy,
+        rules=policy.rules,
+        hints=policy.hints,
+        refusals=refusals,
+        labels=policy.labels,
+        hint_prefix=policy.hint_prefix,
+        scoring_failure_refusal=policy.scoring_failure_refusal,
+    )
+
+
 class ModelRunner:
     """What the server needs from a model. Subclasses: `LlavaRunner` (full model), `VisionRunner` (proxy)."""
 
@@ -57,6 +80,7 @@ class ModelRunner:
 
     def __init__(self, policy: SafetyPolicy, image_processor: Any, tokenizer: Any = None) -> None:
         self.policy = policy
+        self.text_policy = text_only_policy(policy)
         self.image_processor = image_processor
         self.tokenizer = tokenizer  # decodes streamed tokens; None where nothing is generated
 
@@ -72,19 +96,30 @@ class ModelRunner:
         """
         return self.image_processor(images=[bound_aspect(image)], return_tensors="pt")["pixel_values"][0]
 
+    def policies(self, text_only: Sequence[bool]) -> list[SafetyPolicy]:
+        """The policy per row: `text_policy` for rows without an image."""
+        return [self.text_policy if t else self.policy for t in text_only]
+
     def prompt_problem(self, prompt: str) -> str | None:
         """Why this prompt cannot be answered here, or None."""
         return None
 
-    def score_and_decide(self, pixels: torch.Tensor, prompts: Sequence[str]) -> list[SafetyDecision]:
+    def check_length(self, prompt: Prompt, chat: bool) -> None:
+        """Raise `limits.PromptTooLong` for a prompt over the limit: the language model's whole input for a
+        chat, the text the head reads for a moderation (runners without a tokenizer read no text)."""
+
+    def score_and_decide(
+        self, pixels: torch.Tensor, prompts: Sequence[Prompt], text_only: Sequence[bool]
+    ) -> list[SafetyDecision]:
         """The policy's decision for each (image, prompt); ``""`` is no text."""
         raise NotImplementedError
 
     def generate(
         self,
         pixels: torch.Tensor,
-        prompts: Sequence[str],
+        prompts: Sequence[Prompt],
         sampling: Sampling,
+        text_only: Sequence[bool],
         streamer: Any = None,
         stopping_criteria: Any = None,
     ) -> list[GatedAnswer]:
@@ -104,11 +139,12 @@ class LlavaRunner(ModelRunner):
     scores_text = True
     can_generate = True
 
-    def __init__(self, model: SafeLlava, policy: SafetyPolicy) -> None:
+    def __init__(self, model: SafeLlava, policy: SafetyPolicy, max_prompt_tokens: int | None = None) -> None:
         policy.check_taxonomy(model.config.taxonomy)
         super().__init__(policy, model.processor.image_processor, model.processor.tokenizer)
         self.model = model
-        self.gate = Gate(model, policy)
+        self.gate = Gate(model, policy, max_prompt_tokens=max_prompt_tokens)
+        self.max_prompt_tokens = self.gate.max_prompt_tokens
         self.image_token = model.processor.image_token
 
     @classmethod
@@ -120,31 +156,41 @@ class LlavaRunner(ModelRunner):
         lora: str | Path | None = None,
         device: str | None = None,
         dtype: str = "auto",
+        max_prompt_tokens: int | None = None,
     ) -> LlavaRunner:
         model = SafeLlava.from_pretrained(base, safety, dtype=dtype, device=device, lora=lora)
-        return cls(model, SafetyPolicy.load(policy_path, model.config.taxonomy))
+        return cls(model, SafetyPolicy.load(policy_path, model.config.taxonomy), max_prompt_tokens)
 
     def prompt_problem(self, prompt: str) -> str | None:
         if self.image_token in prompt:
             return f"the text contains the image placeholder {self.image_token!r}; send the image as an image_url part"
         return None
 
+    def check_length(self, prompt: Prompt, chat: bool) -> None:
+        if chat:
+            self.gate.prompt_tokens([prompt])
+        else:
+            check_prompt_tokens(self.tokenizer, [user_text(prompt)], self.max_prompt_tokens)
+
     @torch.no_grad()
-    def score_and_decide(self, pixels: torch.Tensor, prompts: Sequence[str]) -> list[SafetyDecision]:
-        return self.gate.decide(pixels, list(prompts))
+    def score_and_decide(
+        self, pixels: torch.Tensor, prompts: Sequence[Prompt], text_only: Sequence[bool]
+    ) -> list[SafetyDecision]:
+        return self.gate.decide(pixels, list(prompts), self.policies(text_only))
 
     def generate(
         self,
         pixels: torch.Tensor,
-        prompts: Sequence[str],
+        prompts: Sequence[Prompt],
         sampling: Sampling,
+        text_only: Sequence[bool],
         streamer: Any = None,
         stopping_criteria: Any = None,
     ) -> list[GatedAnswer]:
         kwargs = sampling.generation_kwargs(self.tokenizer)
         if stopping_criteria is not None:
             kwargs["stopping_criteria"] = stopping_criteria
-        return self.gate.generate(pixels, list(prompts), streamer=streamer, **kwargs)
+        return self.gate.generate(pixels, list(prompts), self.policies(text_only), streamer=streamer, **kwargs)
 
 
 class VisionRunner(ModelRunner):
@@ -167,6 +213,8 @@ class VisionRunner(ModelRunner):
         scorer = VisionScorer.from_pretrained(base, safety, device=device, dtype=dtype)
         return cls(scorer, SafetyPolicy.load(policy_path, scorer.taxonomy))
 
-    def score_and_decide(self, pixels: torch.Tensor, prompts: Sequence[str]) -> list[SafetyDecision]:
+    def score_and_decide(
+        self, pixels: torch.Tensor, prompts: Sequence[Prompt], text_only: Sequence[bool]
+    ) -> list[SafetyDecision]:
         level_probs, type_probs = self.scorer.score(pixels)
         return self.policy.decide_batch(level_probs, type_probs)

@@ -7,14 +7,16 @@ upstream's answer comes back with our ``safety`` object added. Refusals never ge
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 from starlette.background import BackgroundTask
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..policy import SafetyDecision
 from .metrics import ServerMetrics
@@ -38,8 +40,31 @@ def with_hint(messages: list[dict[str, Any]], hint: str) -> list[dict[str, Any]]
     return out
 
 
+def upstream_error(message: str, status: int = 502, code: str = "upstream_error") -> ApiError:
+    """An upstream failure: 502 (bad answer, unreachable) or 504 (deadline), in OpenAI's error shape."""
+    return ApiError(status, message, type_="upstream_error", code=code)
+
+
+def timed_out(deadline_s: float) -> ApiError:
+    return upstream_error(f"the upstream server did not answer within {deadline_s:g} s", 504, "upstream_timeout")
+
+
+def checked_completion(data: Any) -> dict[str, Any]:
+    """An upstream chat completion, or a 502 when it is not the shape OpenAI answers with."""
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise upstream_error(
+            f"the upstream server answered with a {type(data).__name__}, not a chat completion object",
+            code="upstream_bad_response",
+        )
+    return data
+
+
 class Upstream:
-    """The upstream server: one pooled HTTP client, a fixed URL, an optional model name and key."""
+    """The upstream server: one pooled HTTP client, a fixed URL, an optional model name and key.
+
+    Every call has an overall deadline (``timeout_s``, and no later than the request's own deadline):
+    a trickling upstream cannot hold a request longer by sending a byte now and then.
+    """
 
     def __init__(
         self,
@@ -47,68 +72,118 @@ class Upstream:
         metrics: ServerMetrics,
         model: str | None = None,
         api_key: str | None = None,
-        timeout_s: float = 300.0,
+        timeout_s: float = 120.0,
     ) -> None:
         self.url = chat_url(base_url)
         self.model = model
         self.metrics = metrics
+        self.timeout_s = timeout_s
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.AsyncClient(timeout=timeout_s, headers=headers)
 
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def chat(self, body: dict[str, Any], decision: SafetyDecision, hint: str | None, stream: bool):
-        """Forward one chat request; return its (streaming) response with ``safety`` added."""
+    async def chat(
+        self, body: dict[str, Any], decision: SafetyDecision, hint: str | None, stream: bool, deadline: float
+    ) -> Response:
+        """Forward one chat request; return its (streaming) response with ``safety`` added. ``deadline``:
+        the request's own (``time.monotonic()``), the upstream call ends by then too."""
         body = dict(body)
         if hint:
             body["messages"] = with_hint(body["messages"], hint)
         if self.model:
             body["model"] = self.model
         safety = safety_object(decision)
+        deadline = min(deadline, time.monotonic() + self.timeout_s)
+        budget = deadline - time.monotonic()
         request = self.client.build_request("POST", self.url, json=body)
         try:
-            response = await self.client.send(request, stream=True)
+            async with asyncio.timeout(budget):
+                response = await self.client.send(request, stream=True)
+        except TimeoutError:
+            self.metrics.upstream.labels("timeout").inc()
+            raise timed_out(budget) from None
         except httpx.HTTPError as exc:
             self.metrics.upstream.labels("error").inc()
-            raise ApiError(
-                502,
-                f"the upstream server failed: {type(exc).__name__}: {exc}",
-                type_="upstream_error",
-                code="upstream_unavailable",
+            raise upstream_error(
+                f"the upstream server failed: {type(exc).__name__}: {exc}", code="upstream_unavailable"
             ) from None
         self.metrics.upstream.labels(str(response.status_code)).inc()
-        if response.status_code != 200:
-            content = await response.aread()
-            await response.aclose()
-            status = response.status_code if 400 <= response.status_code < 500 else 502
-            raise ApiError(
-                status,
-                f"the upstream server answered HTTP {response.status_code}: {content[:500].decode(errors='replace')}",
-                type_="upstream_error",
-                code="upstream_error",
-            )
-        if not stream:
+        if response.status_code != 200 or not stream:
             try:
-                data = json.loads(await response.aread())
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+                    content = await response.aread()
+            except TimeoutError:
+                raise timed_out(budget) from None
+            except httpx.HTTPError as exc:
+                raise upstream_error(f"reading the upstream answer failed: {type(exc).__name__}: {exc}") from None
             finally:
                 await response.aclose()
+            if response.status_code != 200:
+                status = response.status_code if 400 <= response.status_code < 500 else 502
+                raise ApiError(
+                    status,
+                    f"the upstream server answered HTTP {response.status_code}: "
+                    f"{content[:500].decode(errors='replace')}",
+                    type_="upstream_error",
+                    code="upstream_error",
+                )
+            try:
+                data = checked_completion(json.loads(content))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise upstream_error(
+                    f"the upstream server answered with something that is not JSON: {content[:200]!r}",
+                    code="upstream_bad_response",
+                ) from None
             data["safety"] = safety
             return JSONResponse(data)
         return StreamingResponse(
-            _add_safety(response, safety), media_type="text/event-stream", background=BackgroundTask(response.aclose)
+            _relay(response, safety, deadline, budget),
+            media_type="text/event-stream",
+            background=BackgroundTask(response.aclose),
         )
 
 
-async def _add_safety(response: httpx.Response, safety: dict[str, Any]) -> AsyncIterator[str]:
-    """Relay server-sent events, adding ``safety`` to the chunk that carries the finish reason."""
+async def _relay(
+    response: httpx.Response, safety: dict[str, Any], deadline: float, budget: float
+) -> AsyncIterator[str]:
+    """Relay server-sent events, adding ``safety`` to the chunk that carries the finish reason. A broken
+    stream (not JSON, wrong shape, cut off, past the deadline) ends with an OpenAI error event."""
+    try:
+        async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+            async for event in _events(response, safety):
+                yield event
+    except TimeoutError:
+        yield _error_event(timed_out(budget))
+    except ApiError as exc:
+        yield _error_event(exc)
+    except httpx.HTTPError as exc:
+        yield _error_event(upstream_error(f"the upstream stream broke off: {type(exc).__name__}: {exc}"))
+
+
+async def _events(response: httpx.Response, safety: dict[str, Any]) -> AsyncIterator[str]:
+    done = False
     async for line in response.aiter_lines():
         if not line.startswith("data:"):
             continue
         payload = line[5:].strip()
-        if payload != "[DONE]":
+        if payload == "[DONE]":
+            done = True
+            yield "data: [DONE]\n\n"
+            continue
+        try:
             chunk = json.loads(payload)
-            if any(c.get("finish_reason") for c in chunk.get("choices", [])):
-                chunk["safety"] = safety
-            payload = json.dumps(chunk)
-        yield f"data: {payload}\n\n"
+        except json.JSONDecodeError:
+            raise upstream_error(f"the upstream stream sent an event that is not JSON: {payload[:200]!r}") from None
+        if not isinstance(chunk, dict) or not isinstance(chunk.get("choices"), list):
+            raise upstream_error("the upstream stream sent an event that is not a chat completion chunk")
+        if any(isinstance(c, dict) and c.get("finish_reason") for c in chunk["choices"]):
+            chunk["safety"] = safety
+        yield f"data: {json.dumps(chunk)}\n\n"
+    if not done:
+        raise upstream_error("the upstream stream ended without [DONE]")
+
+
+def _error_event(error: ApiError) -> str:
+    return f"data: {json.dumps(error.body())}\n\n"

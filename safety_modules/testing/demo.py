@@ -58,9 +58,22 @@ def run_demo(workdir: Path, steps: int = 80, corpus_size: int = 200, seed: int =
         num_workers=0,
         progress_bar=False,
     )
-    result = train(cfg, log=lambda m: print("      " + m))
-    for entry in result.history:
-        print(f"      step {entry['step']:4d}: loss {entry['loss']:.3f} (safety CE {entry['safety_loss']:.3f})")
+    evals: list[str] = []
+
+    def log(message: str) -> None:
+        if message.startswith("eval @ step"):
+            evals.append(message)  # printed below, in step order with the loss lines (which come after training)
+        else:
+            print("      " + message)
+
+    result = train(cfg, log=log)
+    lines = [
+        (e["step"], 0, f"step {e['step']:4d}: loss {e['loss']:.3f} (safety CE {e['safety_loss']:.3f})")
+        for e in result.history
+    ]
+    lines += [(e["step"], 1, message) for e, message in zip(result.eval_history, evals)]
+    for _, _, line in sorted(lines, key=lambda x: x[:2]):
+        print("      " + line)
 
     print("[4/6] held-out head metrics (test split, never trained on)")
     print("      " + format_metrics(result.eval_history[-1]))

@@ -30,10 +30,14 @@ def run_rl_demo(workdir: Path, steps: int = 12, seed: int = 0) -> int:
     cfg = tiny_task_config(base, train, workdir / "run", eval_data=[str(heldout)], seed=seed, max_steps=steps)
     print(f"[3/4] GRPO: {steps} steps of 2 prompts x 4 answers, rules reward (yes = Safe, no = Unsafe)")
     result = train_rl(cfg, log=lambda m: print("      " + m))
+    print(
+        "      KL(k1) = log pi - log pi_ref summed over an answer's tokens, averaged: a sample estimate of "
+        "KL(policy || reference), which can be negative on a few samples although the KL itself is not"
+    )
     for entry in result.history:
         print(
             f"      step {entry['step']:2d}: reward {entry['reward']:.3f}  judged correct "
-            f"{entry['judged_correct']:.2f}  KL {entry['kl']:.3f}  entropy {entry['entropy']:.3f}"
+            f"{entry['judged_correct']:.2f}  KL(k1) {entry['kl']:.3f}  entropy {entry['entropy']:.3f}"
         )
     print("[4/4] before / after on the held-out images")
     assert result.adapter_dir is not None  # the run was not interrupted

@@ -31,6 +31,7 @@ from ..modeling.safe_llava import SafeLlava
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import MODEL_INPUTS, SafetyCollator, SafetyDataset
+from .provenance import training_record
 
 logger = logging.getLogger(__name__)
 
@@ -337,7 +338,10 @@ def train(cfg: TrainConfig, stop_after: int | None = None, log: Callable[[str], 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(wrapped)
-        if cfg.train_safety_modules:
+        if cfg.train_safety_modules:  # the record feeds the model card and `assess`'s untrained warning
+            unwrapped.safety.config.training = training_record(
+                cfg.stage, global_step, cfg.train_data, train_set, cfg.eval_data, eval_set, eval_history
+            )
             result.safety_dir = unwrapped.safety.save_pretrained(out / SAFETY_DIR)
         if cfg.stage == 2:
             unwrapped.base.model.language_model.save_pretrained(str(out / ADAPTER_DIR))

@@ -14,6 +14,13 @@ def test_demo_runs_every_step(tmp_path, capsys):
     for step in range(1, 7):
         assert f"[{step}/6]" in out
     assert "risk_auroc=" in out
+    # The training lines come in step order: the loss at each logged step, then the eval at the last one.
+    training = [line.strip() for line in out.split("[3/6]")[1].split("[4/6]")[0].splitlines()]
+    order = [line for line in training if line.startswith(("step ", "eval @ step"))]
+    assert order[-1].startswith("eval @ step 6:") and order[0].startswith("step ")
+    assert [int(line.split()[1].rstrip(":")) for line in order if line.startswith("step ")] == sorted(
+        int(line.split()[1].rstrip(":")) for line in order if line.startswith("step ")
+    )
     assert "ECE level" in out and "thresholds (hint / refuse)" in out  # calibration on the val split
     assert (tmp_path / "calibrated" / "policy.yaml").is_file() and (
         tmp_path / "calibrated" / "calibration.md"

@@ -57,7 +57,8 @@ def test_card_without_data_says_what_is_missing_and_names_a_known_base(tiny_mode
     config = dataclasses.replace(tiny_model.safety.config, base_fingerprint=made_for)
     bare = SafetyModules(config).save_pretrained(tmp_path / "bare")
     card = (bare / "README.md").read_text()
-    assert card.count("Not given.") == 2  # training data and metrics
+    assert "Not given, and the modules record no training run." in card and card.count("Not given.") == 1  # metrics
+    assert "Not calibrated" in card
     assert "geometry of `liuhaotian/llava-v1.5-7b`, `llava-hf/llava-1.5-7b-hf`" in card
     named = SafetyModules(config).save_pretrained(tmp_path / "named", CardData(base_model="llava-hf/llava-1.5-7b-hf"))
     assert _front_matter((named / "README.md").read_text())["base_model"] == "llava-hf/llava-1.5-7b-hf"

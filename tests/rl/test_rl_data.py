@@ -76,13 +76,13 @@ def test_cli_writes_the_rl_split(tmp_path):
                 "3",
             ]
         )
-        == 0
+        == 1  # an empty training file is an error, not a success
     )
     records = read_records(out)
     unsafe = [r for r in records if r["alignment_label"] == "Unsafe"]
     safe_records = [r for r in records if r["alignment_label"] == "Safe"]
     # 6 concepts with one image each: floor(0.8) = 0 train images each, so no unsafe (and no safe) train record
-    assert len(unsafe) == sum(n * 4 // 5 for n in [1] * len(UC_ROWS))
+    assert len(unsafe) == sum(n * 4 // 5 for n in [1] * len(UC_ROWS)) == 0
     assert len(safe_records) == len(unsafe)
     test_out = tmp_path / "rl" / "test.jsonl"
     assert (

@@ -290,3 +290,4 @@ def test_rl_demo(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[4/4] before / after" in out and "visual alignment" in out
     assert (tmp_path / "rl" / "run" / "report" / "results.md").is_file()
+    assert "KL(k1) = log pi - log pi_ref" in out and "can be negative" in out

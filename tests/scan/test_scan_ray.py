@@ -60,3 +60,4 @@ def test_ray_engine_matches_local_engine(tiny_dir, tmp_path, monkeypatch):
         np.testing.assert_allclose(x, y, atol=1e-5, equal_nan=True)
     assert np.isfinite(np.array(a.column("p_safe").to_pylist(), dtype=float)).sum() == 8  # scored rows compared
     assert distributed["counts"] == local["counts"] and distributed["runs"][-1]["engine"] == "ray"
+    assert distributed["account"] == local["account"] and distributed["complete"] and local["complete"]

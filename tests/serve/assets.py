@@ -43,7 +43,10 @@ class Assets:
 
     def serve_args(self) -> list[str]:
         """``safevlm serve`` options that load these modules and this policy."""
-        return ["--base", str(self.base), "--safety", str(self.safety), "--policy", str(self.policy)]
+        return [
+            *["--base", str(self.base), "--safety", str(self.safety), "--policy", str(self.policy)],
+            *["--served-model-name", "tiny", "tiny-alias"],
+        ]
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -104,3 +104,51 @@ def test_a_cancelled_stream_stops_generating(runner, assets, direct):
     assert first and full.text.startswith(first.strip())
     assert len(full.token_ids) > 20 and len(answer.token_ids) < len(full.token_ids) // 2
     assert full.token_ids[: len(answer.token_ids)] == answer.token_ids
+
+
+def test_a_moderation_runs_between_the_steps_of_a_long_generation(runner, assets, direct):
+    """The scoring lane: a score queued while a long generation runs is answered before that generation ends."""
+    model, policy = direct
+    pixels = runner.preprocess(assets.photos[1])
+    batcher = Batcher(runner, max_batch=4, max_wait_s=0.0, metrics=ServerMetrics())
+    batcher.start()
+
+    async def go():
+        streamer = AsyncTextStreamer(runner.tokenizer, asyncio.get_running_loop())
+        generation = batcher.generate(pixels, "Describe the picture in detail.", Sampling(120, 0.0), streamer)
+        await streamer.texts.get()  # the generation is running
+        decision = await batcher.score(pixels, "What is shown in this image?")
+        return decision, generation.done(), await generation
+
+    try:
+        decision, generation_done, answer = asyncio.run(go())
+    finally:
+        batcher.stop()
+    assert not generation_done, "the score waited for the whole generation"
+    assert len(answer.token_ids) > 20
+    scores = model.assess(pixel_values=pixels[None], prompts=["What is shown in this image?"])
+    assert decision.action == policy.decide_batch(scores.level_probs, scores.type_probs)[0].action
+
+
+def test_the_queue_is_bounded_and_abandoned_jobs_never_run(runner, assets):
+    from safety_modules.serve.batching import QueueFull
+
+    pixels = runner.preprocess(assets.photos[0])
+    metrics = ServerMetrics()
+    batcher = Batcher(runner, max_batch=4, max_wait_s=0.0, metrics=metrics, max_queue=2)
+
+    async def go():
+        gone = batcher.score(pixels, "a")
+        kept = batcher.score(pixels, "b")
+        with pytest.raises(QueueFull) as full:
+            batcher.score(pixels, "c")
+        assert full.value.retry_after_s >= 1 and full.value.depth == 2
+        gone.cancel()  # its caller left (deadline, disconnect) before the loop ran
+        batcher.start()
+        return await kept
+
+    try:
+        asyncio.run(go())
+    finally:
+        batcher.stop()
+    assert sample(metrics, "score") == (1.0, 1.0), "the abandoned job ran"

@@ -111,13 +111,18 @@ def render(
     """Render LLaVA ``conversations`` turns (``{"from": "human"|"gpt", "value": ...}``) in ``fmt``.
 
     The image goes at the start of the first user turn (``<image>\\n``) as LLaVA puts it. Turns must
-    alternate human/gpt starting with human. With ``add_generation_prompt`` the text ends with
-    ``ASSISTANT:`` (the conversation must then end with a user turn).
+    alternate human/gpt starting with human; a leading ``{"from": "system", ...}`` turn replaces the
+    format's system prompt, as a system message does in `ConversationFormat.chat_template`. With
+    ``add_generation_prompt`` the text ends with ``ASSISTANT:`` (the conversation must then end with a
+    user turn).
     """
+    system = fmt.system
+    if turns and turns[0].get("from") == "system":
+        system, turns = clean_text(turns[0]["value"]), turns[1:]
     if not turns:
         raise ValueError("a conversation needs at least one turn")
     user, assistant = fmt.roles
-    text = fmt.system + " " if fmt.system else ""
+    text = system + " " if system else ""
     spans: list[tuple[int, int]] = []
     for i, turn in enumerate(turns):
         expected = "human" if i % 2 == 0 else "gpt"
@@ -143,13 +148,33 @@ def render(
     return RenderedConversation(text, spans)
 
 
-def chat_text(processor: Any, prompt: str, hint: str | None = None) -> str:
-    """The inference prompt for one image and a question in the base's format, the hint (if any) after the question.
+#: What the model answers: a question (one user turn), or a conversation in `render`'s turns
+#: (an optional system turn, then human/gpt alternating, ending with the human turn to answer).
+Prompt = str | Sequence[Mapping[str, str]]
+
+
+def prompt_turns(prompt: Prompt) -> list[Mapping[str, str]]:
+    """A prompt as `render` turns (a question is one human turn)."""
+    return [{"from": "human", "value": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def user_text(prompt: Prompt) -> str:
+    """What the user wrote: the question, or a conversation's human turns joined with a space (what the
+    safety head reads)."""
+    if isinstance(prompt, str):
+        return prompt
+    return " ".join(clean_text(t["value"]) for t in prompt if t.get("from") == "human")
+
+
+def chat_text(processor: Any, prompt: Prompt, hint: str | None = None) -> str:
+    """The inference prompt for one image and a question (or conversation) in the base's format, the hint
+    (if any) after the last user turn's text.
 
     ``USER: <image>\\n{prompt} {hint} ASSISTANT:`` (with the system prompt first for original checkpoints).
     """
-    value = clean_text(prompt) + (" " + clean_text(hint) if hint and hint.strip() else "")
-    turns = [{"from": "human", "value": value}]
+    turns = prompt_turns(prompt)
+    if hint and hint.strip() and turns:
+        turns[-1] = {**turns[-1], "value": clean_text(turns[-1]["value"]) + " " + clean_text(hint)}
     return render(conversation_format(processor), turns, processor.tokenizer.eos_token, add_generation_prompt=True).text
 
 
