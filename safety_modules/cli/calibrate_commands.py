@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-type", action="store_true", help="one hint/refuse pair per risk type (default: shared)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
-    p.add_argument("--batch-size", type=_positive, default=16, help="images per forward pass (default 16)")
+    p.add_argument("--batch-size", type=_positive, default=16, help="images per forward pass")
     p.set_defaults(func=cmd_calibrate)
 
 
