@@ -9,7 +9,7 @@ CONSTRAINTS := $(VENV)/constraints.txt
 EXTRAS ?= dev,scan,ray,eval,demo,serve
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: install demo lint test bench clean
+.PHONY: install demo lint test bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ bench: install
 	$(PY) bench/gate_overhead.py
 	$(PY) bench/scan_throughput.py
 	$(PY) bench/stage1_step_time.py 10
+
+# One GPU, about 8 minutes: device-sensitive tests on CUDA, gate overhead, scan, training step (see docs/benchmarks.md).
+bench-gpu: install
+	$(PY) bench/gpu_suite.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

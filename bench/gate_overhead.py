@@ -25,6 +25,7 @@ the ratio to (a), and as its last lines
 
     python bench/gate_overhead.py                      # CPU: cut depth, 16 new tokens, 4 rounds
     python bench/gate_overhead.py --device cuda        # full 7B depth, bf16, 32 and 128 new tokens
+    python bench/gate_overhead.py --tiny --new-tokens 2 --rounds 1   # the tiny model: checks the script only
 """
 
 from __future__ import annotations
@@ -62,6 +63,14 @@ def build(vision_layers: int, text_layers: int, seed: int, device: torch.device,
     return SafeLlava(base, safety, processor)
 
 
+def build_tiny(seed: int, device: torch.device, dtype: torch.dtype, folder: str):
+    """The project's tiny LLaVA (written to ``folder``) with seeded modules: runs the script in seconds."""
+    from safety_modules import SafeLlava
+    from safety_modules.testing.tiny import make_tiny
+
+    return SafeLlava.from_pretrained(make_tiny(folder, seed=seed), seed=seed, device=device, dtype=dtype)
+
+
 def main() -> None:
     from safety_modules.modeling.llava import resolve_device, resolve_dtype
 
@@ -79,6 +88,9 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=4, help="measurements per case, after a short warm-up")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--tiny", action="store_true", help="the tiny test model instead of the 7B geometry (the GPU suite's dry run)"
+    )
     args = parser.parse_args()
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
@@ -95,7 +107,13 @@ def main() -> None:
 
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
-    model = build(vision_layers, text_layers, args.seed, device, dtype)
+    if args.tiny:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="gate-overhead-tiny-") as folder:
+            model = build_tiny(args.seed, device, dtype, folder)
+    else:
+        model = build(vision_layers, text_layers, args.seed, device, dtype)
     image = Image.fromarray(data.astronaut())
     question = "What is shown in this image? Describe it in detail."
     allow = Gate(model, SafetyPolicy.default())
@@ -156,9 +174,14 @@ def main() -> None:
                 times[n][name].append(time.perf_counter() - t0)
 
     where = torch.cuda.get_device_name(device) if cuda else f"CPU, torch threads {torch.get_num_threads()}"
+    geometry = (
+        "the tiny test model (NOT the 7B geometry: these ratios mean nothing)"
+        if args.tiny
+        else f"LLaVA-1.5-7B geometry, random weights; depths: vision {vision_layers}/24 layers, text "
+        f"{text_layers}/32 layers; safety modules full size"
+    )
     print(
-        f"LLaVA-1.5-7B geometry, random weights, {dtype} on {device} ({where}); depths: vision "
-        f"{vision_layers}/24 layers, text {text_layers}/32 layers; safety modules full size; greedy; "
+        f"{geometry}; {dtype} on {device} ({where}); greedy; "
         f"{args.rounds} alternating rounds; total {time.perf_counter() - started:.0f} s; 1-min load average "
         f"{load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end (other processes on these cores add noise)"
     )

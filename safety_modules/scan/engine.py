@@ -17,9 +17,9 @@ from typing import Any
 from ..errors import ConfigError
 from ..gate.vision_scorer import Flagger, VisionScorer, load_flagger
 from ..modeling.fingerprint import projector_digest
+from ..output_lock import OutputLock
 from .gpu_decode import gpu_decode_available
 from .local_engine import local_engine
-from .lock import OutputLock
 from .output import ScanOutput
 from .readers import CorpusReader, ReaderOptions
 from .settings import Part, ScanSettings, resolve_workers
@@ -46,7 +46,7 @@ def run_scan(
 ) -> dict[str, Any]:
     """Scan ``input_path`` into ``out_dir`` (resuming whatever is there already); returns the manifest.
 
-    Refuses (`lock.ScanLockedError`) while another scan writes into ``out_dir``.
+    Refuses (`ScanLockedError`, an `output_lock.OutputLockedError`) while another scan writes into ``out_dir``.
     """
     if settings.engine not in ("local", "ray"):
         raise ConfigError(f"unknown engine {settings.engine!r}; use 'local' or 'ray'")

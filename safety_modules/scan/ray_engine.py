@@ -82,9 +82,15 @@ def ray_engine(
         schema = output_schema(taxonomy)
         levels = len(taxonomy.levels)
         tables: list[pa.Table] = []  # the part being assembled; it may span two windows
+        assembled: set[int] = set()  # the input positions in ``tables``
+        sent: dict[int, int] = {}  # items handed to Ray per part not yet written
+        written: set[int] = set()
         jobs = batch_jobs(parts, settings.batch_size)
         # The driver holds one window of batch records at a time, so its memory does not grow with the corpus.
-        while records := [_job_record(job) for job in itertools.islice(jobs, WINDOW_BATCHES)]:
+        while window := list(itertools.islice(jobs, WINDOW_BATCHES)):
+            for job in window:
+                sent[job.part] = sent.get(job.part, 0) + len(job.numbered)
+            records = [_job_record(job) for job in window]
             dataset = (
                 ray.data.from_items(records)
                 .map_batches(
@@ -105,6 +111,8 @@ def ray_engine(
             )
             for scored in dataset.iter_batches(batch_format="numpy", batch_size=1):
                 meta = json.loads(scored["meta"][0])
+                if meta["part"] in written or not _new_rows(meta, assembled):
+                    continue  # a batch delivered twice (re-executed after a lost node): its rows are in already
                 errors = [tuple(e) if e else None for e in meta["errors"]]
                 ok = np.array([e is None for e in errors], dtype=bool)
                 probs = scored["probs"][0]
@@ -124,8 +132,32 @@ def ray_engine(
                 )
                 on_rows(len(errors), len(errors) - tables[-1].column("error").null_count)  # non_finite rows too
                 if meta["last"]:
+                    expected = sent.pop(meta["part"])
+                    if len(assembled) != expected:
+                        # Never write a part with rows missing: it would count as done and never be redone.
+                        raise RuntimeError(
+                            f"part {meta['part']}: Ray returned {len(assembled)} of its {expected} items; "
+                            "the part is not written, so running the scan again redoes it"
+                        )
                     write(meta["part"], pa.concat_tables(tables))
-                    tables = []
+                    written.add(meta["part"])
+                    tables, assembled = [], set()
+
+
+def _new_rows(meta: dict[str, Any], assembled: set[int]) -> bool:
+    """Add a scored batch's input positions to the part's; False for a batch whose rows are all in already.
+
+    Ray Data re-executes the tasks of a lost node; a batch that came back twice is dropped, never counted twice.
+    """
+    positions = set(meta["positions"])
+    if positions <= assembled and positions:
+        return False
+    if positions & assembled:
+        raise RuntimeError(
+            f"part {meta['part']}: a batch overlaps rows already scored: {sorted(positions & assembled)}"
+        )
+    assembled |= positions
+    return True
 
 
 def _prepare(record: dict[str, np.ndarray], spec: PixelSpec, max_pixels: int, draft: bool) -> dict[str, np.ndarray]:

@@ -31,6 +31,7 @@ from ..modeling.safe_llava import SafeLlava
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import MODEL_INPUTS, SafetyCollator, SafetyDataset
+from .distributed import Layout, check_one_job, check_resume_layout, output_lock
 from .provenance import training_record
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class TrainResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     safety_dir: Path | None = None
     adapter_dir: Path | None = None
+    # The record ids this process trained on in this run, in order (how sharding is checked).
+    sample_ids: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- model
@@ -114,11 +117,21 @@ def build_dataset(files, model: SafeLlava, cfg: TrainConfig) -> ConcatDataset:
     return ConcatDataset(parts)
 
 
-def epoch_order(n: int, seed: int, epoch: int, rank: int, world: int) -> list[int]:
-    """This rank's sample order in ``epoch``: a seeded permutation, dealt round-robin to the ranks."""
+def epoch_order(n: int, seed: int, epoch: int, rank: int, world: int, batch: int = 1) -> list[int]:
+    """This rank's sample order in ``epoch``: a seeded permutation cut into micro-batches of ``batch``, dealt
+    round-robin to the ranks (micro-batch ``j`` of rank ``r`` is the permutation's micro-batch ``j * world + r``).
+
+    Dealing whole micro-batches keeps each optimizer step's micro-batches the same whatever the number of
+    processes (for the same per-device and global batch), so N processes train as one does with N times the
+    accumulation, and a checkpoint resumes on another process count. The tail that does not fill a round is
+    shared evenly; every rank gets ``n // world`` samples (the same number of micro-batches), none twice.
+    """
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-    per_rank = n // world
-    return perm[rank : per_rank * world : world]
+    rounds = n // (world * batch)
+    mine = [i for j in range(rounds) for i in perm[(j * world + rank) * batch : (j * world + rank + 1) * batch]]
+    tail = (n - rounds * world * batch) // world
+    start = rounds * world * batch + rank * tail
+    return mine + perm[start : start + tail]
 
 
 def make_loader(dataset, indices: list[int], batch_size: int, collator, workers: int, seed: int) -> DataLoader:
@@ -131,6 +144,20 @@ def make_loader(dataset, indices: list[int], batch_size: int, collator, workers:
         num_workers=workers,
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def _dropout_active(model: SafeLlava, cfg: TrainConfig) -> bool:
+    """Whether training draws dropout masks (LoRA dropout in stage 2): they come from each process's RNG."""
+    set_train_mode(model, cfg)
+    return any(isinstance(m, torch.nn.Dropout) and m.training and m.p > 0 for m in model.modules())
+
+
+def _window_means(window: dict[str, list[float]], accelerator) -> dict[str, float]:
+    """The mean of each logged loss over the micro-batches of every process since the last log line."""
+    totals = torch.tensor([[sum(v), len(v)] for v in window.values()], dtype=torch.float64, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        totals = accelerator.reduce(totals, reduction="sum")
+    return {key: total / count for key, (total, count) in zip(window, totals.tolist(), strict=True) if count}
 
 
 # ---------------------------------------------------------------- evaluation
@@ -171,14 +198,23 @@ def train(cfg: TrainConfig, stop_after: int | None = None, log: Callable[[str], 
     """Run one stage. ``stop_after`` ends the run after that many optimizer steps (having saved a
     checkpoint there), as an interruption would; resuming with ``resume_from`` continues it."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
 
     mixed = cfg.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() else "no"
     accelerator = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    check_one_job(accelerator)
+    with output_lock(cfg.output_dir, accelerator):
+        return _train_locked(cfg, accelerator, stop_after, log)
+
+
+def _train_locked(
+    cfg: TrainConfig, accelerator, stop_after: int | None, log: Callable[[str], None] | None
+) -> TrainResult:
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
     deepspeed = accelerator.state.deepspeed_plugin
     if deepspeed is not None:
         # we feed our own loader, so DeepSpeed cannot infer the micro-batch size ("auto" in ds_zero2.json)
@@ -217,9 +253,11 @@ def train(cfg: TrainConfig, stop_after: int | None = None, log: Callable[[str], 
 
     global_step, history, eval_history, skipped = 0, [], [], []
     rng_to_restore = None
+    layout = Layout(world, cfg.per_device_batch_size, accum)
     restored = ckpt.resume(cfg.resume_from, out, params, optimizer, scheduler, rank)
     if restored:
         folder, state, rng_to_restore = restored
+        check_resume_layout(state.get("layout"), layout, len(train_set), _dropout_active(model, cfg))
         global_step = state["global_step"]
         history, eval_history = state["history"], state["eval_history"]
         skipped = [tuple(s) for s in state["skipped"]]
@@ -234,6 +272,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None, log: Callable[[str], 
             "eval_history": eval_history,
             "skipped": skipped,
             "total_steps": total_steps,
+            "layout": layout.to_dict(),
         }
         accelerator.wait_for_everyone()
         ckpt.save_and_prune(
@@ -268,9 +307,10 @@ def train(cfg: TrainConfig, stop_after: int | None = None, log: Callable[[str], 
     accelerator.step = micro  # accelerate's micro-batch counter decides when a step syncs
     window: dict[str, list[float]] = {"loss": [], "lm_loss": [], "safety_loss": []}
     ran_here = trained_here = 0  # micro-batches and samples seen by this process in this run
+    sample_ids: list[str] = []
     while global_step < total_steps and (stop_after is None or global_step < stop_after):
         epoch, position = divmod(micro, micro_per_epoch)
-        order = epoch_order(len(train_set), cfg.seed, epoch, rank, world)
+        order = epoch_order(len(train_set), cfg.seed, epoch, rank, world, cfg.per_device_batch_size)
         loader = make_loader(
             train_set,
             order[position * cfg.per_device_batch_size :],
@@ -283,6 +323,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None, log: Callable[[str], 
             micro += 1
             ran_here += 1
             trained_here += batch["num_samples"]
+            sample_ids += batch.get("ids", [])
             skipped += batch["skipped"]
             # accelerate's accumulation: no gradient sync and no optimizer step until the last micro-batch
             # of a step (its counter is the micro-batch count); backward divides the loss by `accum`.
@@ -305,7 +346,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None, log: Callable[[str], 
             bar.update(1)
             if global_step % cfg.logging_steps == 0 or global_step == total_steps:
                 entry = {"step": global_step, "lr": scheduler.get_last_lr()[0]}
-                entry.update({k: sum(v) / len(v) for k, v in window.items() if v})
+                entry.update(_window_means(window, accelerator))
                 history.append(entry)
                 window = {k: [] for k in window}
                 bar.set_postfix(loss=f"{entry.get('loss', float('nan')):.4f}")
@@ -328,7 +369,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None, log: Callable[[str], 
             f"unreadable image(s){example}; "
             "nothing was trained or saved"
         )
-    result = TrainResult(out, global_step, history, eval_history, skipped)
+    result = TrainResult(out, global_step, history, eval_history, skipped, sample_ids=sample_ids)
     if skipped:
         say(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0][0]}: {skipped[0][1]}")
     if global_step < total_steps:

@@ -6,7 +6,7 @@ import pytest
 
 from safety_modules.cli import base_commands
 from safety_modules.errors import ConfigError, InputError, ModelError, RemoteError, SafeVLMError
-from safety_modules.scan.lock import OutputLock
+from safety_modules.output_lock import OutputLock
 
 from .conftest import cli, one_line_error
 
@@ -19,8 +19,8 @@ def test_every_user_facing_error_is_a_safevlm_error():
     from safety_modules.evaluation.judge import JudgeError, JudgeUnavailable
     from safety_modules.images import ImageDecodeError
     from safety_modules.modeling.safety_modules import CheckpointError, IncompatibleBaseError
+    from safety_modules.output_lock import OutputLockedError
     from safety_modules.policy.spec import PolicyError
-    from safety_modules.scan.lock import ScanLockedError
     from safety_modules.scan.readers import ItemError
     from safety_modules.serve.protocol import ApiError
     from safety_modules.training.checkpoint import CheckpointError as TrainingCheckpointError
@@ -41,7 +41,7 @@ def test_every_user_facing_error_is_a_safevlm_error():
         PublishInputError: ConfigError,
         JudgeError: RemoteError,
         JudgeUnavailable: RemoteError,
-        ScanLockedError: SafeVLMError,
+        OutputLockedError: SafeVLMError,
         ApiError: SafeVLMError,
     }
     for error, area in family.items():

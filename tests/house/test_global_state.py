@@ -89,7 +89,7 @@ def spy(**hooks):
     real(**hooks)
 os.register_at_fork = spy
 import safety_modules.scan
-from safety_modules.scan.lock import OutputLock
+from safety_modules.output_lock import OutputLock
 counts = [len(ours)]
 for folder in ("a", "b"):
     with OutputLock(os.path.join({str(tmp_path)!r}, folder)):

@@ -13,6 +13,7 @@ import pytest
 
 from safety_modules.gate.vision_scorer import load_flagger
 from safety_modules.images import ImageDecodeError, bound_aspect, decode_image
+from safety_modules.output_lock import LOCK_NAME, OutputLock
 from safety_modules.scan import (
     CorpusReader,
     ScanLockedError,
@@ -21,7 +22,6 @@ from safety_modules.scan import (
     read_parts,
     run_scan,
 )
-from safety_modules.scan.lock import LOCK_NAME, OutputLock
 from safety_modules.scan.readers import ItemError, load_bytes
 
 from ..scan_corpus import (
@@ -129,7 +129,7 @@ def test_the_lock_of_a_killed_scan_is_free_at_once_even_with_its_forked_workers_
     """A process takes the lock, forks a child that lives on (as a DataLoader worker would), and is SIGKILLed."""
     out = tmp_path / "out"
     code = (
-        "import os, sys, time; from safety_modules.scan.lock import OutputLock; "
+        "import os, sys, time; from safety_modules.output_lock import OutputLock; "
         f"OutputLock({str(out)!r}).__enter__(); child = os.fork(); "
         "time.sleep(60) if child == 0 else (print(child, flush=True), time.sleep(60))"
     )

@@ -27,6 +27,7 @@ import torch
 from ...errors import ConfigError
 from ...modeling.safe_llava import SafeLlava
 from .. import checkpoint as ckpt
+from ..distributed import check_one_job, output_lock
 from ..trainer import ADAPTER_DIR, add_lora
 from .config import RLConfig
 from .data import RLSample, load_samples
@@ -80,20 +81,34 @@ def _set_mode(ac: ActorCritic, training: bool) -> None:
 def train_rl(cfg: RLConfig, stop_after: int | None = None, log: Callable[[str], None] | None = None) -> RLResult:
     """Run the RL stage. ``stop_after`` ends after that many RL steps with a checkpoint, as an interruption would."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
 
     mixed = cfg.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() else "no"
     accelerator = Accelerator(mixed_precision=mixed)
+    check_one_job(accelerator)
+    if accelerator.num_processes > 1:
+        # Each process would sample its answers from its own copy of the seeded RNG and normalise the rewards
+        # within its own share of the batch, so N processes would not train what one trains; not built yet.
+        raise ConfigError(
+            f"the RL stage runs in one process; this job has {accelerator.num_processes}: rollouts sample from "
+            "each process's random stream and rewards are normalised per process, so several processes would "
+            "not train the model one process trains. Run `safevlm train rl` without `accelerate launch` "
+            "(or with --num_processes 1)"
+        )
+    with output_lock(cfg.output_dir, accelerator):
+        return _train_rl_locked(cfg, accelerator, stop_after, log)
+
+
+def _train_rl_locked(cfg: RLConfig, accelerator, stop_after: int | None, log: Callable[[str], None] | None) -> RLResult:
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
     say = log or (lambda msg: accelerator.print(msg))
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     rank, world = accelerator.process_index, accelerator.num_processes
-    if cfg.prompts_per_step % world or cfg.step_batch_size % world:
-        raise ConfigError(f"{world} processes must divide the prompts per step and step_batch_size")
     samples = load_samples(cfg.train_data)
     judge = make_judge(cfg.reward, cfg.reward_classifier, accelerator.device, cfg.reward_classifier_weights)
     ac = build_policy(cfg, accelerator.device)

@@ -1,11 +1,12 @@
-"""One scan per output folder: a kernel lock on a file naming the scan that holds it.
+"""One job per output folder: a kernel lock on a file naming the job that holds it.
 
-Two scans into the same ``--out`` would write the same parts; the second refuses at start with a
-message naming the first (pid, host, start time). The lock is ``flock`` on ``.scan.lock``: the
-kernel releases it when its holder dies, however it dies, so a killed scan resumes with the same
+Two scans into the same ``--out`` would write the same parts, two training runs into the same
+``output_dir`` the same checkpoints; the second refuses at start with a message naming the first
+(pid, host, start time). The lock is ``flock`` on ``.scan.lock`` (``.training.lock`` for training): the
+kernel releases it when its holder dies, however it dies, so a killed job resumes with the same
 command and no pid has to be judged alive or dead (a pid from another host, or reused since, cannot
-fool it). The file's text only names the holder; a file left by a scan that died is taken over with
-a warning naming that scan.
+fool it). The file's text only names the holder; a file left by a job that died is taken over with
+a warning naming that job. Shared by the scan (`scan.engine`) and training (`training.distributed`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import time
 import warnings
 from pathlib import Path
 
-from ..errors import SafeVLMError
+from .errors import SafeVLMError
 
-LOCK_NAME = ".scan.lock"
+LOCK_NAME = ".scan.lock"  # the scan's lock file (``OutputLock``'s default job)
 
 # Lock descriptors held by this process. A forked child (a DataLoader worker) closes its copies at
 # once, so that workers outliving a killed scan do not keep its folder locked. The fork hook that does
@@ -40,15 +41,22 @@ def _register_fork_hook() -> None:
     os.register_at_fork(after_in_child=_close_held_in_child)
 
 
-class ScanLockedError(SafeVLMError, RuntimeError):
-    """Another scan is writing into the output folder."""
+class OutputLockedError(SafeVLMError, RuntimeError):
+    """Another job is writing into the output folder."""
 
 
 class OutputLock:
-    """``with OutputLock(out_dir):`` holds the folder for this process; released on exit or when the process dies."""
+    """``with OutputLock(out_dir):`` holds the folder for this process; released on exit or when the process dies.
 
-    def __init__(self, out_dir: str | Path) -> None:
-        self.path = Path(out_dir) / LOCK_NAME
+    ``job`` names the kind of job in the lock file's name (``.{job}.lock``) and in the messages; ``hint``
+    ends the refusal (what the user can do instead).
+    """
+
+    def __init__(
+        self, out_dir: str | Path, job: str = "scan", hint: str = "wait for it to finish or use another --out folder"
+    ) -> None:
+        self.job, self.hint = job, hint
+        self.path = Path(out_dir) / f".{job}.lock"
         self.owner = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -65,14 +73,14 @@ class OutputLock:
             except BlockingIOError:
                 holder = _read(fd)
                 os.close(fd)
-                raise ScanLockedError(self._refusal(holder)) from None
+                raise OutputLockedError(self._refusal(holder)) from None
             if _same_file(fd, self.path):
                 break
             os.close(fd)  # the holder removed the file between our open and our lock: open the new one
         previous = _read(fd)
         if previous:
             warnings.warn(
-                f"{self.path.parent}: taking over the lock of a scan that is gone "
+                f"{self.path.parent}: taking over the lock of a {self.job} that is gone "
                 f"(pid {previous.get('pid')} on {previous.get('host')}, started {previous.get('started')})",
                 stacklevel=2,
             )
@@ -86,8 +94,8 @@ class OutputLock:
     def _refusal(self, holder: dict) -> str:
         who = f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
         return (
-            f"{self.path.parent} is being written by another scan ({who if holder else 'holder not recorded yet'}); "
-            "wait for it to finish or use another --out folder"
+            f"{self.path.parent} is being written by another {self.job} "
+            f"({who if holder else 'holder not recorded yet'}); {self.hint}"
         )
 
     def __exit__(self, *exc) -> None:
