@@ -17,6 +17,11 @@ strict that meet it on the validation items:
 
 With ``per_type`` every risk type gets its own pair (a type without validation items keeps
 the shared value, and says so); otherwise one pair in ``defaults``.
+
+Thresholds are never chosen from one class: the validation items must hold safe and risky
+ones (`check_classes`), or nothing bounds the over-refusal (or the recall) they give. What the
+chosen thresholds do on the data is measured (`policy_metrics`), and an over-refusal above a
+bound is a warning (`over_refusal_warnings`).
 """
 
 from __future__ import annotations
@@ -30,12 +35,14 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import ArrayLike
 
+from .errors import CalibrationError, ConfigError
 from .policy import SafetyPolicy
 from .policy.rule import threshold_scores
 from .taxonomy import Taxonomy
 
 LOG_T_BOUNDS = (math.log(1e-2), math.log(1e2))  # temperatures are kept in [0.01, 100]
 GRAD_TOLERANCE = 1e-6  # |d NLL / d log T| at an interior optimum
+OVER_REFUSAL_WARN = 0.10  # default bound above which the chosen thresholds' over-refusal is a warning
 
 
 # ---------------------------------------------------------------------- temperatures
@@ -59,6 +66,9 @@ def fit_temperature(logits: np.ndarray, labels: ArrayLike) -> float:
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if z.ndim != 2 or len(z) != len(y) or len(y) == 0:
         raise ValueError(f"expected (N, C) logits and N labels (N > 0), got {tuple(z.shape)} and {len(y)}")
+    if not bool(torch.isfinite(z).all()):
+        bad = int((~torch.isfinite(z)).any(1).sum())
+        raise CalibrationError(f"{bad} of {len(z)} items have non-finite logits (NaN or inf): no temperature fits them")
     low, high = LOG_T_BOUNDS
     if bool((z.argmax(1) == y).all()):  # separable: the NLL falls monotonically as T -> 0
         return math.exp(low)
@@ -156,13 +166,13 @@ def parse_target(text: str) -> float:
     """``recall=0.95`` -> 0.95 (the only target form; see also ``max_over_refusal``)."""
     key, sep, value = text.partition("=")
     if key.strip() != "recall" or not sep:
-        raise ValueError(f"--target must look like recall=0.95, got {text!r}")
+        raise ConfigError(f"--target must look like recall=0.95, got {text!r}")
     try:
         recall = float(value)
     except ValueError:
-        raise ValueError(f"--target recall must be a number, got {value!r}") from None
-    if not 0.0 < recall <= 1.0:
-        raise ValueError(f"--target recall must be in (0, 1], got {recall}")
+        raise ConfigError(f"--target recall must be a number, got {value!r}") from None
+    if not 0.0 < recall <= 1.0:  # also refuses nan
+        raise ConfigError(f"--target recall must be in (0, 1], got {recall}")
     return recall
 
 
@@ -208,6 +218,36 @@ def budget_thresholds(safe_scores: np.ndarray, budget: float) -> list[float | No
     raise AssertionError("unreachable: k = 0 lets no safe item through")
 
 
+def check_classes(gold_levels: ArrayLike, what: str = "the validation items") -> None:
+    """Refuse to choose thresholds from one class: without safe items nothing bounds the over-refusal
+    (a risky-only set gives thresholds near 0 that refuse most safe inputs), without risky ones nothing
+    bounds the recall."""
+    levels = np.asarray(gold_levels)
+    safe, risky = int((levels == 0).sum()), int((levels > 0).sum())
+    if not safe or not risky:
+        missing = "safe (level 0)" if not safe else "risky (level > 0)"
+        raise CalibrationError(
+            f"{what} hold {risky} risky and {safe} safe items: thresholds need both classes; "
+            f"add {missing} items (a folder of safe images counts as safe)"
+        )
+
+
+def over_refusal_warnings(metrics: dict[str, Any], bound: float, split: str = "validation") -> list[str]:
+    """One warning per group (all items, then each risk type) whose over-refusal in `policy_metrics` exceeds
+    ``bound``; empty when none does."""
+    groups = [("all types", metrics)] + list(metrics["types"].items())
+    return [
+        f"on {split}, the chosen thresholds refuse {m['over_refusal']:.1%} of safe items ({name}), "
+        f"more than {bound:.1%}; set --max-over-refusal to bound it (recall {fmt_share(m.get('recall'))})"
+        for name, m in groups
+        if m["over_refusal"] is not None and m["over_refusal"] > bound
+    ]
+
+
+def fmt_share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
 def choose_thresholds(
     level_probs: np.ndarray,
     type_probs: np.ndarray,
@@ -218,7 +258,12 @@ def choose_thresholds(
     per_type: bool = False,
     name: str = "calibrated",
 ) -> ThresholdChoice:
-    """Hint and refuse thresholds from validation probabilities for ``target`` (see the module docstring)."""
+    """Hint and refuse thresholds from validation probabilities for ``target`` (see the module docstring);
+    a `CalibrationError` when the items lack safe or risky ones, or hold non-finite probabilities."""
+    check_classes(gold_levels)
+    for name, probs in (("level", level_probs), ("type", type_probs)):
+        if not np.isfinite(np.asarray(probs, np.float64)).all():
+            raise CalibrationError(f"non-finite {name} probabilities: thresholds cannot be chosen from NaN or inf")
     risk, severe = (
         s.numpy()
         for s in threshold_scores(

@@ -20,15 +20,19 @@ import numpy as np
 import yaml
 
 from .calibration import (
+    OVER_REFUSAL_WARN,
     Target,
     TemperatureFit,
     ThresholdChoice,
+    check_classes,
     choose_thresholds,
     fit_head_temperature,
+    over_refusal_warnings,
     policy_metrics,
     unmet_targets,
 )
 from .checkpoints.card import write_card
+from .errors import CalibrationError, InputError
 from .evaluation.head import LabelledImage, collect_scores
 from .evaluation.report import fmt, markdown_table, write_markdown
 from .metrics import ece_noise_floor, expected_calibration_error, negative_log_likelihood, reliability_bins
@@ -67,6 +71,7 @@ class CalibrationResult:
     target: Target
     per_type: bool
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # over-refusal above the bound, per split
 
     @property
     def policy_file(self) -> Path:
@@ -83,6 +88,7 @@ class CalibrationResult:
                 "notes": self.choice.notes,
             },
             "splits": self.splits,
+            "warnings": self.warnings,
         }
 
 
@@ -91,10 +97,17 @@ def score_labelled(model, items: Sequence[LabelledImage], batch_size: int = 16) 
     cfg = model.config
     unknown = sorted({it.type for it in items} - set(cfg.type_names))
     if unknown:
-        raise KeyError(f"label types {unknown} are not in the head's taxonomy {cfg.type_names}")
+        raise InputError(f"label types {unknown} are not in the head's taxonomy {cfg.type_names}")
     kept, scores = collect_scores(model, items, batch_size)
     if scores is None:
-        raise ValueError("no item could be scored (every image failed to decode)")
+        raise InputError("no item could be scored (every image failed to decode)")
+    finite = (scores.level_logits.isfinite().all(1) & scores.type_logits.isfinite().all(1)).numpy()
+    if not finite.all():
+        bad = [it.id for it, ok in zip(kept, finite) if not ok]
+        raise CalibrationError(
+            f"the head gives non-finite scores (NaN or inf) for {len(bad)} of {len(kept)} items (e.g. {bad[0]}): "
+            "the modules' weights are broken; calibrate modules whose `safevlm assess` scores are numbers"
+        )
     return LabelledScores(
         scores, np.array([it.level for it in kept]), np.array([cfg.type_names.index(it.type) for it in kept])
     )
@@ -121,16 +134,19 @@ def run_calibration(
     per_type: bool = False,
     test_items: Sequence[LabelledImage] | None = None,
     batch_size: int = 16,
+    warn_over_refusal: float = OVER_REFUSAL_WARN,
 ) -> CalibrationResult:
     """Calibrate ``model``'s head (its modules were loaded from ``source``) and write the results to ``out_dir``.
 
     "Before" is the head as loaded (if ``source`` already has temperatures, with them); the
-    temperatures are always fitted on the raw logits.
+    temperatures are always fitted on the raw logits. A split whose over-refusal at the chosen
+    thresholds exceeds ``warn_over_refusal`` gets a warning in ``result.warnings`` and the report.
     """
     out = Path(out_dir)
     source_files = checkpoint_files(source)
     if out.resolve() == source_files[0].parent.resolve():
-        raise ValueError(f"--out {out} is the input modules' folder; calibration never modifies its input")
+        raise CalibrationError(f"--out {out} is the input modules' folder; calibration never modifies its input")
+    check_classes([it.level for it in val_items])  # before scoring: a one-class set is refused at once
     val = score_labelled(model, val_items, batch_size)
     fits = {
         head: fit_head_temperature(getattr(val.scores, f"{head}_logits").float().numpy(), val.gold(head))
@@ -163,6 +179,7 @@ def run_calibration(
                 policy, after[name].probs("level"), after[name].probs("type"), data.levels, data.types
             ),
         }
+        result.warnings += over_refusal_warnings(result.splits[name]["policy"], warn_over_refusal, name)
     misses = unmet_targets(result.splits["validation"]["policy"], target, per_type)
     if misses:  # the choice is built to meet them; a miss is a bug, not a property of the data
         raise RuntimeError(f"chosen thresholds miss the target on validation: {misses}")
@@ -190,7 +207,8 @@ def run_calibration(
 
 
 def summary_lines(result: CalibrationResult) -> list[str]:
-    """A few lines for a terminal: temperatures, ECE/NLL before -> after per split, thresholds, policy figures."""
+    """A few lines for a terminal: temperatures, ECE/NLL before -> after per split, thresholds, policy figures,
+    then the warnings."""
     lines = []
     for head, fit in result.temperatures.items():
         lines.append(
@@ -212,6 +230,7 @@ def summary_lines(result: CalibrationResult) -> list[str]:
             f"{fmt(p['over_refusal'], 3)}, safe hinted {fmt(p['safe_hinted'], 3)}"
         )
     lines.append("thresholds (hint / refuse): " + _threshold_text(result))
+    lines += [f"WARNING: {w}" for w in result.warnings]
     return lines
 
 
@@ -259,7 +278,10 @@ def _write_markdown(result: CalibrationResult, source: str) -> None:
         ]
         for t, h, r in thresholds
     ]
-    sections = [
+    sections = []
+    if result.warnings:
+        sections.append(("Warnings", "\n".join(f"- **{w}**" for w in result.warnings)))
+    sections += [
         (
             "Settings",
             f"- Modules: `{source}` (unchanged); calibrated copy and `policy.yaml` in this folder.\n"

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .errors import InputError
+
 # 50 M pixels: well above any training image, far below what exhausts memory.
 DEFAULT_MAX_PIXELS = 50_000_000
 # CLIP's processor resizes the short side to 336 px and keeps the centre square, so only
@@ -31,7 +33,7 @@ MAX_ASPECT_RATIO = 8.0
 BLANK_IMAGE_SIZE = (1000, 1000)
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(InputError):
     """An image could not be decoded. ``kind`` names the failure for counting and reports."""
 
     def __init__(self, kind: str, message: str) -> None:

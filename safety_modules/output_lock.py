@@ -20,6 +20,8 @@ import time
 import warnings
 from pathlib import Path
 
+from .errors import SafeVLMError
+
 LOCK_NAME = ".scan.lock"  # the scan's lock file (``OutputLock``'s default job)
 
 # Lock descriptors held by this process. A forked child (a DataLoader worker) closes its copies at
@@ -39,7 +41,7 @@ def _register_fork_hook() -> None:
     os.register_at_fork(after_in_child=_close_held_in_child)
 
 
-class OutputLockedError(RuntimeError):
+class OutputLockedError(SafeVLMError, RuntimeError):
     """Another job is writing into the output folder."""
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import ConfigError
+
 DEFAULT_LEVELS: tuple[str, ...] = ("safe_to_answer", "answer_carefully", "answer_or_reject", "reject")
 DEFAULT_TYPES: tuple[str, ...] = (
     "politics",
@@ -32,12 +34,12 @@ class Taxonomy:
 
     def __post_init__(self) -> None:
         if len(self.levels) < 2 or len(self.types) < 2:
-            raise ValueError("a taxonomy needs at least 2 levels and 2 types")
+            raise ConfigError("a taxonomy needs at least 2 levels and 2 types")
         for kind, names in (("level", self.levels), ("type", self.types)):
             if len(set(names)) != len(names):
-                raise ValueError(f"duplicate {kind} names in taxonomy: {list(names)}")
+                raise ConfigError(f"duplicate {kind} names in taxonomy: {list(names)}")
         if self.safe_type not in self.types:
-            raise ValueError(f"safe type {self.safe_type!r} is not one of the types {list(self.types)}")
+            raise ConfigError(f"safe type {self.safe_type!r} is not one of the types {list(self.types)}")
 
     @property
     def risk_types(self) -> tuple[str, ...]:

@@ -15,6 +15,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
+from ..safe_files import read_yaml
+
 MANIFEST_DIR = Path(__file__).parent / "bases"
 LAYOUTS = ("hf", "original")
 # The fingerprint keys that the geometry decides (see modeling/fingerprint.py); the digest is the rest.
@@ -32,7 +35,7 @@ _MANIFEST_KEYS = {
 }
 
 
-class ManifestError(ValueError):
+class ManifestError(ConfigError):
     """A known-base manifest is malformed or contradicts itself."""
 
 
@@ -57,10 +60,8 @@ class KnownBase:
 
 def read_manifest(path: str | Path) -> KnownBase:
     """Read and check one manifest: known keys, a known layout, a fingerprint consistent with the geometry."""
-    import yaml
-
     path = Path(path)
-    data = yaml.safe_load(path.read_text())
+    data = read_yaml(path, "known-base manifest")
     if not isinstance(data, dict):
         raise ManifestError(f"{path}: a manifest is a YAML mapping")
     missing, unknown = sorted(_MANIFEST_KEYS - set(data)), sorted(set(data) - _MANIFEST_KEYS)

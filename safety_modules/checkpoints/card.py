@@ -9,13 +9,16 @@ or recorded: a missing section says so.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import string
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydantic import field_validator
+from pydantic.dataclasses import dataclass
+
+from ..errors import ConfigError
+from ..safe_files import SETTINGS_CONFIG, Settings, read_json
 from .bases import FINGERPRINT_KEYS, matching_bases
 
 TEMPLATE_PATH = Path(__file__).parent / "model_card.md"
@@ -35,9 +38,11 @@ class CardConfig(Protocol):
     training: dict[str, Any] | None
 
 
-@dataclass
-class CardData:
+@dataclass(config=SETTINGS_CONFIG)
+class CardData(Settings):
     """What the caller tells the card. ``metrics`` may be a dict or the path of a JSON file (``metrics.json``)."""
+
+    KIND = "model-card"
 
     name: str | None = None
     description: str | None = None
@@ -48,25 +53,10 @@ class CardData:
     metrics: dict[str, Any] | str | None = None
     tags: list[str] = field(default_factory=list)
 
+    @field_validator("training_data", mode="before")
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CardData:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown model-card keys {unknown}; known: {sorted(known)}")
-        values = dict(data)
-        if isinstance(values.get("training_data"), str):
-            values["training_data"] = [values["training_data"]]
-        return cls(**values)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> CardData:
-        import yaml
-
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: model-card data is a YAML mapping")
-        return cls.from_dict(data)
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
 
 def as_card_data(card: CardData | dict[str, Any] | None) -> CardData:
@@ -84,12 +74,9 @@ def _flat_metrics(metrics: dict[str, Any] | str | None) -> dict[str, Any]:
     if metrics is None:
         return {}
     if isinstance(metrics, str):
-        path = Path(metrics)
-        if not path.is_file():
-            raise FileNotFoundError(f"metrics file for the model card not found: {metrics}")
-        metrics = json.loads(path.read_text())
+        metrics = read_json(metrics, "metrics file for the model card")
     if not isinstance(metrics, dict):
-        raise ValueError(f"card metrics must be a mapping of names to values, got {type(metrics).__name__}")
+        raise ConfigError(f"card metrics must be a mapping of names to values, got {type(metrics).__name__}")
     flat: dict[str, Any] = {}
     for key, value in metrics.items():
         if isinstance(value, dict):

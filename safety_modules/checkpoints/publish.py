@@ -13,14 +13,16 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import ConfigError, RemoteError
+
 logger = logging.getLogger(__name__)
 
 
-class PublishError(RuntimeError):
+class PublishError(RemoteError):
     """The hub refused or could not be reached; the local folder is unchanged."""
 
 
-class PublishInputError(ValueError):
+class PublishInputError(ConfigError):
     """What was asked cannot be published: an invalid repo id, or a file that a symlink leads out of the folder."""
 
 

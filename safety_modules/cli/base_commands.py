@@ -73,23 +73,28 @@ def format_scores(name: str, level_probs, type_probs, config) -> str:
 
 
 def cmd_assess(args: argparse.Namespace) -> int:
-    from PIL import Image
-
+    from ..errors import InputError
     from ..gate.limits import check_prompt_tokens, context_length
+    from ..images import ImageDecodeError, decode_image
     from ..modeling.safe_llava import SafeLlava
 
+    images = []
+    for path in args.images:  # decoded first, as `scan` and `generate` decode (pixel cap included)
+        try:
+            images.append(decode_image(path))
+        except ImageDecodeError as exc:
+            raise InputError(f"{path}: {exc}") from None
     model = SafeLlava.from_pretrained(
         args.base, args.safety, dtype=args.dtype, device=args.device, allow_unverified_base=args.allow_unverified_base
     )
     warning = untrained_warning(args.safety, model.config.training)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
+    placeholder = model.processor.image_token if model.processor is not None else None
+    if args.prompt and placeholder and placeholder in args.prompt:
+        raise InputError(f"--prompt contains the image placeholder {placeholder!r}; the image is passed separately")
     if args.prompt:  # the head reads the prompt: refuse one longer than the model's context
         check_prompt_tokens(model.processor.tokenizer, [args.prompt], context_length(model.base.config))
-    images = []
-    for path in args.images:
-        with Image.open(path) as img:
-            images.append(img.convert("RGB"))
     prompts = [args.prompt] * len(images) if args.prompt else None
     scores = model.assess(images, prompts)
     cfg = model.config

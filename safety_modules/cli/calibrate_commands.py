@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+from ..errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,24 +48,48 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="B",
         help="instead of the refuse recall: refuse at most B of the safe items (hints still follow --target)",
     )
+    p.add_argument(
+        "--warn-over-refusal",
+        type=_share,
+        metavar="B",
+        help="warn when the chosen thresholds refuse more than B of the safe items "
+        "(default: calibration.OVER_REFUSAL_WARN, 0.1)",
+    )
     p.add_argument("--per-type", action="store_true", help="one hint/refuse pair per risk type (default: shared)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    p.add_argument("--batch-size", type=_positive, default=16, help="images per forward pass")
     p.set_defaults(func=cmd_calibrate)
 
 
+def _positive(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse turns the ValueError into a usage error)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _share(text: str) -> float:
+    """An argparse type: a share in [0, 1]."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from ..calibration import Target, parse_target
+    from ..calibration import OVER_REFUSAL_WARN, Target, check_classes, parse_target
     from ..calibration_report import run_calibration, summary_lines
     from ..evaluation.head import load_labelled
     from ..modeling.safe_llava import SafeLlava
 
     if args.max_over_refusal is not None and not 0.0 <= args.max_over_refusal < 1.0:
-        raise ValueError(f"--max-over-refusal must be in [0, 1), got {args.max_over_refusal}")
+        raise ConfigError(f"--max-over-refusal must be in [0, 1), got {args.max_over_refusal}")
     target = Target(recall=parse_target(args.target), max_over_refusal=args.max_over_refusal)
     val_items = [item for path in args.data for item in load_labelled(path)]
     test_items = [item for path in args.test for item in load_labelled(path)] if args.test else None
+    check_classes([item.level for item in val_items])  # before the model loads (minutes for a 7B base)
     model = SafeLlava.from_pretrained(
         args.base,
         args.safety,
@@ -80,8 +107,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         per_type=args.per_type,
         test_items=test_items,
         batch_size=args.batch_size,
+        warn_over_refusal=OVER_REFUSAL_WARN if args.warn_over_refusal is None else args.warn_over_refusal,
     )
     for line in summary_lines(result):
         print(line)
+    for warning in result.warnings:  # also on stderr, where a script's log keeps it
+        print(f"safevlm calibrate: WARNING: {warning}", file=sys.stderr)
     print(f"calibrated modules: {args.out}; policy: {result.policy_file}; report: {args.out / 'calibration.md'}")
     return 0

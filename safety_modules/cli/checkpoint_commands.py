@@ -8,6 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..errors import ConfigError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fingerprint", help="print the fingerprint safety modules record for a base model")
@@ -76,17 +78,18 @@ def cmd_push(args: argparse.Namespace) -> int:
 
     check_repo_id(args.repo_id)  # before anything is read, staged or sent, also in a dry run
     if args.dry_run != (args.local_dir is not None):
-        raise ValueError("--dry-run and --local-dir go together: the dry run leaves the staged files there")
+        raise ConfigError("--dry-run and --local-dir go together: the dry run leaves the staged files there")
     files_inside(args.folder, PUBLISHED_FILES)  # refuses a symlink out of the folder before anything reads it
     # Loading checks that the folder is complete and its tensors fit its config before anything is staged.
     modules = SafetyModules.from_pretrained(args.folder, device="cpu")
     rewrite_card = args.card_data is not None or not (args.folder / CARD_NAME).is_file()
     files = [name for name in PUBLISHED_FILES if name != CARD_NAME or not rewrite_card]
 
+    card = CardData.from_yaml(args.card_data) if args.card_data else CardData()  # checked before staging
+
     def stage(dest: Path) -> list[Path]:
         staged = stage_files(args.folder, dest, files)
         if rewrite_card:
-            card = CardData.from_yaml(args.card_data) if args.card_data else CardData()
             card.repo_id = card.repo_id or args.repo_id
             staged.append(write_card(dest, modules.config, card))
         return sorted(staged)

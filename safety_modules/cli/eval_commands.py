@@ -6,7 +6,9 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..errors import ConfigError, InputError
 from ..evaluation.recipes import JUDGES, RTVLM_SPLITS, UNSAFE_CONCEPTS_PARTS
+from .recipe_overrides import add_settings_help
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("eval", help="benchmarks: RTVLM, UnsafeConcepts, safety-head metrics")
     eval_sub = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
 
-    p = eval_sub.add_parser("rtvlm", help="RTVLM: generate, judge 0-10, report per subtask beside published rows")
+    p = eval_sub.add_parser(
+        "rtvlm", help="RTVLM: generate, judge 0-10, report per subtask beside published rows", add_help=False
+    )
+    add_settings_help(p, "safety_modules.evaluation.recipes:RTVLMRecipe")
     p.add_argument("--data", type=Path, required=True, help="local snapshot of MMInstruction/RedTeamingVLM")
     _model_args(p, recipe=True)
     p.add_argument(
@@ -91,7 +96,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-cache", type=Path, help="where the zips are extracted (default: <data>/.extracted)")
     p.set_defaults(func=cmd_rtvlm)
 
-    p = eval_sub.add_parser("unsafe-concepts", help="UnsafeConcepts: perception, alignment, text-only, modality gap")
+    p = eval_sub.add_parser(
+        "unsafe-concepts", help="UnsafeConcepts: perception, alignment, text-only, modality gap", add_help=False
+    )
+    add_settings_help(p, "safety_modules.evaluation.recipes:UnsafeConceptsRecipe")
     p.add_argument("--data", type=Path, required=True, help="SaferVLM layout or HF parquet export folder")
     p.add_argument("--perception-metadata", help="perception_metadata.jsonl (default: beside the data)")
     _model_args(p, recipe=True)
@@ -176,12 +184,10 @@ def _recipe(args: argparse.Namespace, cls):
 
     import yaml
 
-    from ..evaluation.recipes import read_recipe, recipe_dict
-
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
-    recipe = read_recipe(cls, args.recipe, **flags)
+    recipe = cls.from_yaml(args.recipe, **flags)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "recipe.yaml").write_text(yaml.safe_dump(recipe_dict(recipe), sort_keys=False))
+    (args.out / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     return recipe
 
 
@@ -195,7 +201,7 @@ def cmd_rtvlm(args: argparse.Namespace) -> int:
 
     r = _recipe(args, RTVLMRecipe)
     if r.judge == "api" and not (r.judge_url and r.judge_model):
-        raise ValueError(
+        raise ConfigError(
             "the api judge needs judge_url and judge_model (--judge-url/--judge-model or the recipe); "
             "or use --judge rules (approximate)"
         )
@@ -216,7 +222,7 @@ def cmd_rtvlm(args: argparse.Namespace) -> int:
         f"{data.summary()}"
     )
     if not items:  # an empty run would report 0 items and n/a scores as if it had measured something
-        raise ValueError(
+        raise InputError(
             f"the recipe selects no RTVLM item from {args.data} (split {r.split!r}, subtasks {r.subtasks or 'all'}, "
             f"limit per subtask {r.limit_per_subtask}); nothing to evaluate"
         )
@@ -277,7 +283,7 @@ def cmd_unsafe_concepts(args: argparse.Namespace) -> int:
     perception_clf = alignment_clf = None
     if r.perception_classifier or r.alignment_classifier:
         if r.classifier_encoder is None:
-            raise ValueError(
+            raise ConfigError(
                 "the response classifiers need classifier_encoder (--classifier-encoder: a local roberta-base folder)"
             )
         device = args.device or "cpu"

@@ -10,8 +10,10 @@ from .recipe_overrides import add_recipe_arguments
 
 def add_rl_parser(stages: argparse._SubParsersAction) -> None:
     """Register ``train rl`` under the ``train`` sub-commands."""
-    p = stages.add_parser("rl", help="RL alignment (PPO as published, or GRPO) from a YAML recipe (see train/)")
-    add_recipe_arguments(p, "RL steps", "algorithm=grpo")
+    p = stages.add_parser(
+        "rl", help="RL alignment (PPO as published, or GRPO) from a YAML recipe (see train/)", add_help=False
+    )
+    add_recipe_arguments(p, "RL steps", "algorithm=grpo", "safety_modules.training.rl.config:RLConfig")
     p.add_argument("--no-report", action="store_true", help="skip the before/after report on eval_data")
     p.set_defaults(func=cmd_train_rl)
 

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..images import DEFAULT_MAX_PIXELS
 
 DEFAULT_THUMBNAILS = 200  # scan.report.DEFAULT_THUMBNAILS, not imported: `--help` stays free of pyarrow/matplotlib
@@ -98,7 +99,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from ..scan.settings import resolve_workers
 
     if args.batch_size < 1 or args.part_size < 1:
-        raise ValueError("--batch-size and --part-size must be >= 1")
+        raise ConfigError("--batch-size and --part-size must be >= 1")
     workers = args.workers if args.workers == "auto" else resolve_workers(args.workers)
     settings = ScanSettings(
         base=args.base,

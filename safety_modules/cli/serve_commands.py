@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import ConfigError
+
 MB = 1024 * 1024
 
 
@@ -78,7 +80,7 @@ def _read_key(path: Path | None) -> str | None:
         return None
     key = path.read_text().strip()
     if not key:
-        raise ValueError(f"{path} is empty: it must hold the API key")
+        raise ConfigError(f"{path} is empty: it must hold the API key")
     return key
 
 
@@ -95,7 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..serve.http import run
 
     if args.upstream and args.lora:
-        raise ValueError("--lora has no effect in proxy mode (--upstream): the language model is not loaded")
+        raise ConfigError("--lora has no effect in proxy mode (--upstream): the language model is not loaded")
     limits = InputLimits(
         max_body_bytes=int(args.max_body_mb * MB),
         max_image_pixels=args.max_image_pixels,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import ConfigError
 from .recipe_overrides import add_recipe_arguments
 
 
@@ -32,8 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train the safety modules (stage 1), LoRA (stage 2) or RL alignment (rl)")
     stages = train.add_subparsers(dest="stage", required=True)
     for stage in ("stage1", "stage2"):
-        p = stages.add_parser(stage, help=f"{stage} from a YAML recipe (see train/)")
-        add_recipe_arguments(p, "optimizer steps", "gradient_accumulation_steps=64")
+        p = stages.add_parser(stage, help=f"{stage} from a YAML recipe (see train/)", add_help=False)
+        add_recipe_arguments(
+            p, "optimizer steps", "gradient_accumulation_steps=64", "safety_modules.training.config:TrainConfig"
+        )
         p.set_defaults(func=cmd_train)
     from .rl_commands import add_rl_parser
 
@@ -73,7 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig.from_yaml(args.config, **recipe_overrides(args))
     expected = 1 if args.stage == "stage1" else 2
     if cfg.stage != expected:
-        raise ValueError(f"{args.config} is a stage {cfg.stage} recipe; run it with `safevlm train stage{cfg.stage}`")
+        raise ConfigError(f"{args.config} is a stage {cfg.stage} recipe; run it with `safevlm train stage{cfg.stage}`")
     result = train(cfg)
     for path in (result.safety_dir, result.adapter_dir):
         if path:

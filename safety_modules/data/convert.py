@@ -11,13 +11,14 @@ and left out, never fatal.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError, InputError
+from ..safe_files import read_json, read_yaml
 from ..taxonomy import SAFE_LABEL, VLGUARD_SUBCATEGORY_LABELS
 from .format import image_problem, make_record, relative_image
 from .templates import GENERIC_QUESTIONS, refusal
@@ -61,15 +62,13 @@ def load_mapping(path: str | Path | None, default: Mapping) -> Mapping:
     """A category -> [level, type] mapping from a JSON/YAML file, or the default table."""
     if path is None:
         return dict(default)
-    import yaml
-
-    data = yaml.safe_load(Path(path).read_text())
+    data = read_yaml(path, "mapping file")
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a mapping file holds {{category: [level, type]}}")
+        raise ConfigError(f"{path}: a mapping file holds {{category: [level, type]}}")
     mapping: Mapping = {}
     for category, value in data.items():
         if not (isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], int)):
-            raise ValueError(f"{path}: category {category!r} must map to [level, type], got {value!r}")
+            raise ConfigError(f"{path}: category {category!r} must map to [level, type], got {value!r}")
         mapping[str(category)] = (int(value[0]), str(value[1]))
     return mapping
 
@@ -100,12 +99,12 @@ def convert_image_folders(
     folders = sorted(p for p in root.iterdir() if p.is_dir())
     unknown = [f.name for f in folders if f.name not in mapping and f.name not in safe_folders]
     if unknown and not mapping:  # folders have no built-in table: only --mapping labels a risky folder
-        raise ValueError(
+        raise ConfigError(
             f"sub-folders {unknown} need a (level, type): give --mapping FILE ({{category: [level, type]}}); "
             f"without one only folders named {list(safe_folders)} are labelled (clean)"
         )
     if unknown:
-        raise ValueError(f"sub-folders without a (level, type) in the mapping: {unknown}; known: {sorted(mapping)}")
+        raise InputError(f"sub-folders without a (level, type) in the mapping: {unknown}; known: {sorted(mapping)}")
     rng = random.Random(seed)
     result = Conversion()
     for folder in folders:
@@ -154,9 +153,9 @@ def convert_vlguard(
     ``unsafe_instruction_label`` gives one.
     """
     json_path, image_root, out_dir = Path(json_path), Path(image_root), Path(out_dir)
-    items = json.loads(json_path.read_text(encoding="utf-8"))
+    items = read_json(json_path, "VLGuard JSON", max_bytes=1 << 30, error=InputError)
     if not isinstance(items, list):
-        raise ValueError(f"{json_path}: expected VLGuard's JSON list of items")
+        raise InputError(f"{json_path}: expected VLGuard's JSON list of items")
     result = Conversion()
     for item in items:
         iid = str(item.get("id"))
@@ -188,7 +187,7 @@ def convert_vlguard(
         sub, cat = item.get("harmful_subcategory", ""), item.get("harmful_category", "")
         label = mapping.get(sub) or mapping.get(cat)
         if label is None:
-            raise ValueError(f"VLGuard item {iid}: no (level, type) for subcategory {sub!r} or category {cat!r}")
+            raise InputError(f"VLGuard item {iid}: no (level, type) for subcategory {sub!r} or category {cat!r}")
         for k, pair in enumerate(item.get("instr-resp", [])):
             result.records.append(make_record(f"{iid}/{k}", image, pair["instruction"], pair["response"], *label))
     return result
@@ -291,7 +290,7 @@ def _unsafe_concepts_run(args: argparse.Namespace) -> Conversion:
             )
         )
     if args.safe_images is not None:
-        raise ValueError("--safe-images goes with --split train or test (the RL alignment split)")
+        raise ConfigError("--safe-images goes with --split train or test (the RL alignment split)")
     return Conversion(unsafe_concepts_to_records(args.data, args.out.parent, mapping=mapping))
 
 

@@ -21,15 +21,17 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from ..images import ImageDecodeError, decode_image
 from ..modeling.llava.conversation import clean_text
+from ..safe_files import parse_json
 from ..taxonomy import Taxonomy
 
 IMAGE_MARKER = "<image>"
 ROLES = ("human", "gpt")
 
 
-class RecordError(ValueError):
+class RecordError(InputError):
     """A record does not follow the training format."""
 
 
@@ -97,12 +99,10 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
         for n, raw in enumerate(handle, 1):
             if not raw.strip():
                 continue
-            try:
-                yield n, json.loads(raw.decode("utf-8"))
-            except json.JSONDecodeError as exc:
-                yield n, RecordError(f"{path}:{n}: not valid JSON ({exc.msg})")
-            except UnicodeDecodeError:
-                yield n, RecordError(f"{path}:{n}: not UTF-8 text")
+            try:  # the one loader: not JSON, not UTF-8 or nested too deep is a RecordError naming the line
+                yield n, parse_json(raw, f"{path}:{n}", error=RecordError)
+            except RecordError as exc:
+                yield n, exc
 
 
 def read_jsonl(path: str | Path) -> list[Any]:
@@ -121,11 +121,7 @@ def read_records(path: str | Path, taxonomy: Taxonomy | None = None) -> list[dic
     if path.suffix == ".jsonl":
         records = read_jsonl(path)
     else:
-        text = path.read_text(encoding="utf-8")
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise RecordError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        records = parse_json(path.read_bytes(), str(path), error=RecordError)
         if not isinstance(records, list):
             raise RecordError(f"{path}: expected a JSON list of records")
     for record in records:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..errors import InputError
 from ..images import ImageDecodeError, decode_image
 from ..taxonomy import UNSAFE_CONCEPTS_CATEGORY_LABELS
 from .format import read_jsonl
@@ -117,13 +118,13 @@ def _find_root(data_dir: Path) -> Path | None:
 def _attach_perception(items: list[UnsafeConceptItem], path: Path) -> None:
     rows = read_jsonl(path)
     if len(rows) != len(items):
-        raise ValueError(f"{path} has {len(rows)} rows for {len(items)} images: the row-index join would be wrong")
+        raise InputError(f"{path} has {len(rows)} rows for {len(items)} images: the row-index join would be wrong")
     for item, row in zip(items, rows):
         concept = row.get("unsafe_concept")
         if concept is not None and concept != item.concept:
-            raise ValueError(f"{path}: row {item.index} is about {concept!r}, the image about {item.concept!r}")
+            raise InputError(f"{path}: row {item.index} is about {concept!r}, the image about {item.concept!r}")
         if row.get("correct_option") not in ("A", "B", "C", "D") or not row.get("option_str"):
-            raise ValueError(f"{path}: row {item.index} lacks option_str or a correct_option in A-D")
+            raise InputError(f"{path}: row {item.index} lacks option_str or a correct_option in A-D")
         item.option_str = row["option_str"]
         item.correct_option = row["correct_option"]
 
@@ -144,7 +145,7 @@ def load_unsafe_concepts(data_dir: str | Path, perception_metadata: str | Path |
                     )
                 )
             except KeyError as exc:
-                raise ValueError(f"{root / 'metadata.jsonl'} row {i} lacks field {exc}") from None
+                raise InputError(f"{root / 'metadata.jsonl'} row {i} lacks field {exc}") from None
         layout = "safervlm"
         perception = Path(perception_metadata) if perception_metadata else root / "perception_metadata.jsonl"
     else:
@@ -228,7 +229,7 @@ def unsafe_concepts_to_records(
     records = []
     for item in data.items:
         if item.category not in mapping:
-            raise KeyError(f"no (level, type) for UnsafeConcepts category {item.category!r} in the mapping")
+            raise InputError(f"no (level, type) for UnsafeConcepts category {item.category!r} in the mapping")
         level, type_name = mapping[item.category]
         image = copy_unsafe_image(item, out)
         if image is None:

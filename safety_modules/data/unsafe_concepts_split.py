@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ConfigError, InputError
+from ..safe_files import read_json
 from ..taxonomy import UNSAFE_CONCEPTS_CATEGORY_LABELS
 from .unsafe_concepts import ALIGNMENT_PROMPTS, UnsafeConceptItem, copy_unsafe_image, load_unsafe_concepts
 
@@ -61,18 +63,16 @@ def load_safe_images(folder: str | Path) -> list[SafeImage]:
         raise FileNotFoundError(f"safe image folder not found: {folder}")
     meta = folder / "metadata.json"
     if meta.is_file():
-        import json
-
-        rows = json.loads(meta.read_text(encoding="utf-8"))
+        rows = read_json(meta, "image metadata", max_bytes=1 << 30, error=InputError)
         if not isinstance(rows, list):
-            raise ValueError(f"{meta}: expected a list of {{image_filename, concept}}")
+            raise InputError(f"{meta}: expected a list of {{image_filename, concept}}")
         try:
             return [SafeImage(folder / r["image_filename"], str(r["concept"])) for r in rows]
         except (KeyError, TypeError) as exc:
-            raise ValueError(f"{meta}: every entry needs image_filename and concept ({exc})") from None
+            raise InputError(f"{meta}: every entry needs image_filename and concept ({exc})") from None
     images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
     if not images:
-        raise ValueError(f"{folder} holds no images (looked for {sorted(_IMAGE_SUFFIXES)})")
+        raise InputError(f"{folder} holds no images (looked for {sorted(_IMAGE_SUFFIXES)})")
     return [SafeImage(p, p.parent.name if p.parent != folder else p.stem.replace("_", " ")) for p in images]
 
 
@@ -85,7 +85,7 @@ def alignment_label(record: dict) -> str:
     if label is None:
         label = "Safe" if record["safety"]["level"] == 0 else "Unsafe"
     if label not in ALIGNMENT_LABELS:
-        raise ValueError(f"record {record.get('id')}: alignment_label must be Safe or Unsafe, got {label!r}")
+        raise InputError(f"record {record.get('id')}: alignment_label must be Safe or Unsafe, got {label!r}")
     return label
 
 
@@ -112,7 +112,7 @@ def alignment_split_records(
     from .format import image_problem, make_record, relative_image
 
     if split not in ("train", "test"):
-        raise ValueError(f"split must be train or test, got {split!r}")
+        raise ConfigError(f"split must be train or test, got {split!r}")
     mapping = UNSAFE_CONCEPTS_CATEGORY_LABELS if mapping is None else mapping
     out = Path(out_dir)
     train, test = split_per_concept(load_unsafe_concepts(data_dir).items, split_seed)
@@ -121,7 +121,7 @@ def alignment_split_records(
     records = []
     for item in unsafe:
         if item.category not in mapping:
-            raise KeyError(f"no (level, type) for UnsafeConcepts category {item.category!r} in the mapping")
+            raise InputError(f"no (level, type) for UnsafeConcepts category {item.category!r} in the mapping")
         image = copy_unsafe_image(item, out)
         if image is None:
             continue

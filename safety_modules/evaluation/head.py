@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.format import question_text, read_records
+from ..errors import InputError
 from ..images import decode_image
 from ..metrics import ECE_BINS, head_metrics, p_risky
 from ..modeling import SafetyScores
@@ -85,7 +86,7 @@ def load_labelled(path: str | Path, mapping: Mapping[str, tuple[int, str]] | Non
         data = load_unsafe_concepts(path)
         unmapped = sorted({item.category for item in data.items} - set(mapping))
         if unmapped:
-            raise KeyError(f"no (level, type) for UnsafeConcepts categories {unmapped} in the mapping")
+            raise InputError(f"no (level, type) for UnsafeConcepts categories {unmapped} in the mapping")
         return [
             LabelledImage(item.id, "UnsafeConcepts", *mapping[item.category], item.load_image) for item in data.items
         ]
@@ -176,10 +177,10 @@ def evaluate_head(
     cfg = model.config
     unknown = sorted({it.type for it in items} - set(cfg.type_names))
     if unknown:
-        raise KeyError(f"label types {unknown} are not in the head's taxonomy {cfg.type_names}")
+        raise InputError(f"label types {unknown} are not in the head's taxonomy {cfg.type_names}")
     kept, level_probs, type_probs, actions = score_items(model, items, batch_size, policy)
     if not kept:
-        raise ValueError("no item could be scored (every image failed to decode)")
+        raise InputError("no item could be scored (every image failed to decode)")
     gold_levels = np.array([it.level for it in kept])
     gold_types = np.array([cfg.type_names.index(it.type) for it in kept])
     metrics = classification_metrics(gold_levels, gold_types, level_probs, type_probs, cfg.type_names, cfg.safe_type)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from ..errors import RemoteError
 from .generation import JsonlCache, cache_key
 from .judge_prompts import (  # noqa: F401 (re-exported: the judge's prompts are imported from here too)
     DEFAULT_RUBRICS,
@@ -67,11 +68,11 @@ class Judgment:
     error: str = ""
 
 
-class JudgeError(ValueError):
+class JudgeError(RemoteError, ValueError):
     """The judge endpoint refused the requests (bad URL, model or key): retrying cannot help."""
 
 
-class JudgeUnavailable(ConnectionError):
+class JudgeUnavailable(RemoteError, ConnectionError):
     """One item's judge request failed after its retries, or ran past its deadline; the item gets no score."""
 
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ConfigError
+from ..safe_files import read_yaml
+
 DEFAULT_RUBRICS_PATH = Path(__file__).parent / "rubrics" / "rtvlm.yaml"
 
 
@@ -36,15 +39,14 @@ class Rubrics:
 
 def load_rubrics(path: str | Path | None = None) -> Rubrics:
     """Read a rubric file (default: the packaged ``rubrics/rtvlm.yaml``) and check that it is complete."""
-    import yaml
 
     path = Path(path) if path is not None else DEFAULT_RUBRICS_PATH
     if not path.is_file():
         raise FileNotFoundError(f"rubric file not found: {path}")
-    data = yaml.safe_load(path.read_text())
+    data = read_yaml(path, "rubric file")
     keys = {"preamble", "closing", "rubrics", "subtask_rubric", "reference_rubrics"}
     if not isinstance(data, dict) or set(data) != keys:
-        raise ValueError(f"{path}: a rubric file holds exactly the keys {sorted(keys)}")
+        raise ConfigError(f"{path}: a rubric file holds exactly the keys {sorted(keys)}")
     bands = {
         str(name): [(str(band), str(text)) for band, text in (entries or {}).items()]
         for name, entries in data["rubrics"].items()
@@ -55,7 +57,7 @@ def load_rubrics(path: str | Path | None = None) -> Rubrics:
         | {r for r in data["reference_rubrics"] if r not in bands}
     )
     if empty or unknown:
-        raise ValueError(f"{path}: rubrics without bands {empty}; rubrics named but not defined {unknown}")
+        raise ConfigError(f"{path}: rubrics without bands {empty}; rubrics named but not defined {unknown}")
     return Rubrics(
         str(data["preamble"]).strip(),
         str(data["closing"]).strip(),

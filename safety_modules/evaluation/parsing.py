@@ -13,6 +13,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import ModelError
+
 logger = logging.getLogger(__name__)
 
 PERCEPTION_LABELS = ("A", "B", "C", "D", "N/A")
@@ -118,7 +120,7 @@ class ResponseClassifier:
 
         weights = Path(weights)
         if weights.suffix != ".safetensors":
-            raise ValueError(
+            raise ModelError(
                 f"{weights}: only .safetensors weights are loaded (convert pickle checkpoints first; "
                 "see docs/evaluation.md)"
             )

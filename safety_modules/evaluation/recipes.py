@@ -8,23 +8,30 @@ the command runs in, as in ``train/``.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar
+from dataclasses import field
+from typing import Any, Literal, get_args
 
-RTVLM_SPLITS = ("all", "train", "test")
-JUDGES = ("api", "rules")
-UNSAFE_CONCEPTS_PARTS = ("perception", "alignment", "text_only")
+from pydantic.dataclasses import dataclass
+
+from ..errors import ConfigError
+from ..safe_files import SETTINGS_CONFIG, Settings
+
+Split = Literal["all", "train", "test"]
+Judge = Literal["api", "rules"]  # api: an OpenAI-compatible endpoint; rules: the APPROXIMATE offline judge
+Part = Literal["perception", "alignment", "text_only"]
+RTVLM_SPLITS: tuple[str, ...] = get_args(Split)
+JUDGES: tuple[str, ...] = get_args(Judge)
+UNSAFE_CONCEPTS_PARTS: tuple[str, ...] = get_args(Part)
 
 
-@dataclass
-class RTVLMRecipe:
+@dataclass(config=SETTINGS_CONFIG)
+class RTVLMRecipe(Settings):
     """How RTVLM is run: the judge and its prompts, the gate policy, generation, the items."""
 
-    benchmark: ClassVar[str] = "rtvlm"
+    KIND = "rtvlm recipe"
+    TAG = ("benchmark", "rtvlm")
 
-    judge: str = "api"  # api: an OpenAI-compatible endpoint; rules: the APPROXIMATE offline judge
+    judge: Judge = "api"
     judge_url: str | None = None
     judge_model: str | None = None
     judge_key_env: str = "JUDGE_API_KEY"
@@ -39,33 +46,32 @@ class RTVLMRecipe:
     policy: str = "default"
     batch_size: int = 8
     max_new_tokens: int = 512
-    split: str = "all"
+    split: Split = "all"
     seed: int = 0
     train_fraction: float = 0.8
     subtasks: list[str] | None = None
     limit_per_subtask: int | None = None
 
     def __post_init__(self) -> None:
-        _choice("judge", self.judge, JUDGES)
-        _choice("split", self.split, RTVLM_SPLITS)
         _positive(self, "batch_size", "max_new_tokens", "judge_max_tokens", "judge_concurrency")
         for name in ("judge_timeout", "judge_deadline"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
         if not 0 < self.train_fraction < 1:
-            raise ValueError(f"train_fraction must be between 0 and 1, got {self.train_fraction}")
+            raise ConfigError(f"train_fraction must be between 0 and 1, got {self.train_fraction}")
         if self.judge_temperature < 0:
-            raise ValueError(f"judge_temperature must be >= 0, got {self.judge_temperature}")
+            raise ConfigError(f"judge_temperature must be >= 0, got {self.judge_temperature}")
 
 
-@dataclass
-class UnsafeConceptsRecipe:
+@dataclass(config=SETTINGS_CONFIG)
+class UnsafeConceptsRecipe(Settings):
     """How UnsafeConcepts is run: parts, the response parser (rules or the published classifiers), generation."""
 
-    benchmark: ClassVar[str] = "unsafe_concepts"
+    KIND = "unsafe_concepts recipe"
+    TAG = ("benchmark", "unsafe_concepts")
 
-    parts: list[str] = field(default_factory=lambda: list(UNSAFE_CONCEPTS_PARTS))
+    parts: list[Part] = field(default_factory=lambda: list(UNSAFE_CONCEPTS_PARTS))
     limit_per_category: int | None = None
     policy: str = "default"
     batch_size: int = 8
@@ -76,53 +82,16 @@ class UnsafeConceptsRecipe:
     alignment_classifier: str | None = None
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.parts) - set(UNSAFE_CONCEPTS_PARTS))
-        if unknown or not self.parts:
-            raise ValueError(f"parts must be some of {list(UNSAFE_CONCEPTS_PARTS)}, got {self.parts}")
+        if not self.parts:
+            raise ConfigError(f"parts must be some of {list(UNSAFE_CONCEPTS_PARTS)}, got none")
         _positive(self, "batch_size", "max_new_tokens")
 
 
-Recipe = RTVLMRecipe | UnsafeConceptsRecipe
-
-
-def read_recipe(cls: type[Recipe], path: str | Path | None = None, **overrides: Any) -> Recipe:
-    """The recipe at ``path`` (or the defaults when ``None``), with every override that is not ``None`` applied."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        import yaml
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"eval recipe not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: an eval recipe is a YAML mapping")
-        benchmark = data.pop("benchmark", None)
-        if benchmark != cls.benchmark:
-            raise ValueError(
-                f"{path} is a recipe for benchmark {benchmark!r}, not {cls.benchmark!r} "
-                f"(its `benchmark:` key says which)"
-            )
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted((set(data) | set(overrides)) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.benchmark} recipe settings {unknown}; known: {sorted(known)}")
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return cls(**data)
-
-
-def recipe_dict(recipe: Recipe) -> dict[str, Any]:
-    """The recipe as a YAML-ready dict, ``benchmark`` first (what a run records next to its report)."""
-    return {"benchmark": recipe.benchmark, **dataclasses.asdict(recipe)}
-
-
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+EvalRecipe = RTVLMRecipe | UnsafeConceptsRecipe
 
 
 def _positive(recipe: Any, *names: str) -> None:
     for name in names:
         value = getattr(recipe, name)
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.rtvlm import SUBTASKS, RTVLMItem, load_item_image
+from ..errors import ConfigError
 from ..images import ImageDecodeError
 from .generation import generate_answers
 from .judge import JudgeRequest
@@ -90,7 +91,7 @@ def evaluate_rtvlm(
     """
     unmapped = sorted({it.subtask for it in items} - set(rubrics.subtask_rubric))
     if unmapped:
-        raise ValueError(f"the rubric file {rubrics.path} maps no rubric to the subtasks {unmapped}")
+        raise ConfigError(f"the rubric file {rubrics.path} maps no rubric to the subtasks {unmapped}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     answers = generate_answers(

@@ -32,6 +32,7 @@ from ..data.unsafe_concepts import (
     perception_prompt,
     text_only_prompt,
 )
+from ..errors import ConfigError
 from ..images import blank_image
 from .generation import generate_answers
 from .parsing import parse_alignment, parse_perception
@@ -66,7 +67,7 @@ def build_queries(
     """The queries of the chosen parts; ``limit_per_category`` keeps the first N images (and concepts) per category."""
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
-        raise ValueError(f"unknown UnsafeConcepts parts {unknown}; known: {list(PARTS)}")
+        raise ConfigError(f"unknown UnsafeConcepts parts {unknown}; known: {list(PARTS)}")
     items: list[UnsafeConceptItem] = []
     per_category: dict[str, int] = {}
     for item in data.items:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError, InputError
 from ..images import load_images
 from ..modeling.llava.conversation import Prompt, chat_text, prompt_turns, user_text
 from ..modeling.safe_llava import SafeLlava, SafetyScores
@@ -65,7 +66,7 @@ class Gate:
         max_prompt_tokens: int | None = None,
     ) -> None:
         if refusal not in REFUSAL_MODES:
-            raise ValueError(f"refusal must be one of {list(REFUSAL_MODES)}, got {refusal!r}")
+            raise ConfigError(f"refusal must be one of {list(REFUSAL_MODES)}, got {refusal!r}")
         taxonomy = model.config.taxonomy
         policy = policy if policy is not None else SafetyPolicy.default(taxonomy)
         policy.check_taxonomy(taxonomy)
@@ -213,7 +214,7 @@ class Gate:
         image_token = self.model.processor.image_token
         for i, prompt in enumerate(prompts):
             if any(image_token in turn["value"] for turn in prompt_turns(prompt)):
-                raise ValueError(
+                raise InputError(
                     f"prompt {i} contains the image placeholder {image_token!r}; pass the image separately"
                 )
         if not isinstance(images, torch.Tensor):

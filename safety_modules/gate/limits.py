@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import ConfigError, InputError
 
-class PromptTooLong(ValueError):
+
+class PromptTooLong(InputError):
     """A prompt over the token limit; ``count`` is its length in tokens (a lower bound when
     ``exact`` is False: the text was too long to be worth tokenising whole)."""
 
@@ -40,7 +42,7 @@ def check_prompt_tokens(tokenizer: Any, texts: Sequence[str], limit: int | None,
     (no tokenisation can spell it in fewer tokens), so a megabyte of text costs nothing to refuse.
     """
     if limit is not None and limit < 1:
-        raise ValueError(f"the prompt token limit must be >= 1, got {limit}")
+        raise ConfigError(f"the prompt token limit must be >= 1, got {limit}")
     cap = None if limit is None else (limit + 1) * longest_token_chars(tokenizer)
     counts = []
     for i, text in enumerate(texts):

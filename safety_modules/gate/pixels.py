@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import ModelError
 from ..images import DEFAULT_MAX_PIXELS, ImageDecodeError, bound_aspect, decode_image
 
 # Pillow: shrinking by this factor or more goes through `Image.reduce` first (the docs call
@@ -50,7 +51,7 @@ class PixelSpec:
         # original checkpoints with `image_aspect_ratio: pad` load); other processors' do_pad pads the output.
         pad_square = bool(getattr(processor, "do_pad", False))
         if pad_square and not type(processor).__name__.startswith("LlavaImageProcessor"):
-            raise ValueError(f"{type(processor).__name__} pads its output (do_pad); the scan's uint8 path does not")
+            raise ModelError(f"{type(processor).__name__} pads its output (do_pad); the scan's uint8 path does not")
         size = dict(processor.size) if getattr(processor, "do_resize", True) else {}
         shortest = size.get("shortest_edge")
         exact = (size["height"], size["width"]) if size.get("height") and size.get("width") else None
@@ -58,7 +59,7 @@ class PixelSpec:
         if getattr(processor, "do_center_crop", False):
             crop = (processor.crop_size["height"], processor.crop_size["width"])
         if crop is None and exact is None and not (pad_square and shortest):
-            raise ValueError(f"the image processor gives no fixed output size (size={size}, no centre crop)")
+            raise ModelError(f"the image processor gives no fixed output size (size={size}, no centre crop)")
         rescale = float(processor.rescale_factor) if getattr(processor, "do_rescale", True) else 1.0
         if getattr(processor, "do_normalize", True):
             mean, std = tuple(processor.image_mean), tuple(processor.image_std)

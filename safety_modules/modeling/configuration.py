@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import ModelError
+from ..safe_files import read_json
 from ..taxonomy import DEFAULT_LEVELS, DEFAULT_TYPES, SAFE_TYPE, Taxonomy
 
 
@@ -57,9 +59,9 @@ class SafetyConfig:
     def __post_init__(self) -> None:
         grid = int(round(self.num_image_tokens**0.5))
         if grid * grid != self.num_image_tokens:
-            raise ValueError(f"num_image_tokens={self.num_image_tokens} is not a square grid")
+            raise ModelError(f"num_image_tokens={self.num_image_tokens} is not a square grid")
         if self.text_hidden_size % self.head_num_heads:
-            raise ValueError(
+            raise ModelError(
                 f"text_hidden_size={self.text_hidden_size} is not divisible by head_num_heads={self.head_num_heads}"
             )
         _ = self.taxonomy  # building it validates the names
@@ -89,7 +91,7 @@ class SafetyConfig:
         text = llava_config.text_config
         layer = llava_config.vision_feature_layer
         if not isinstance(layer, int):
-            raise ValueError(f"only a single vision_feature_layer is supported, got {layer!r}")
+            raise ModelError(f"only a single vision_feature_layer is supported, got {layer!r}")
         strategy = llava_config.vision_feature_select_strategy
         num_patches = (vision.image_size // vision.patch_size) ** 2
         num_head_tokens = overrides.get("num_head_tokens", cls.num_head_tokens)
@@ -113,7 +115,7 @@ class SafetyConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known - {"model_type", "format_version"})
         if unknown:
-            raise ValueError(f"unknown keys in safety config: {unknown}")
+            raise ModelError(f"unknown keys in safety config: {unknown}")
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def save(self, path: str | Path) -> None:
@@ -122,9 +124,10 @@ class SafetyConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> SafetyConfig:
-        data = json.loads(Path(path).read_text())
-        if data.get("model_type") != "safety_modules":
-            raise ValueError(f"{path} is not a safety-modules config (model_type={data.get('model_type')!r})")
+        data = read_json(path, "safety-modules config", error=ModelError)
+        model_type = data.get("model_type") if isinstance(data, dict) else None
+        if model_type != "safety_modules":
+            raise ModelError(f"{path} is not a safety-modules config (model_type={model_type!r})")
         return cls.from_dict(data)
 
 
@@ -134,7 +137,7 @@ def _check_temperature(value: Any, classes: int, name: str) -> None:
         return
     values = value if isinstance(value, list) else [value]
     if isinstance(value, list) and len(value) != classes:
-        raise ValueError(f"{name} has {len(value)} values for {classes} classes")
+        raise ModelError(f"{name} has {len(value)} values for {classes} classes")
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-            raise ValueError(f"{name} must be a positive number or a list of them, got {value!r}")
+            raise ModelError(f"{name} must be a positive number or a list of them, got {value!r}")

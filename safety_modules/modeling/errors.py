@@ -8,12 +8,14 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ModelError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(ModelError):
     """A checkpoint folder (safety modules, LoRA adapter or base) is missing, unreadable or does not fit its config."""
 
 
-class IncompatibleBaseError(ValueError):
+class IncompatibleBaseError(ModelError):
     """Safety modules were trained for another base model than the one they are attached to (or say for none)."""
 
 

@@ -11,8 +11,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..errors import ConfigError
+from ..safe_files import read_yaml
 from ..taxonomy import Taxonomy
 from .rule import MODES
 
@@ -32,7 +32,7 @@ _TOP_KEYS = {
 _RULE_KEYS = {"enabled", "hint", "refuse"}
 
 
-class PolicyError(ValueError):
+class PolicyError(ConfigError):
     """A policy file or dict is invalid (unknown keys, levels or types, bad values)."""
 
 
@@ -68,12 +68,10 @@ def default_file() -> Path:
 def read_policy_file(path: str | Path) -> dict[str, Any]:
     """A user policy file as a dict (its ``name`` defaults to the file's stem)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"policy file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{path}: not valid YAML: {exc}") from None
+        data = read_yaml(path, "policy file") or {}
+    except ConfigError as exc:
+        raise PolicyError(str(exc)) from None
     if isinstance(data, dict):
         data.setdefault("name", path.stem)
     return data
@@ -85,7 +83,7 @@ def resolve_spec(data: dict[str, Any] | None, taxonomy: Taxonomy, source: str) -
     if not isinstance(data, dict):
         raise PolicyError(f"{source}: a policy must be a mapping, got {type(data).__name__}")
     validate(data, taxonomy, source)
-    shipped = yaml.safe_load(default_file().read_text())
+    shipped = read_yaml(default_file(), "policy file")
     merged = _merge(_restrict(shipped, taxonomy), data)
     return _build(merged, taxonomy, source)
 

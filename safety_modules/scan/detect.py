@@ -14,6 +14,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..errors import InputError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 JSON_SUFFIXES = (".json", ".jsonl")
@@ -65,7 +67,7 @@ def detect_kind(path: Path) -> str:
             return "parquet"
         if name.endswith(JSON_SUFFIXES):
             return "llava"
-        raise ValueError(f"cannot tell the format of the input {path}; pass --reader ({', '.join(READER_KINDS)})")
+        raise InputError(f"cannot tell the format of the input {path}; pass --reader ({', '.join(READER_KINDS)})")
     if not path.is_dir():
         raise FileNotFoundError(f"scan input not found: {path}")
     if any((path / marker).is_file() for marker in _HF_MARKERS):
@@ -84,14 +86,14 @@ def detect_kind(path: Path) -> str:
         llava = [f for f in files if f.lower().endswith(JSON_SUFFIXES)]
         if llava:
             return "llava"
-        raise ValueError(
+        raise InputError(
             f"the input {path} holds no images, tar shards, parquet files or LLaVA JSON "
             f"({_describe_files(files)}); pass --reader ({', '.join(READER_KINDS)}) if it is one of them"
         )
     what = {"folder": "image files", "wds": "tar shards", "parquet": "parquet files"}
     listing = "; ".join(f"{len(found[k])} {what[k]} (e.g. {found[k][0]})" for k in kinds)
     choices = " or ".join(f"--reader {k}" for k in kinds)
-    raise ValueError(
+    raise InputError(
         f"the input {path} mixes kinds: {listing}. Scanning one kind would leave the others unscanned; "
         f"pass {choices} to scan one kind, or scan each kind separately"
     )

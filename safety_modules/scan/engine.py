@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from ..gate.vision_scorer import Flagger, VisionScorer, load_flagger
 from ..modeling.fingerprint import projector_digest
 from ..output_lock import OutputLock
@@ -48,7 +49,7 @@ def run_scan(
     Refuses (`ScanLockedError`, an `output_lock.OutputLockedError`) while another scan writes into ``out_dir``.
     """
     if settings.engine not in ("local", "ray"):
-        raise ValueError(f"unknown engine {settings.engine!r}; use 'local' or 'ray'")
+        raise ConfigError(f"unknown engine {settings.engine!r}; use 'local' or 'ray'")
     with OutputLock(out_dir):
         return _run_locked(input_path, out_dir, settings, reader_options, progress)
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import ConfigError
 from ..gate.pixels import PixelSpec, output_size
 from ..images import MAX_ASPECT_RATIO
 from .items import Item, ItemError, load_bytes
@@ -29,7 +30,7 @@ from .items import Item, ItemError, load_bytes
 def gpu_decode_available(setting: str, device: torch.device) -> bool:
     """Whether this scan decodes JPEGs on the GPU: ``setting`` "auto", a CUDA device, torchvision importable."""
     if setting not in ("auto", "off"):
-        raise ValueError(f"gpu_decode must be 'auto' or 'off', got {setting!r}")
+        raise ConfigError(f"gpu_decode must be 'auto' or 'off', got {setting!r}")
     return setting == "auto" and device.type == "cuda" and importlib.util.find_spec("torchvision") is not None
 
 

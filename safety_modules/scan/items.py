@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
+
 OUTSIDE_ROOT = "outside_root"
 
 
-class ItemError(Exception):
+class ItemError(InputError):
     """Reading an item's bytes failed; ``kind`` is counted like an `ImageDecodeError`'s."""
 
     def __init__(self, kind: str, message: str) -> None:

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..errors import ConfigError
 from ..taxonomy import Taxonomy
 from .account import Account
 
@@ -128,13 +129,13 @@ class ScanOutput:
         if manifest_path.is_file():
             previous = json.loads(manifest_path.read_text())
             if previous.get("settings") != settings:
-                raise ValueError(
+                raise ConfigError(
                     f"{self.dir} holds a scan with other settings: {_differences(previous.get('settings'), settings)}; "
                     "resume with the same command or use a new --out folder"
                 )
             self.manifest = previous
         elif any(self.dir.glob("part-*.parquet")):
-            raise ValueError(f"{self.dir} holds parquet parts but no {MANIFEST_NAME}; use a new --out folder")
+            raise ConfigError(f"{self.dir} holds parquet parts but no {MANIFEST_NAME}; use a new --out folder")
         for stale in self.dir.glob("*.tmp-*"):
             stale.unlink()  # half-written by a killed run; its part is redone
         write_json_atomic(manifest_path, self.manifest)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.format import RecordError, iter_jsonl
+from ..errors import ConfigError, InputError
 from .account import INPUT, Account
 from .detect import (
     IMAGE_EXTENSIONS,
@@ -81,7 +82,7 @@ class CorpusReader:
             raise FileNotFoundError(f"scan input not found: {self.path}")
         self.kind = detect_kind(self.path) if self.options.kind == "auto" else self.options.kind
         if self.kind not in READER_KINDS:
-            raise ValueError(f"unknown reader {self.kind!r}; use one of {READER_KINDS} or 'auto'")
+            raise ConfigError(f"unknown reader {self.kind!r}; use one of {READER_KINDS} or 'auto'")
         self.account = Account()
 
     def describe(self) -> dict[str, Any]:
@@ -304,7 +305,7 @@ def _hf_image_column(ds: Any) -> str:
     for name in _IMAGE_COLUMNS:
         if name in ds.column_names:
             return name
-    raise ValueError(f"no image column in the dataset: columns are {ds.column_names}; name it with --image-column")
+    raise InputError(f"no image column in the dataset: columns are {ds.column_names}; name it with --image-column")
 
 
 def _parquet_rows(file: Path) -> int:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import ConfigError
 from ..images import DEFAULT_MAX_PIXELS
 from .items import Item
 
@@ -67,5 +68,5 @@ def resolve_workers(workers: int | str) -> int:
     except ValueError:
         count = -1
     if count < 0:
-        raise ValueError(f"--workers must be >= 0 or auto, got {workers!r}")
+        raise ConfigError(f"--workers must be >= 0 or auto, got {workers!r}")
     return count

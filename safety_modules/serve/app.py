@@ -24,6 +24,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..errors import ConfigError
 from ..gate.limits import PromptTooLong
 from ..images import blank_image
 from ..modeling.llava.conversation import Prompt, prompt_turns
@@ -86,9 +87,9 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         if not self.served_names:
-            raise ValueError("the server needs at least one served model name")
+            raise ConfigError("the server needs at least one served model name")
         if self.request_timeout_s <= 0 or self.upstream_timeout_s <= 0:
-            raise ValueError("timeouts must be > 0 seconds")
+            raise ConfigError("timeouts must be > 0 seconds")
 
     @property
     def model_name(self) -> str:
@@ -100,7 +101,7 @@ class Server:
 
     def __init__(self, runner: ModelRunner, config: ServeConfig) -> None:
         if config.upstream is None and not runner.can_generate:
-            raise ValueError("this runner cannot generate: give an upstream server (proxy mode)")
+            raise ConfigError("this runner cannot generate: give an upstream server (proxy mode)")
         self.runner, self.config, self.limits = runner, config, config.limits
         self.metrics = ServerMetrics()
         self.batcher = Batcher(runner, config.max_batch, config.max_wait_ms / 1000.0, self.metrics, config.max_queue)

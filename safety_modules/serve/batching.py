@@ -36,6 +36,7 @@ from transformers.generation.stopping_criteria import (
 )
 from transformers.generation.streamers import BaseStreamer
 
+from ..errors import ConfigError
 from ..modeling.llava.conversation import Prompt
 from .metrics import ServerMetrics
 from .model_runner import ModelRunner, Sampling
@@ -186,9 +187,9 @@ class Batcher:
         max_queue: int = 256,
     ) -> None:
         if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+            raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
         if max_queue < 1:
-            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+            raise ConfigError(f"max_queue must be >= 1, got {max_queue}")
         self.runner = runner
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s

@@ -18,6 +18,8 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from ..errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 
@@ -25,7 +27,7 @@ def header_timeout_protocol(seconds: float) -> type[H11Protocol]:
     """uvicorn's h11 protocol, closing connections whose request headers take longer than ``seconds``
     (counted from the connection, and again after each response for the next request)."""
     if seconds <= 0:
-        raise ValueError(f"the header timeout must be > 0 seconds, got {seconds}")
+        raise ConfigError(f"the header timeout must be > 0 seconds, got {seconds}")
 
     class HeaderTimeoutProtocol(H11Protocol):
         _header_timer: asyncio.TimerHandle | None = None

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 
+from ..errors import SafeVLMError
 from ..gate import GatedAnswer
 from ..modeling.llava.conversation import Prompt
 from ..policy import SafetyDecision
@@ -23,7 +24,7 @@ from ..taxonomy import Taxonomy
 from .model_runner import Sampling
 
 
-class ApiError(Exception):
+class ApiError(SafeVLMError):
     """A request the server answers with an OpenAI-style error JSON and a 4xx/5xx status."""
 
     def __init__(

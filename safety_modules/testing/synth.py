@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 
 from ..data.format import make_record, write_records
 from ..data.templates import GENERIC_QUESTIONS, refusal
+from ..errors import ConfigError
 
 # kind -> ((level, type), share of the corpus)
 KINDS: dict[str, tuple[tuple[int, str], float]] = {
@@ -280,7 +281,7 @@ def make_sample(kind: str, rng: random.Random, size: int, index: int) -> Sample:
     if kind == "bullying_message":
         messages = [rng.choice(INSULTS)] + ([rng.choice(INSULTS)] if rng.random() < 0.4 else [])
         return Sample(kind, _chat(rng, size, messages), rng.choice(TEXT_QUESTIONS), refusal("insults_bullying", index))
-    raise ValueError(f"unknown synthetic kind {kind!r}; known: {sorted(KINDS)}")
+    raise ConfigError(f"unknown synthetic kind {kind!r}; known: {sorted(KINDS)}")
 
 
 def kind_counts(total: int) -> dict[str, int]:
@@ -300,7 +301,7 @@ def synthesize(
     Each kind is split 70/15/15 (at least one sample per split when it has three or more).
     """
     if total < len(KINDS) * 3:
-        raise ValueError(f"a synthetic corpus needs at least {len(KINDS) * 3} images (3 per kind), got {total}")
+        raise ConfigError(f"a synthetic corpus needs at least {len(KINDS) * 3} images (3 per kind), got {total}")
     out = Path(out_dir)
     splits: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS}
     counts = kind_counts(total)

@@ -30,6 +30,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..errors import ModelError
+
 logger = logging.getLogger(__name__)
 
 PARAMS = "trainable.safetensors"
@@ -43,7 +45,7 @@ COMPLETE = "COMPLETE"  # the marker, written last: {"files": {name: size in byte
 KILL_AT_ENV = "SAFEVLM_TEST_KILL_AT"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ModelError):
     """A checkpoint cannot be resumed from: missing, incomplete (its write was interrupted) or unreadable."""
 
 

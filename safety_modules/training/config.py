@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal
+
+from pydantic import field_validator
+from pydantic.dataclasses import dataclass
+
+from ..errors import ConfigError
+from ..safe_files import SETTINGS_CONFIG, Settings
+
+MixedPrecision = Literal["auto", "no", "fp16", "bf16"]  # auto = bf16 on GPU, no on CPU (accelerate's names)
+Dtype = Literal["auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"]  # auto = bf16 on GPU, else fp32
 
 
-@dataclass
+@dataclass(config=SETTINGS_CONFIG)
 class DataFile:
     """A record file and the folder its image paths are relative to (default: the file's folder)."""
 
@@ -20,42 +28,28 @@ class DataFile:
         return Path(self.image_root) if self.image_root else Path(self.path).parent
 
 
-@dataclass
+@dataclass(config=SETTINGS_CONFIG)
 class LoraSettings:
     r: int = 256
     alpha: int = 16
     dropout: float = 0.05
 
 
-class Recipe:
-    """Reading and writing a settings dataclass as a YAML recipe (shared by `TrainConfig` and `RLConfig`)."""
-
-    KIND = "training"  # names the settings in the unknown-key error
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Self:
-        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.KIND} settings: {unknown}")
-        return cls(**data)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> Self:
-        """The recipe at ``path``; each override that is not None replaces its setting."""
-        import yaml
-
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+def data_files(entries: Any) -> Any:
+    """A recipe's ``train_data``/``eval_data``: each entry a path or ``{path, image_root}`` (pydantic checks
+    the rest)."""
+    if isinstance(entries, (str, Path)):
+        raise ConfigError(f"a data list is a YAML list of paths or {{path, image_root}}, got the string {entries!r}")
+    if isinstance(entries, list):
+        return [{"path": str(e)} if isinstance(e, (str, Path)) else e for e in entries]
+    return entries
 
 
-@dataclass
-class TrainConfig(Recipe):
+@dataclass(config=SETTINGS_CONFIG)
+class TrainConfig(Settings):
     """Settings of one stage. Defaults are the paper's stage-1 values where it gives them."""
+
+    KIND = "training"
 
     stage: int = 1
     base: str = "llava-hf/llava-1.5-7b-hf"
@@ -72,8 +66,8 @@ class TrainConfig(Recipe):
     weight_decay: float = 0.0
     warmup_steps: int = 20
     max_grad_norm: float = 1.0
-    mixed_precision: str = "auto"  # auto = bf16 on GPU, none on CPU; or "bf16", "no"
-    dtype: str = "auto"  # the frozen base's dtype; trained weights stay float32
+    mixed_precision: MixedPrecision = "auto"
+    dtype: Dtype = "auto"  # the frozen base's dtype; trained weights stay float32
     gradient_checkpointing: bool = False
     num_workers: int = 2
     max_length: int = 2048
@@ -89,34 +83,25 @@ class TrainConfig(Recipe):
     lora: LoraSettings = field(default_factory=LoraSettings)
     progress_bar: bool = True
 
+    @field_validator("train_data", "eval_data", mode="before")
+    @classmethod
+    def _data_files(cls, entries: Any) -> Any:
+        return data_files(entries)
+
     def __post_init__(self) -> None:
         if self.system_prompt is not None:
-            raise ValueError(
+            raise ConfigError(
                 "system_prompt cannot be set: training uses the base's own conversation format "
                 "(vicuna_v1's system prompt for original checkpoints, none for llava-hf bases), "
-                "the one inference uses; see safety_modules/conversation.py"
+                "the one inference uses; see safety_modules/modeling/llava/conversation.py"
             )
         if self.stage not in (1, 2):
-            raise ValueError(f"stage must be 1 or 2, got {self.stage}")
-        self.train_data = [_data_file(d) for d in self.train_data]
-        self.eval_data = [_data_file(d) for d in self.eval_data]
-        if isinstance(self.lora, dict):
-            self.lora = LoraSettings(**self.lora)
+            raise ConfigError(f"stage must be 1 or 2, got {self.stage}")
         if self.train_safety_modules is None:
             self.train_safety_modules = self.stage == 1
         if self.stage == 1 and not self.train_safety_modules:
-            raise ValueError("stage 1 trains the safety modules: train_safety_modules cannot be false")
+            raise ConfigError("stage 1 trains the safety modules: train_safety_modules cannot be false")
         if self.stage == 2 and not self.safety:
-            raise ValueError("stage 2 needs the stage-1 safety modules: set `safety:` to their folder")
+            raise ConfigError("stage 2 needs the stage-1 safety modules: set `safety:` to their folder")
         if not self.train_data:
-            raise ValueError("train_data is empty: list at least one record file")
-
-
-def _data_file(entry: Any) -> DataFile:
-    if isinstance(entry, DataFile):
-        return entry
-    if isinstance(entry, (str, Path)):
-        return DataFile(str(entry))
-    if isinstance(entry, dict):
-        return DataFile(**entry)
-    raise ValueError(f"a data entry is a path or {{path, image_root}}, got {entry!r}")
+            raise ConfigError("train_data is empty: list at least one record file")

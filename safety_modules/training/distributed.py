@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..output_lock import OutputLock
+from ..errors import ConfigError
+from ..output_lock import OutputLock, OutputLockedError
 
 CPU_LAUNCH = "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N"
 
@@ -27,7 +28,7 @@ def check_one_job(accelerator: Any) -> None:
     launched = os.environ.get("WORLD_SIZE")
     world = accelerator.num_processes
     if launched is not None and int(launched) != world:
-        raise RuntimeError(
+        raise ConfigError(
             f"the launcher started {launched} processes (WORLD_SIZE={launched}) but this one is in a process "
             f"group of {world} (accelerate: {accelerator.distributed_type.value}): the processes are not one "
             "job and would each train and save on their own. Usually a GPU config (train/accelerate_multigpu.yaml)"
@@ -37,7 +38,7 @@ def check_one_job(accelerator: Any) -> None:
     if world == 1 and launched is None and cpu_flag and "MASTER_ADDR" in os.environ:
         # `accelerate launch --cpu --num_processes N` (N > 1) sets MASTER_ADDR and starts ONE process unless
         # mpirun is configured; training on as one process would silently change the global batch.
-        raise RuntimeError(
+        raise ConfigError(
             "accelerate was asked for several CPU processes (--cpu with --num_processes > 1) but started one: "
             f"its --cpu launcher needs mpirun for that. Launch with `{CPU_LAUNCH}`, or drop --num_processes"
         )
@@ -61,7 +62,7 @@ def output_lock(output_dir: str | Path, accelerator: Any) -> Iterator[None]:
         if accelerator.num_processes > 1:
             broadcast_object_list(refusal)
         if refusal[0] is not None:
-            raise RuntimeError(refusal[0])
+            raise OutputLockedError(refusal[0])
         yield
 
 
@@ -119,7 +120,7 @@ def check_resume_layout(saved: dict[str, int] | None, now: Layout, samples: int,
             f"resume with {before.processes} process(es), per_device_batch_size={before.per_device_batch_size} "
             f"and gradient_accumulation_steps={before.accumulation}"
         )
-        raise ValueError(
+        raise ConfigError(
             f"cannot resume exactly: the checkpoint was written by {before.describe()}, this run is "
             f"{now.describe()}; {why}. {fix}"
         )

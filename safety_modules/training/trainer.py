@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from ..data.format import read_records
+from ..errors import ConfigError, InputError
 from ..metrics import format_metrics, head_metrics
 from ..modeling.lora import ADAPTER_DIR
 from ..modeling.safe_llava import SafeLlava, count_label_tokens
@@ -257,7 +258,7 @@ def _train_locked(
         # we feed our own loader, so DeepSpeed cannot infer the micro-batch size ("auto" in ds_zero2.json)
         deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.per_device_batch_size
         if cfg.save_steps or cfg.resume_from:
-            raise ValueError(
+            raise ConfigError(
                 "resumable checkpoints are written for single-GPU and DDP runs; under DeepSpeed "
                 "set save_steps and resume_from to null (ZeRO shards the optimizer state)"
             )
@@ -267,7 +268,7 @@ def _train_locked(
     model = build_model(cfg, accelerator.device)
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
-        raise ValueError("nothing to train: no parameter requires a gradient")
+        raise ConfigError("nothing to train: no parameter requires a gradient")
     say(
         f"stage {cfg.stage}: training {sum(p.numel() for p in params.values()):,} parameters "
         f"({len(params)} tensors); base frozen"
@@ -279,7 +280,7 @@ def _train_locked(
     rank, world = accelerator.process_index, accelerator.num_processes
     per_rank = len(train_set) // world
     if per_rank == 0:
-        raise ValueError(f"{len(train_set)} training samples cannot feed {world} processes")
+        raise ConfigError(f"{len(train_set)} training samples cannot feed {world} processes")
     micro_per_epoch = math.ceil(per_rank / cfg.per_device_batch_size)
     accum = cfg.gradient_accumulation_steps
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * micro_per_epoch / accum))
@@ -379,7 +380,7 @@ def _train_locked(
     bar.close()
     if ran_here and not trained_here:
         example = f", e.g. {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
-        raise RuntimeError(
+        raise InputError(
             f"no training sample could be used in {ran_here} batch(es): {len({path for path, _ in skipped})} "
             f"unreadable image(s){example}; "
             "nothing was trained or saved"

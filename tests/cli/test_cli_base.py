@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from PIL import Image
+
 from safety_modules.cli import main
 
 
@@ -35,6 +37,7 @@ def test_make_tiny_then_assess_json(tmp_path, capsys, photos):
 
 
 def test_missing_base_is_one_clear_line(tmp_path, capsys):
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")  # the images are decoded first: this one is fine
     assert main(["assess", str(tmp_path / "x.png"), "--base", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert "model folder not found" in err and "Traceback" not in err

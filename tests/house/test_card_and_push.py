@@ -62,7 +62,7 @@ def test_card_without_data_says_what_is_missing_and_names_a_known_base(tiny_mode
     assert "geometry of `liuhaotian/llava-v1.5-7b`, `llava-hf/llava-1.5-7b-hf`" in card
     named = SafetyModules(config).save_pretrained(tmp_path / "named", CardData(base_model="llava-hf/llava-1.5-7b-hf"))
     assert _front_matter((named / "README.md").read_text())["base_model"] == "llava-hf/llava-1.5-7b-hf"
-    with pytest.raises(ValueError, match="unknown model-card keys"):
+    with pytest.raises(ValueError, match="unknown model-card settings"):
         tiny_model.safety.save_pretrained(tmp_path / "x", card_data={"metric": 1})
     tiny_model.safety.save_pretrained(tmp_path / "no-card", write_card_file=False)
     assert not (tmp_path / "no-card" / "README.md").exists()

@@ -12,7 +12,7 @@ import yaml
 from safety_modules.cli import build_parser, main
 from safety_modules.data.rtvlm import SUBTASKS
 from safety_modules.evaluation.judge_prompts import DEFAULT_RUBRICS, DEFAULT_RUBRICS_PATH, load_rubrics
-from safety_modules.evaluation.recipes import RTVLMRecipe, UnsafeConceptsRecipe, read_recipe
+from safety_modules.evaluation.recipes import RTVLMRecipe, UnsafeConceptsRecipe
 
 from ..benchmark_fixtures import ChatServer, write_rtvlm_snapshot
 
@@ -20,29 +20,29 @@ EVAL_DIR = Path(__file__).resolve().parents[2] / "eval"
 
 
 def test_the_repository_recipes_read_and_flags_win():
-    rtvlm = read_recipe(RTVLMRecipe, EVAL_DIR / "rtvlm.yaml")
+    rtvlm = RTVLMRecipe.from_yaml(EVAL_DIR / "rtvlm.yaml")
     assert rtvlm.split == "test" and rtvlm.judge == "api" and rtvlm.rubrics is None and rtvlm.judge_temperature == 0
-    overridden = read_recipe(RTVLMRecipe, EVAL_DIR / "rtvlm.yaml", judge_model="m", batch_size=2, split=None)
+    overridden = RTVLMRecipe.from_yaml(EVAL_DIR / "rtvlm.yaml", judge_model="m", batch_size=2, split=None)
     assert (overridden.judge_model, overridden.batch_size, overridden.split) == ("m", 2, "test")  # None: not given
-    concepts = read_recipe(UnsafeConceptsRecipe, EVAL_DIR / "unsafe_concepts.yaml", parts=["text_only"])
+    concepts = UnsafeConceptsRecipe.from_yaml(EVAL_DIR / "unsafe_concepts.yaml", parts=["text_only"])
     assert concepts.parts == ["text_only"] and concepts.perception_classifier is None
-    assert read_recipe(RTVLMRecipe) == RTVLMRecipe()  # no recipe: the defaults
+    assert RTVLMRecipe.from_yaml() == RTVLMRecipe()  # no recipe: the defaults
 
 
 def test_bad_recipes_are_refused_with_the_reason(tmp_path):
     with pytest.raises(ValueError, match="recipe for benchmark 'unsafe_concepts', not 'rtvlm'"):
-        read_recipe(RTVLMRecipe, EVAL_DIR / "unsafe_concepts.yaml")
+        RTVLMRecipe.from_yaml(EVAL_DIR / "unsafe_concepts.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("benchmark: rtvlm\njudge_modle: gpt\n")
     with pytest.raises(ValueError, match=r"unknown rtvlm recipe settings \['judge_modle'\]"):
-        read_recipe(RTVLMRecipe, bad)
+        RTVLMRecipe.from_yaml(bad)
     bad.write_text("benchmark: rtvlm\nsplit: dev\n")
-    with pytest.raises(ValueError, match="split must be one of"):
-        read_recipe(RTVLMRecipe, bad)
-    with pytest.raises(ValueError, match="parts must be some of"):
-        read_recipe(UnsafeConceptsRecipe, parts=["vision"])
+    with pytest.raises(ValueError, match="split: Input should be 'all', 'train' or 'test'"):
+        RTVLMRecipe.from_yaml(bad)
+    with pytest.raises(ValueError, match="parts.0: Input should be 'perception', 'alignment' or 'text_only'"):
+        UnsafeConceptsRecipe.from_yaml(None, parts=["vision"])
     with pytest.raises(FileNotFoundError):
-        read_recipe(RTVLMRecipe, tmp_path / "missing.yaml")
+        RTVLMRecipe.from_yaml(tmp_path / "missing.yaml")
 
 
 def _subparser(benchmark: str):

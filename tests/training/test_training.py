@@ -7,6 +7,7 @@ import torch
 
 from safety_modules import Gate, SafeLlava, SafetyModules, SafetyPolicy
 from safety_modules.data.format import make_record, read_records, write_records
+from safety_modules.errors import InputError
 from safety_modules.testing.synth import synthesize
 from safety_modules.training import TrainConfig, train
 from safety_modules.training.checkpoint import checkpoints
@@ -149,7 +150,7 @@ def test_a_training_file_with_no_readable_image_is_an_error(tiny_dir, corpus, tm
     records = [make_record(n, n, "What is this?", "A picture.", 0, "safe") for n in ("bad1.png", "bad2.png")]
     write_records(records, tmp_path / "unreadable.jsonl")
     cfg = config(tiny_dir, corpus, tmp_path / "run", train_data=[str(tmp_path / "unreadable.jsonl")], max_steps=2)
-    with pytest.raises(RuntimeError, match=r"no training sample could be used .* 2 unreadable image"):
+    with pytest.raises(InputError, match=r"no training sample could be used .* 2 unreadable image"):
         train(cfg)
     assert not (tmp_path / "run" / "safety_modules").exists()
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ...errors import ConfigError, InputError
 from ...images import decode_image
 from .files import ImageIndex, extract_zip, find_file
 from .subsets import ROW_RULES, SUBSETS, SUBTASKS, Subset, row_key
@@ -62,7 +63,7 @@ class RTVLMData:
         )
 
 
-class RTVLMFormatError(ValueError):
+class RTVLMFormatError(InputError):
     """The snapshot is not laid out as the published dataset."""
 
 
@@ -90,7 +91,7 @@ def load_rtvlm(
     wanted = list(subtasks) if subtasks is not None else list(SUBTASKS)
     unknown = sorted(set(wanted) - set(SUBTASKS))
     if unknown:
-        raise ValueError(f"unknown RTVLM subtasks {unknown}; known: {list(SUBTASKS)}")
+        raise ConfigError(f"unknown RTVLM subtasks {unknown}; known: {list(SUBTASKS)}")
     data = RTVLMData()
     found_any = False
     for subset in SUBSETS:
@@ -134,7 +135,7 @@ def _read_subset(subset: Subset, jsonl: Path, index: ImageIndex, data: RTVLMData
             try:
                 row = json.loads(line)
                 expanded = rule(row)
-            except (json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
+            except (json.JSONDecodeError, KeyError, ValueError, TypeError, RecursionError) as exc:  # deep nesting too
                 data.skipped_rows.append(f"{where}: unusable row ({type(exc).__name__}: {exc}); skipped")
                 continue
             key = row_key(row, line_no)
@@ -177,9 +178,9 @@ def split_items(
     if split == "all":
         return list(items)
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'all', 'train' or 'test', got {split!r}")
+        raise ConfigError(f"split must be 'all', 'train' or 'test', got {split!r}")
     if not 0.0 < train_fraction < 1.0:
-        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+        raise ConfigError(f"train_fraction must be in (0, 1), got {train_fraction}")
     keep: list[RTVLMItem] = []
     for subtask in SUBTASKS:
         group_items = [it for it in items if it.subtask == subtask]

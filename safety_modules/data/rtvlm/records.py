@@ -22,6 +22,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+from ...errors import InputError
 from ...images import ImageDecodeError
 from ...taxonomy import DEFAULT_LEVELS, RTVLM_SUBTASK_LABELS, SAFE_TYPE
 from .loader import RTVLMItem, load_item_image, load_rtvlm
@@ -60,7 +61,7 @@ _DEFAULT_CAUTIOUS = (
 def item_label(item: RTVLMItem, mapping: Mapping[str, tuple[int, str]] = RTVLM_SUBTASK_LABELS) -> tuple[int, str]:
     """The record's (level, type): the subtask's, or the row's own label where the subset's rows carry one."""
     if item.subtask not in mapping:
-        raise KeyError(f"no (level, type) for RTVLM subtask {item.subtask!r} in the mapping")
+        raise InputError(f"no (level, type) for RTVLM subtask {item.subtask!r} in the mapping")
     level, type_name = mapping[item.subtask]
     if item.subset not in _ROW_LABELLED:
         return int(level), str(type_name)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ...errors import ConfigError, ModelError
+from ...safe_files import read_json
 from ..errors import check_safetensors, from_hub
 
 DEVICE_ENV = "SAFEVLM_DEVICE"
@@ -40,7 +41,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         "float32": torch.float32,
     }
     if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
+        raise ConfigError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
     return names[dtype]
 
 
@@ -69,7 +70,10 @@ def read_config(folder: Path) -> dict[str, Any]:
     file = folder / "config.json"
     if not file.is_file():
         raise FileNotFoundError(f"{folder} has no config.json: not a model folder")
-    return json.loads(file.read_text())
+    config = read_json(file, "model config", error=ModelError)
+    if not isinstance(config, dict):
+        raise ModelError(f"{file}: a model config is a JSON object, got {type(config).__name__}")
+    return config
 
 
 def is_original_format(config: dict[str, Any]) -> bool:
@@ -80,4 +84,4 @@ def is_original_format(config: dict[str, Any]) -> bool:
 def check_llava(config: dict[str, Any], name: str | Path) -> None:
     """Refuse an HF-layout folder that is not a LLaVA model."""
     if config.get("model_type") != "llava":
-        raise ValueError(f"{name} is a {config.get('model_type')!r} model, not a LLaVA (model_type 'llava')")
+        raise ModelError(f"{name} is a {config.get('model_type')!r} model, not a LLaVA (model_type 'llava')")

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+from ...errors import ConfigError
+
 IMAGE_TOKEN = "<image>"
 IGNORE_INDEX = -100
 
@@ -220,7 +222,7 @@ def encode_conversation(
     labels = labels[:j] + [IGNORE_INDEX] * num_image_tokens + labels[j + 1 :]
     if max_length is not None and len(ids) > max_length:
         if j + num_image_tokens > max_length:
-            raise ValueError(f"max_length={max_length} cuts into the image tokens")
+            raise ConfigError(f"max_length={max_length} cuts into the image tokens")
         ids, labels = ids[:max_length], labels[:max_length]
     import torch  # here, not at the top: data/format imports this module and must stay light
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ...errors import ModelError
 from .common import check_weight_files, local_folder
 from .conversation import IMAGE_TOKEN, VICUNA_V1
 
@@ -129,7 +130,7 @@ def original_llava_config(folder: Path, config: dict[str, Any]):
 
     projector_type = config.get("mm_projector_type", "linear")
     if projector_type != "mlp2x_gelu":
-        raise ValueError(
+        raise ModelError(
             f"only LLaVA-1.5 checkpoints (mm_projector_type 'mlp2x_gelu') are supported, got {projector_type!r}"
         )
     vt_folder = resolve_vision_tower(folder, config["mm_vision_tower"])
@@ -169,7 +170,7 @@ def original_image_processor(vt_folder: Path, config: dict[str, Any]):
     if aspect == "square":  # llava's process_images: the image processor as it is
         return clip
     if aspect != "pad":
-        raise ValueError(
+        raise ModelError(
             f"image_aspect_ratio {aspect!r} is not LLaVA-1.5's ('pad' or unset); "
             "LLaVA-NeXT 'anyres' checkpoints are not supported"
         )
@@ -217,7 +218,7 @@ def load_original(folder: Path, config: dict[str, Any], dtype: torch.dtype):
         unexpected = [k for k in info.get("unexpected_keys") or [] if not _IGNORED_KEYS.search(k)]
         if missing or unexpected or info.get("mismatched_keys"):
             # Missing weights would be silently random-initialised: refuse instead.
-            raise ValueError(
+            raise ModelError(
                 f"original LLaVA checkpoint {folder} does not convert cleanly: missing {sorted(missing)[:10]}, "
                 f"unexpected {sorted(unexpected)[:10]}, mismatched {list(info.get('mismatched_keys') or [])[:10]}"
             )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +9,8 @@ from typing import Any
 
 import torch
 
+from ...errors import ModelError
+from ...safe_files import read_json
 from ..errors import check_safetensors
 from .common import (
     check_llava,
@@ -37,7 +38,7 @@ def select_vision_features(
     layers: Any = vision_encoder(vision_tower).layers
     keep = layer if layer >= 0 else len(layers) + 1 + layer
     if not 0 <= keep <= len(layers):
-        raise ValueError(f"vision feature layer {layer} does not exist in a tower of {len(layers)} layers")
+        raise ModelError(f"vision feature layer {layer} does not exist in a tower of {len(layers)} layers")
     if _is_clip_tower(vision_tower):
         clip: Any = vision_tower
         hidden = clip.pre_layrnorm(clip.embeddings(pixel_values))
@@ -96,7 +97,7 @@ def _read_selected(folder: Path, rename: Callable[[str], str | None]) -> dict[st
     files = sorted(folder.glob("*.safetensors"))
     index = folder / "model.safetensors.index.json"
     if index.is_file():  # sharded: open only the shards that hold wanted tensors
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = read_json(index, "shard index", error=ModelError)["weight_map"]
         files = sorted({folder / shard for key, shard in weight_map.items() if rename(key) is not None})
     for file in files:
         check_safetensors(file)  # only the shards read are checked: the others may be anything
@@ -128,7 +129,7 @@ def _build_tower(vision_config: Any, state: dict[str, torch.Tensor], dtype: torc
         None, config=vision_config, state_dict=state, dtype=dtype, output_loading_info=True
     )
     if info["missing_keys"]:
-        raise ValueError(f"vision tower weights missing from {where}: {sorted(info['missing_keys'])[:5]} ...")
+        raise ModelError(f"vision tower weights missing from {where}: {sorted(info['missing_keys'])[:5]} ...")
     return tower
 
 
@@ -189,7 +190,7 @@ def load_vision_parts(
     try:
         projector.load_state_dict(projector_state, strict=True)
     except RuntimeError as exc:
-        raise ValueError(f"LLaVA projector weights in {folder} do not fit its config: {exc}") from None
+        raise ModelError(f"LLaVA projector weights in {folder} do not fit its config: {exc}") from None
     tower.to(device=device, dtype=dtype).eval().requires_grad_(False)
     projector.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return VisionParts(llava_config, tower, projector, image_processor)

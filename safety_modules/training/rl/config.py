@@ -6,18 +6,24 @@ of ``finetune_lora_ppo.py``, benchmarks B.8) where they exist.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
+from typing import Any, Literal
 
-from ..config import DataFile, LoraSettings, Recipe, _data_file
+from pydantic import field_validator
+from pydantic.dataclasses import dataclass
 
-ALGORITHMS = ("ppo", "grpo")
+from ...errors import ConfigError
+from ...safe_files import SETTINGS_CONFIG, Settings
+from ..config import DataFile, Dtype, LoraSettings, MixedPrecision, data_files
 
 
-@dataclass
-class RLConfig(Recipe):
+@dataclass(config=SETTINGS_CONFIG)
+class RLConfig(Settings):
+    """Settings of the RL stage (PPO as published, or GRPO)."""
+
     KIND = "RL"
 
-    algorithm: str = "ppo"
+    algorithm: Literal["ppo", "grpo"] = "ppo"
     base: str = "llava-hf/llava-1.5-7b-hf"
     safety: str | None = None  # safety modules to attach (frozen); None = plain LLaVA (no tokens B)
     inject_safety_tokens: bool | None = None  # default: True when `safety` is set
@@ -48,7 +54,7 @@ class RLConfig(Recipe):
     reward_scale: float = 10.0  # the published code multiplies rewards by 10 before GAE (whiten_rewards=False)
     temperature: float = 1.0
     max_new_tokens: int = 512  # response_len
-    reward: str = "classifier"  # classifier | rules
+    reward: Literal["classifier", "rules"] = "classifier"
     reward_classifier: str | None = None  # folder or hub id of the answer classifier (safetensors)
     reward_classifier_weights: str | None = None  # the published head+encoder .safetensors; then reward_classifier
     #                                               is the RoBERTa encoder folder (config + tokenizer)
@@ -56,8 +62,8 @@ class RLConfig(Recipe):
     stop_penalty: float = -8.0
     mask_na: bool = True
     eval_max_new_tokens: int | None = None  # greedy evaluation length (default max_new_tokens)
-    mixed_precision: str = "auto"
-    dtype: str = "auto"
+    mixed_precision: MixedPrecision = "auto"
+    dtype: Dtype = "auto"
     gradient_checkpointing: bool = False
     logging_steps: int = 1
     save_steps: int | None = 50
@@ -65,32 +71,31 @@ class RLConfig(Recipe):
     resume_from: str | None = None
     progress_bar: bool = True
 
+    @field_validator("train_data", "eval_data", mode="before")
+    @classmethod
+    def _data_files(cls, entries: Any) -> Any:
+        return data_files(entries)
+
     def __post_init__(self) -> None:
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {list(ALGORITHMS)}, got {self.algorithm!r}")
-        self.train_data = [_data_file(d) for d in self.train_data]
-        self.eval_data = [_data_file(d) for d in self.eval_data]
-        if isinstance(self.lora, dict):
-            self.lora = LoraSettings(**self.lora)
         if self.inject_safety_tokens is None:
             self.inject_safety_tokens = self.safety is not None
         if self.inject_safety_tokens and self.safety is None:
-            raise ValueError(
+            raise ConfigError(
                 "inject_safety_tokens needs trained safety modules: set `safety:` (fresh tokens B are noise)"
             )
         if not self.train_data:
-            raise ValueError(
+            raise ConfigError(
                 "train_data is empty: list at least one record file "
                 "(safevlm data convert unsafe-concepts ... --split train)"
             )
         if self.step_batch_size % self.per_device_batch_size or self.rollout_batch_size % self.step_batch_size:
-            raise ValueError(
+            raise ConfigError(
                 "rollout_batch_size must be a multiple of step_batch_size, and step_batch_size of "
                 f"per_device_batch_size (got {self.rollout_batch_size}, {self.step_batch_size}, "
                 f"{self.per_device_batch_size})"
             )
         if self.algorithm == "grpo" and (self.group_size < 2 or self.rollout_batch_size % self.group_size):
-            raise ValueError(
+            raise ConfigError(
                 f"grpo needs group_size >= 2 dividing rollout_batch_size, got {self.group_size} "
                 f"and {self.rollout_batch_size}"
             )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ...data.format import image_problem, question_text, read_records
 from ...data.unsafe_concepts_split import alignment_label
+from ...errors import InputError
 from ..config import DataFile
 
 logger = logging.getLogger(__name__)
@@ -52,5 +53,5 @@ def load_samples(files: Sequence[DataFile], check_images: bool = True) -> list[R
                 )
             )
     if not samples:
-        raise ValueError(f"no usable records in {[f.path for f in files]}")
+        raise InputError(f"no usable records in {[f.path for f in files]}")
     return samples

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import torch
 
+from ...errors import ModelError
 from ...evaluation.parsing import parse_alignment
 
 LABELS = ("Safe", "Unsafe")
@@ -38,7 +39,7 @@ class Judge(Protocol):
     def __call__(self, answers: Sequence[str], labels: Sequence[str]) -> JudgedAnswers: ...
 
 
-class RewardClassifierError(ValueError):
+class RewardClassifierError(ModelError):
     """The reward classifier cannot be loaded; the message names its folder (or file) and the problem."""
 
 

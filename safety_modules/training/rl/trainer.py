@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ...errors import ConfigError
 from ...modeling.lora import ADAPTER_DIR
 from ...modeling.safe_llava import SafeLlava
 from .. import checkpoint as ckpt
@@ -87,7 +88,7 @@ def train_rl(cfg: RLConfig, stop_after: int | None = None, log: Callable[[str], 
     if accelerator.num_processes > 1:
         # Each process would sample its answers from its own copy of the seeded RNG and normalise the rewards
         # within its own share of the batch, so N processes would not train what one trains; not built yet.
-        raise RuntimeError(
+        raise ConfigError(
             f"the RL stage runs in one process; this job has {accelerator.num_processes}: rollouts sample from "
             "each process's random stream and rewards are normalised per process, so several processes would "
             "not train the model one process trains. Run `safevlm train rl` without `accelerate launch` "
