@@ -8,6 +8,8 @@ import math
 import sys
 from pathlib import Path
 
+from .model_flags import add_allow_unverified_base
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-tiny", help="write a tiny random LLaVA-1.5 folder (real CLIP geometry, no download)")
@@ -22,11 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--safety",
         help="safety-modules folder or hub id (default: fresh, UNTRAINED modules: random scores, with a warning)",
     )
-    p.add_argument(
-        "--allow-unverified-base",
-        action="store_true",
-        help="accept safety modules whose config names no base (base_fingerprint null): they cannot be checked",
-    )
+    add_allow_unverified_base(p)
     p.add_argument("--prompt", help="the user prompt the head should also see")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")

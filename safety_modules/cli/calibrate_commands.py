@@ -7,17 +7,14 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
+from .model_flags import add_allow_unverified_base
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="fit temperatures on validation data, choose policy thresholds for a target")
     p.add_argument("--base", required=True, help="LLaVA-1.5 folder or hub id (HF or original layout)")
     p.add_argument("--safety", required=True, help="safety-modules folder or hub id (never modified)")
-    p.add_argument(
-        "--allow-unverified-base",
-        action="store_true",
-        help="accept safety modules whose config names no base (base_fingerprint null): they cannot be checked",
-    )
+    add_allow_unverified_base(p)
     p.add_argument(
         "--data",
         type=Path,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, InputError
 from ..evaluation.recipes import JUDGES, RTVLM_SPLITS, UNSAFE_CONCEPTS_PARTS
+from .model_flags import add_allow_unverified_base
 from .recipe_overrides import add_settings_help
 
 logger = logging.getLogger(__name__)
@@ -17,11 +18,7 @@ def _model_args(p: argparse.ArgumentParser, generation: bool = True, recipe: boo
     """Model and run flags. With ``recipe``, settings that a recipe holds default to None: recipe, then defaults."""
     p.add_argument("--base", required=True, help="LLaVA-1.5 folder or hub id (HF or original layout)")
     p.add_argument("--safety", help="safety-modules folder or hub id (default: fresh, untrained modules)")
-    p.add_argument(
-        "--allow-unverified-base",
-        action="store_true",
-        help="accept safety modules whose config names no base (base_fingerprint null): they cannot be checked",
-    )
+    add_allow_unverified_base(p)
     p.add_argument("--out", type=Path, required=True, help="output folder (report, CSV, plots, caches)")
     p.add_argument(
         "--policy",

@@ -7,17 +7,15 @@ import json
 import sys
 from pathlib import Path
 
+from .model_flags import add_allow_unverified_base
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="answer a prompt about an image, gated by the safety policy")
     p.add_argument("--base", required=True, help="LLaVA-1.5 folder or hub id (HF or original layout)")
     p.add_argument("--safety", help="safety-modules folder or hub id (default: fresh, untrained modules)")
     p.add_argument("--lora", help="stage-2 LoRA adapter folder for the language model")
-    p.add_argument(
-        "--allow-unverified-base",
-        action="store_true",
-        help="accept safety modules whose config names no base (base_fingerprint null): they cannot be checked",
-    )
+    add_allow_unverified_base(p)
     p.add_argument("--image", required=True, type=Path, help="the image file")
     p.add_argument("--prompt", required=True, help="the question about the image")
     p.add_argument(

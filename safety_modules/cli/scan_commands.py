@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..images import DEFAULT_MAX_PIXELS
+from .model_flags import add_allow_unverified_base
 
 DEFAULT_THUMBNAILS = 200  # scan.report.DEFAULT_THUMBNAILS, not imported: `--help` stays free of pyarrow/matplotlib
 
@@ -21,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--base", required=True, help="LLaVA-1.5 folder or hub id (HF or original layout)")
     p.add_argument("--safety", required=True, help="safety-modules folder or hub id")
+    add_allow_unverified_base(p)
     p.add_argument("--out", required=True, type=Path, help="output folder (parquet parts + manifest.json); resumable")
     p.add_argument(
         "--policy",
@@ -116,6 +118,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         ray_actors=args.ray_actors,
         draft=args.draft,
         gpu_decode=args.gpu_decode,
+        allow_unverified_base=args.allow_unverified_base,
     )
     options = ReaderOptions(
         kind=args.reader,

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError
+from .model_flags import add_allow_unverified_base
 
 MB = 1024 * 1024
 
@@ -14,6 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve moderations and guarded chat over an OpenAI-compatible HTTP API")
     p.add_argument("--base", required=True, help="LLaVA-1.5 folder or hub id (HF or original layout)")
     p.add_argument("--safety", required=True, help="safety-modules folder or hub id")
+    add_allow_unverified_base(p)
     p.add_argument("--lora", help="stage-2 LoRA adapter folder for the language model (not in proxy mode)")
     p.add_argument(
         "--policy",
@@ -125,7 +127,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     runner: ModelRunner
     if args.upstream:
-        runner = VisionRunner.load(args.base, args.safety, args.policy, device=args.device, dtype=args.dtype)
+        runner = VisionRunner.load(
+            args.base,
+            args.safety,
+            args.policy,
+            device=args.device,
+            dtype=args.dtype,
+            allow_unverified_base=args.allow_unverified_base,
+        )
     else:
         runner = LlavaRunner.load(
             args.base,
@@ -135,6 +144,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             device=args.device,
             dtype=args.dtype,
             max_prompt_tokens=args.max_prompt_tokens,
+            allow_unverified_base=args.allow_unverified_base,
         )
     app = create_app(runner, config)
     url = f"http://{args.host}:{args.port}"

@@ -67,7 +67,13 @@ def _run_locked(
     reader = CorpusReader(input_path, reader_options)
     # The Ray driver only checks the models (on CPU); its actors load their own copies.
     device = "cpu" if settings.engine == "ray" else settings.device
-    scorer = VisionScorer.from_pretrained(settings.base, settings.safety, device=device, dtype=settings.dtype)
+    scorer = VisionScorer.from_pretrained(
+        settings.base,
+        settings.safety,
+        device=device,
+        dtype=settings.dtype,
+        allow_unverified_base=settings.allow_unverified_base,
+    )
     flagger = load_flagger(settings.policy, scorer.taxonomy)
     output = ScanOutput(out_dir, _manifest_settings(reader, scorer, flagger, settings), scorer.taxonomy)
 

@@ -185,7 +185,11 @@ class _Score:
         from ..gate.vision_scorer import VisionScorer, load_flagger
 
         self.scorer = VisionScorer.from_pretrained(
-            settings.base, settings.safety, device=settings.device, dtype=settings.dtype
+            settings.base,
+            settings.safety,
+            device=settings.device,
+            dtype=settings.dtype,
+            allow_unverified_base=settings.allow_unverified_base,
         )
         self.flagger = load_flagger(settings.policy, self.scorer.taxonomy)
 

@@ -49,6 +49,7 @@ class ScanSettings:
     ray_actors: int | None = None
     draft: bool = True
     gpu_decode: str = "auto"
+    allow_unverified_base: bool = False  # modules whose config names no base (see SafeLlava.from_pretrained)
 
 
 def available_cores() -> int:

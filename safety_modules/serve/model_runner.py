@@ -157,8 +157,11 @@ class LlavaRunner(ModelRunner):
         device: str | None = None,
         dtype: str = "auto",
         max_prompt_tokens: int | None = None,
+        allow_unverified_base: bool = False,
     ) -> LlavaRunner:
-        model = SafeLlava.from_pretrained(base, safety, dtype=dtype, device=device, lora=lora)
+        model = SafeLlava.from_pretrained(
+            base, safety, dtype=dtype, device=device, lora=lora, allow_unverified_base=allow_unverified_base
+        )
         return cls(model, SafetyPolicy.load(policy_path, model.config.taxonomy), max_prompt_tokens)
 
     def prompt_problem(self, prompt: str) -> str | None:
@@ -209,8 +212,11 @@ class VisionRunner(ModelRunner):
         policy_path: str | Path | None = None,
         device: str | None = None,
         dtype: str = "auto",
+        allow_unverified_base: bool = False,
     ) -> VisionRunner:
-        scorer = VisionScorer.from_pretrained(base, safety, device=device, dtype=dtype)
+        scorer = VisionScorer.from_pretrained(
+            base, safety, device=device, dtype=dtype, allow_unverified_base=allow_unverified_base
+        )
         return cls(scorer, SafetyPolicy.load(policy_path, scorer.taxonomy))
 
     def score_and_decide(
