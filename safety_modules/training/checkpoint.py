@@ -321,11 +321,15 @@ def save_and_prune(
     scheduler: Any,
     state: dict[str, Any],
     keep: int | None,
-    rank: int = 0,
-    is_main: bool = True,
-    barrier: Callable[[], None] = lambda: None,
+    processes: Any = None,
 ) -> None:
-    """Write ``output_dir/checkpoint-{step}`` (`save_checkpoint`) and keep only the newest ``keep`` (main rank)."""
+    """Write ``output_dir/checkpoint-{step}`` (`save_checkpoint`) and keep only the newest ``keep`` (main rank).
+
+    ``processes``: the run's `accelerate.Accelerator` (or `PartialState`): its rank, whether it is the main
+    process and its barrier; None for a single process."""
+    rank = processes.process_index if processes is not None else 0
+    is_main = processes.is_main_process if processes is not None else True
+    barrier = processes.wait_for_everyone if processes is not None else (lambda: None)
     save_checkpoint(output_dir / f"checkpoint-{step}", params, optimizer, scheduler, state, rank, is_main, barrier)
     if is_main:
         prune(output_dir, keep)

@@ -313,18 +313,7 @@ def _train_locked(
             "layout": layout.to_dict(),
         }
         accelerator.wait_for_everyone()
-        ckpt.save_and_prune(
-            out,
-            step,
-            params,
-            optimizer,
-            scheduler,
-            state,
-            cfg.save_total_limit,
-            rank,
-            accelerator.is_main_process,
-            accelerator.wait_for_everyone,
-        )
+        ckpt.save_and_prune(out, step, params, optimizer, scheduler, state, cfg.save_total_limit, accelerator)
 
     def evaluate(step: int) -> None:
         metrics = run_eval(model, eval_set, cfg, accelerator)

@@ -137,18 +137,7 @@ def _train_rl_locked(cfg: RLConfig, accelerator, stop_after: int | None, log: Ca
     def save(step: int) -> None:
         accelerator.wait_for_everyone()
         state = {"global_step": step, "history": history, "total_steps": total_steps}
-        ckpt.save_and_prune(
-            out,
-            step,
-            params,
-            optimizer,
-            scheduler,
-            state,
-            cfg.save_total_limit,
-            rank,
-            accelerator.is_main_process,
-            accelerator.wait_for_everyone,
-        )
+        ckpt.save_and_prune(out, step, params, optimizer, scheduler, state, cfg.save_total_limit, accelerator)
 
     bar = tqdm(
         total=total_steps,
