@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
 import os
 import tarfile
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from typing import Any
 
 from ..data.format import RecordError, iter_jsonl
 from ..errors import ConfigError, InputError
+from ..safe_files import parse_json
 from .account import INPUT, Account
 from .detect import (
     IMAGE_EXTENSIONS,
@@ -328,9 +328,12 @@ def _llava_records(file: Path) -> Iterator[tuple[str, int, Any]]:
             yield f"line{n}", n - 1, value
         return
     # LLaVA instruction files are one JSON array of records (text only; images stay on disk).
-    try:
-        entries = json.loads(file.read_bytes().decode("utf-8"))
-    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    try:  # the one JSON loader: not JSON, not UTF-8 or nested too deep is a RecordError naming the file
+        entries = parse_json(file.read_bytes(), str(file), error=RecordError)
+    except RecordError as exc:
+        yield "*", 0, exc
+        return
+    except OSError as exc:
         yield "*", 0, RecordError(f"{file}: not a readable JSON file ({exc})")
         return
     if not isinstance(entries, list):

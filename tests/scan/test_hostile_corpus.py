@@ -143,6 +143,24 @@ def test_bad_records_and_bad_lines_are_error_rows_and_the_scan_goes_on(tiny_dir,
     assert rows_by_id(table)["b.json:fine"]["error"] is None
 
 
+def test_a_deeply_nested_llava_file_or_line_is_a_bad_record_not_a_crash(tiny_dir, safety_dir, tmp_path):
+    """100,000 opening brackets (json.loads raises RecursionError, which is no ValueError) in a JSON file and in one
+    JSONL line: each is one bad_record row and the other files and lines are scanned."""
+    root = write_folder(tmp_path / "images", plain_images(2))
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (corpus / "fine.json").write_text(json.dumps([{"id": "ok", "image": "img_000.png"}]))
+    lines = [json.dumps({"id": "first", "image": "img_001.png"}), "[" * 100_000 + "]" * 100_000]
+    (corpus / "lines.jsonl").write_text("\n".join(lines) + "\n")
+    manifest, table = scan(tiny_dir, safety_dir, corpus, tmp_path / "out", image_root=str(root))
+    assert_accounted(manifest, table)
+    rows = rows_by_id(table)
+    assert rows["deep.json:*"]["error_kind"] == "bad_record" and "nested deeper" in rows["deep.json:*"]["error"]
+    assert rows["lines.jsonl:line2"]["error_kind"] == "bad_record"
+    assert rows["fine.json:ok"]["error"] is None and rows["lines.jsonl:first"]["error"] is None
+
+
 def _damage_column_chunk(path, group: int, column: int) -> None:
     """Overwrite the first page header of one column chunk with garbage (a damaged page)."""
     meta = pq.ParquetFile(path).metadata.row_group(group).column(column)
