@@ -87,6 +87,21 @@ class SafetyPolicy:
 
     # ------------------------------------------------------------------ construction
 
+    def with_refusals(self, refusals: dict[str, str]) -> SafetyPolicy:
+        """The same policy with other refusal texts (a new object; this one is not changed)."""
+        return SafetyPolicy(
+            name=self.name,
+            mode=self.mode,
+            fail_closed=self.fail_closed,
+            taxonomy=self.taxonomy,
+            rules=self.rules,
+            hints=self.hints,
+            refusals=refusals,
+            labels=self.labels,
+            hint_prefix=self.hint_prefix,
+            scoring_failure_refusal=self.scoring_failure_refusal,
+        )
+
     @classmethod
     def from_dict(
         cls, data: dict[str, Any] | None = None, taxonomy: Taxonomy | None = None, source: str = "policy"

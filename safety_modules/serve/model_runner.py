@@ -55,18 +55,8 @@ TEXT_REFUSAL = "I'm sorry, but I can't help with this request: it appears to inv
 def text_only_policy(policy: SafetyPolicy) -> SafetyPolicy:
     """The policy for requests without an image: its refusals that speak of an image ("the image appears
     to contain ...") say instead that the request appears to involve the risk; everything else is the same."""
-    refusals = {t: TEXT_REFUSAL if "image" in text.lower() else text for t, text in policy.refusals.items()}
-    return SafetyPolicy(
-        name=policy.name,
-        mode=policy.mode,
-        fail_closed=policy.fail_closed,
-        taxonomy=policy.taxonomy,
-        rules=policy.rules,
-        hints=policy.hints,
-        refusals=refusals,
-        labels=policy.labels,
-        hint_prefix=policy.hint_prefix,
-        scoring_failure_refusal=policy.scoring_failure_refusal,
+    return policy.with_refusals(
+        {t: TEXT_REFUSAL if "image" in text.lower() else text for t, text in policy.refusals.items()}
     )
 
 
