@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from .model_flags import add_allow_unverified_base
+from .model_flags import add_allow_unverified_base, load_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -74,7 +74,6 @@ def cmd_assess(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..gate.limits import check_prompt_tokens, context_length
     from ..images import ImageDecodeError, decode_image
-    from ..modeling.safe_llava import SafeLlava
 
     images = []
     for path in args.images:  # decoded first, as `scan` and `generate` decode (pixel cap included)
@@ -82,9 +81,7 @@ def cmd_assess(args: argparse.Namespace) -> int:
             images.append(decode_image(path))
         except ImageDecodeError as exc:
             raise InputError(f"{path}: {exc}") from None
-    model = SafeLlava.from_pretrained(
-        args.base, args.safety, dtype=args.dtype, device=args.device, allow_unverified_base=args.allow_unverified_base
-    )
+    model = load_model(args)
     warning = untrained_warning(args.safety, model.config.training)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from .model_flags import add_allow_unverified_base
+from .model_flags import add_allow_unverified_base, load_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -79,7 +79,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..calibration import OVER_REFUSAL_WARN, Target, check_classes, parse_target
     from ..calibration_report import run_calibration, summary_lines
     from ..evaluation.head import load_labelled
-    from ..modeling.safe_llava import SafeLlava
 
     if args.max_over_refusal is not None and not 0.0 <= args.max_over_refusal < 1.0:
         raise ConfigError(f"--max-over-refusal must be in [0, 1), got {args.max_over_refusal}")
@@ -87,14 +86,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     val_items = [item for path in args.data for item in load_labelled(path)]
     test_items = [item for path in args.test for item in load_labelled(path)] if args.test else None
     check_classes([item.level for item in val_items])  # before the model loads (minutes for a 7B base)
-    model = SafeLlava.from_pretrained(
-        args.base,
-        args.safety,
-        dtype=args.dtype,
-        device=args.device,
-        lora=args.lora,
-        allow_unverified_base=args.allow_unverified_base,
-    )
+    model = load_model(args)
     result = run_calibration(
         model,
         args.safety,

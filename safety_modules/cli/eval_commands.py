@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, InputError
 from ..evaluation.recipes import JUDGES, RTVLM_SPLITS, UNSAFE_CONCEPTS_PARTS
-from .model_flags import add_allow_unverified_base
+from .model_flags import add_allow_unverified_base, load_model
 from .recipe_overrides import add_settings_help
 
 logger = logging.getLogger(__name__)
@@ -122,20 +122,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load_model(args: argparse.Namespace):
-    from ..modeling.safe_llava import SafeLlava
 
     if args.safety is None and not getattr(args, "baseline", False):
         logger.warning("no --safety given: fresh, untrained safety modules (their scores are meaningless)")
     lora = None if getattr(args, "baseline", False) else getattr(args, "lora", None)
-    return SafeLlava.from_pretrained(
-        args.base,
-        args.safety,
-        dtype=args.dtype,
-        device=args.device,
-        seed=0,
-        lora=lora,
-        allow_unverified_base=args.allow_unverified_base,
-    )
+    return load_model(args, seed=0, lora=lora)
 
 
 def _model_label(args: argparse.Namespace) -> str:

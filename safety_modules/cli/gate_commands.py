@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .model_flags import add_allow_unverified_base
+from .model_flags import add_allow_unverified_base, load_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,18 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     from ..gate import Gate
     from ..images import decode_image
-    from ..modeling.safe_llava import SafeLlava
     from ..policy import SafetyPolicy
 
     image = decode_image(args.image)
-    model = SafeLlava.from_pretrained(
-        args.base,
-        args.safety,
-        dtype=args.dtype,
-        device=args.device,
-        lora=args.lora,
-        allow_unverified_base=args.allow_unverified_base,
-    )
+    model = load_model(args)
     policy = SafetyPolicy.load(args.policy, model.config.taxonomy)
     streamer = None
     if args.stream and not args.json:

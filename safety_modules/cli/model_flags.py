@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..modeling import SafeLlava
 
 
 def add_allow_unverified_base(parser: argparse.ArgumentParser) -> None:
@@ -12,3 +16,18 @@ def add_allow_unverified_base(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept safety modules whose config names no base (base_fingerprint null): they cannot be checked",
     )
+
+
+def load_model(args: argparse.Namespace, **overrides: Any) -> SafeLlava:
+    """`SafeLlava.from_pretrained` from the shared flags (``--base``, ``--safety``, ``--dtype``, ``--device``,
+    ``--lora`` where the command has it, ``--allow-unverified-base``); ``overrides`` win (e.g. ``seed=0``)."""
+    from ..modeling import SafeLlava
+
+    kwargs: dict[str, Any] = {
+        "dtype": args.dtype,
+        "device": args.device,
+        "lora": getattr(args, "lora", None),
+        "allow_unverified_base": args.allow_unverified_base,
+        **overrides,
+    }
+    return SafeLlava.from_pretrained(args.base, args.safety, **kwargs)
