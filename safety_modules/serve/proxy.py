@@ -18,7 +18,9 @@ import httpx
 from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from ..errors import RemoteError
 from ..policy import SafetyDecision
+from ..safe_files import MAX_JSON_BYTES, parse_json
 from .metrics import ServerMetrics
 from .protocol import ApiError, safety_object
 
@@ -113,7 +115,7 @@ class Upstream:
         if response.status_code != 200 or not stream:
             try:
                 async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
-                    content = await response.aread()
+                    content = await _read_capped(response, MAX_JSON_BYTES)
             except TimeoutError:
                 raise timed_out(budget) from None
             except httpx.HTTPError as exc:
@@ -129,13 +131,7 @@ class Upstream:
                     type_="upstream_error",
                     code="upstream_error",
                 )
-            try:
-                data = checked_completion(json.loads(content))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise upstream_error(
-                    f"the upstream server answered with something that is not JSON: {content[:200]!r}",
-                    code="upstream_bad_response",
-                ) from None
+            data = checked_completion(_upstream_json(content, "the upstream server's answer"))
             data["safety"] = safety
             return JSONResponse(data)
         return StreamingResponse(
@@ -172,10 +168,7 @@ async def _events(response: httpx.Response, safety: dict[str, Any]) -> AsyncIter
             done = True
             yield "data: [DONE]\n\n"
             continue
-        try:
-            chunk = json.loads(payload)
-        except json.JSONDecodeError:
-            raise upstream_error(f"the upstream stream sent an event that is not JSON: {payload[:200]!r}") from None
+        chunk = _upstream_json(payload, "an event of the upstream stream")
         if not isinstance(chunk, dict) or not isinstance(chunk.get("choices"), list):
             raise upstream_error("the upstream stream sent an event that is not a chat completion chunk")
         if any(isinstance(c, dict) and c.get("finish_reason") for c in chunk["choices"]):
@@ -183,6 +176,26 @@ async def _events(response: httpx.Response, safety: dict[str, Any]) -> AsyncIter
         yield f"data: {json.dumps(chunk)}\n\n"
     if not done:
         raise upstream_error("the upstream stream ended without [DONE]")
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    """The upstream body, refused (502) past ``limit`` bytes instead of held whole in memory."""
+    parts, size = [], 0
+    async for part in response.aiter_bytes():
+        size += len(part)
+        if size > limit:
+            raise upstream_error(f"the upstream answer is larger than {limit} bytes", code="upstream_bad_response")
+        parts.append(part)
+    return b"".join(parts)
+
+
+def _upstream_json(payload: str | bytes, what: str) -> Any:
+    """One JSON value from the upstream through the project's one JSON loader (depth cap, no RecursionError);
+    anything else is a 502 naming ``what``."""
+    try:
+        return parse_json(payload, what, error=RemoteError)
+    except RemoteError as exc:
+        raise upstream_error(f"{exc} (starts {payload[:200]!r})", code="upstream_bad_response") from None
 
 
 def _error_event(error: ApiError) -> str:

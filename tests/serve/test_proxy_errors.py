@@ -23,7 +23,7 @@ UPSTREAM_TIMEOUT_S = 2
 
 
 class Broken(BaseHTTPRequestHandler):
-    """Answers by the last user text: nonjson, list, badsse, nodone, hang, trickle."""
+    """Answers by the last user text: nonjson, list, badsse, nodone, deep, deepsse, huge, hang, trickle."""
 
     def log_message(self, *args) -> None:  # keep the test output clean
         pass
@@ -45,7 +45,20 @@ class Broken(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 time.sleep(0.5)
             return
+        if what == "huge":  # a 40 MB answer: never read whole into the proxy's memory
+            self.send_header("content-length", str(40 << 20))
+            self.end_headers()
+            chunk = b" " * (1 << 20)
+            try:
+                for _ in range(40):
+                    self.wfile.write(chunk)
+            except OSError:  # the proxy stopped reading
+                pass
+            return
+        deep = b"[" * 100_000 + b"]" * 100_000  # json.loads: RecursionError, which is no JSONDecodeError
         payload = {
+            "deep": deep,
+            "deepsse": b"data: " + deep + b"\n\n",
             "nonjson": b"<html>bad gateway</html>",
             "list": b"[1, 2, 3]",
             "badsse": b'data: {"choices": [{"delta": {"content": "a"}}]}\n\ndata: {not json\n\n',
@@ -83,7 +96,9 @@ def ask(assets, what: str, stream: bool = False) -> dict:
     return {"model": "tiny", "messages": [{"role": "user", "content": content}], "max_tokens": 4, "stream": stream}
 
 
-@pytest.mark.parametrize("what, status", [("nonjson", 502), ("list", 502), ("hang", 504), ("trickle", 504)])
+@pytest.mark.parametrize(
+    "what, status", [("nonjson", 502), ("list", 502), ("deep", 502), ("huge", 502), ("hang", 504), ("trickle", 504)]
+)
 def test_a_bad_upstream_answer_is_a_502_or_504_with_an_openai_error(proxy, assets, what, status):
     url, _ = proxy
     started = time.perf_counter()
@@ -95,7 +110,7 @@ def test_a_bad_upstream_answer_is_a_502_or_504_with_an_openai_error(proxy, asset
     assert elapsed < UPSTREAM_TIMEOUT_S + 8  # the overall deadline, not a per-read timeout
 
 
-@pytest.mark.parametrize("what", ["badsse", "nodone", "trickle"])
+@pytest.mark.parametrize("what", ["badsse", "nodone", "deepsse", "trickle"])
 def test_a_broken_upstream_stream_ends_with_an_error_event(proxy, assets, what):
     url, log = proxy
     with httpx.stream("POST", url + "/v1/chat/completions", json=ask(assets, what, stream=True), timeout=60) as r:
