@@ -21,7 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
+from ..safe_files import read_json
 from ..taxonomy import Taxonomy
 from .account import Account
 
@@ -127,7 +128,7 @@ class ScanOutput:
         manifest_path = self.dir / MANIFEST_NAME
         self.manifest: dict[str, Any] = {"settings": settings, "runs": []}
         if manifest_path.is_file():
-            previous = json.loads(manifest_path.read_text())
+            previous = read_manifest(self.dir)
             if previous.get("settings") != settings:
                 raise ConfigError(
                     f"{self.dir} holds a scan with other settings: {_differences(previous.get('settings'), settings)}; "
@@ -174,6 +175,20 @@ class ScanOutput:
         self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         write_json_atomic(self.dir / MANIFEST_NAME, self.manifest)
         return self.manifest
+
+
+MAX_MANIFEST_BYTES = 1 << 30  # 1 GiB: the account holds one short entry per source, however many
+
+
+def read_manifest(out_dir: str | Path) -> dict[str, Any]:
+    """A scan folder's ``manifest.json`` through the one JSON loader: a damaged one is one clear error.
+
+    Its cap is larger than a config's: the account holds a line per source (shard, file) of the corpus."""
+    path = Path(out_dir) / MANIFEST_NAME
+    manifest = read_json(path, "scan manifest", max_bytes=MAX_MANIFEST_BYTES, error=InputError)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("settings"), dict):
+        raise InputError(f"{path}: not a scan manifest (a JSON object with its settings)")
+    return manifest
 
 
 def _differences(before: Any, now: Any, where: str = "") -> str:

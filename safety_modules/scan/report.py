@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from PIL import Image, ImageFilter
 
 from ..images import ImageDecodeError, decode_image
-from .output import MANIFEST_NAME, read_parts, summarize
+from .output import read_manifest, read_parts, summarize
 from .readers import CorpusReader, ItemError, ReaderOptions, load_bytes
 
 THUMBNAIL_SIZE = 96
@@ -60,7 +60,7 @@ def write_report(
     ``top_k``: how many flagged rows (the highest risk first) get an embedded thumbnail.
     """
     out_dir = Path(out_dir)
-    manifest = json.loads((out_dir / MANIFEST_NAME).read_text())
+    manifest = read_manifest(out_dir)
     settings = manifest.get("settings", {})
     taxonomy = settings["taxonomy"]
     types, levels, safe_type = taxonomy["types"], taxonomy["levels"], taxonomy["safe_type"]

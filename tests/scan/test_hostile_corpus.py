@@ -314,3 +314,25 @@ def test_an_item_that_no_part_holds_makes_the_scan_incomplete_and_says_so(tiny_d
     assert "c: 8 seen, 7 scored" in printed and "1 MISSING" in printed and "INCOMPLETE: 1 items have no row" in printed
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert not manifest["complete"] and manifest["account"]["by_source"]["c"]["missing_rows"] == 1
+
+
+@pytest.mark.parametrize(
+    "manifest", ["{not json", "[" * 100_000 + "]" * 100_000, "[1, 2]"], ids=["garbage", "deep", "list"]
+)
+def test_a_damaged_manifest_in_the_output_folder_is_one_line_not_a_traceback(
+    tiny_dir, safety_dir, tmp_path, capsys, manifest
+):
+    from safety_modules.cli import main
+
+    root = write_folder(tmp_path / "images", plain_images(2))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text(manifest)
+    capsys.readouterr()
+    for command in (
+        ["scan", str(root), "--base", str(tiny_dir), "--safety", str(safety_dir), "--out", str(out), "--workers", "0"],
+        ["scan-report", str(out)],
+    ):
+        assert main(command) == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert "manifest.json" in line, line
