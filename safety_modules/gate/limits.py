@@ -7,6 +7,7 @@ the limit in the message.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,8 +30,12 @@ def context_length(model_config: Any) -> int:
     return int(text_config.max_position_embeddings)
 
 
+@functools.lru_cache(maxsize=16)
 def longest_token_chars(tokenizer: Any) -> int:
-    """The most characters one vocabulary entry spells (an upper bound on characters per token)."""
+    """The most characters one vocabulary entry spells (an upper bound on characters per token).
+
+    Cached per tokenizer: a walk over a 32k vocabulary costs about 200 prompts' tokenisation
+    (`tests/gate/test_limits.py` counts the walks), and every gated request asks."""
     return max((len(token) for token in tokenizer.get_vocab()), default=1)
 
 

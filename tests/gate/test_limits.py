@@ -59,3 +59,19 @@ def test_a_system_turn_renders_as_the_chat_template_writes_a_system_message(tiny
         got = render(conversation_format(processor), turns, processor.tokenizer.eos_token, True).text
         assert got == want == chat_text(processor, turns)
         assert got.startswith("Be brief. USER: <image>\nHello ASSISTANT: Hi.")
+
+
+def test_the_vocabulary_is_walked_once_per_tokenizer_not_per_request(tiny_model):
+    from safety_modules.gate.limits import longest_token_chars
+
+    tok = tiny_model.processor.tokenizer
+    walks = []
+    real = tok.get_vocab
+    tok.get_vocab = lambda: walks.append(1) or real()  # a spy on the real vocabulary, for this tokenizer only
+    try:
+        for _ in range(5):
+            check_prompt_tokens(tok, ["what is in this picture?"], 100)
+    finally:
+        del tok.get_vocab
+    assert len(walks) <= 1
+    assert longest_token_chars(tok) == max(len(t) for t in tok.get_vocab())
