@@ -194,7 +194,7 @@ class Gate:
         with ``check``, raises `limits.PromptTooLong` over ``max_prompt_tokens``."""
         model = self.model
         hints = hints if hints is not None else [None] * len(prompts)
-        image_tokens = int(getattr(model.base.config, "image_seq_length", 576))
+        image_tokens = model.config.num_image_tokens  # the image block, as the modules were built for it
         safety_tokens = model.safety.llm_tokens.shape[1] if self.inject_safety_tokens else 0
         texts = [chat_text(model.processor, p, h) for p, h in zip(prompts, hints)]
         # The text holds one <image> placeholder; the model sees it as the image block.
