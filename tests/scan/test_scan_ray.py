@@ -34,7 +34,7 @@ def test_ray_engine_matches_local_engine(tiny_dir, tmp_path, monkeypatch):
         return run_scan(corpus, tmp_path / out, settings, progress=False)
 
     local = scan("local", "local")
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # a Ray of its own, never another on the machine
     try:
         distributed = scan("ray", "ray")
     finally:
